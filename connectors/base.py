@@ -1,0 +1,246 @@
+"""The narrow protocol every connector implements, and what they share.
+
+A connector reflects a source (SQLAlchemy), plans how each result column travels into Arrow
+exactly (``ColumnPlan``: an optional SQL rewrite, the stored Arrow type, a conversion and a note),
+and streams Arrow record batches for a list of compiled queries (one per partition) that all read
+one consistent snapshot of the source.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import pyarrow as pa
+import sqlalchemy as sa
+import sqlglot
+from sqlalchemy.engine import Engine
+
+from ldw.config import SourceConfig
+from ldw.errors import SourceError, SourceUnavailable, UnknownTable
+from ldw.secrets import redact
+
+__all__ = ["ColumnPlan", "Connector", "ReadPlan", "SourceQuery", "wrap_driver_error"]
+
+
+@dataclass(frozen=True)
+class ColumnPlan:
+    """How one result column travels: SQL rewrite -> driver Arrow type -> stored Arrow type."""
+
+    name: str
+    source_type: str
+    arrow_type: pa.DataType
+    nullable: bool = True
+    rewrite: str | None = None  # a key of the connector's SQL_REWRITES
+    convert: str | None = None  # a key of ldw.connectors.convert.CONVERSIONS
+    note: str | None = None  # how the value differs from the source's, shown by describe/info
+
+    def as_row(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "source_type": self.source_type,
+            "arrow_type": str(self.arrow_type),
+            "nullable": self.nullable,
+            "note": self.note or "",
+        }
+
+
+@dataclass(frozen=True)
+class SourceQuery:
+    """One query to run on the source: SQL text for the dialect, and bound values if any."""
+
+    sql: str
+    params: dict[str, Any] | tuple = field(default_factory=dict)
+    statement: sa.Select | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass
+class ReadPlan:
+    """What a read needs: the queries (one per partition) and how the columns convert."""
+
+    queries: list[SourceQuery]
+    columns: list[ColumnPlan]
+    # (schema, name, alias) of the tables read, for snapshot locks
+    tables: list[tuple[str | None, str, str | None]] = field(default_factory=list)
+    tag: str = ""  # marks the queries on the source so they can be found and cancelled
+
+
+def wrap_driver_error(source: SourceConfig, exc: BaseException, action: str) -> SourceError:
+    """Turn a driver failure into a SourceError naming the source alias, password removed."""
+    secret = None
+    with contextlib.suppress(Exception):
+        secret = source.password()
+    message = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+                     [secret])
+    unreachable = isinstance(exc, ConnectionError | OSError) or any(
+        word in message.lower()
+        for word in ("could not connect", "connection refused", "can't connect", "server closed",
+                     "lost connection", "terminating connection", "connection reset",
+                     "name or service not known", "timeout expired", "gone away")
+    )
+    cls = SourceUnavailable if unreachable else SourceError
+    return cls(f"source {source.name!r}: {action} failed: {message}")
+
+
+class Connector:
+    """Base class: SQLAlchemy engine, reflection and browsing shared by every dialect."""
+
+    family: ClassVar[str] = "generic"
+    transport: ClassVar[str] = "dbapi"
+
+    def __init__(self, source: SourceConfig, *, batch_rows: int = 131072) -> None:
+        self.source = source
+        self.batch_rows = batch_rows
+        self._engine: Engine | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(source={self.source.name!r})"
+
+    # -- connection ---------------------------------------------------------------------------
+    def url_with_password(self) -> sa.URL:
+        secret = self.source.password()
+        url = self.source.url
+        return url.set(password=secret.reveal()) if secret is not None else url
+
+    def sqlalchemy_url(self) -> sa.URL:
+        """The URL SQLAlchemy connects with (a connector may choose the DBAPI driver)."""
+        return self.url_with_password()
+
+    @property
+    def engine(self) -> Engine:
+        with self._lock:
+            if self._engine is None:
+                self._engine = sa.create_engine(
+                    self.sqlalchemy_url(), pool_pre_ping=True, hide_parameters=True
+                )
+            return self._engine
+
+    @contextlib.contextmanager
+    def guard(self, action: str) -> Iterator[None]:
+        """Wrap any driver failure once, naming the source by alias and without secrets."""
+        try:
+            yield
+        except (SourceError, UnknownTable):
+            raise
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # drivers raise Rust panics (BaseException) too
+            if isinstance(exc, SystemExit | GeneratorExit):
+                raise
+            raise wrap_driver_error(self.source, exc, action) from None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._engine is not None:
+                self._engine.dispose()
+                self._engine = None
+
+    # -- browsing ----------------------------------------------------------------------------
+    def default_schema(self) -> str | None:
+        with self.guard("reading the default schema"):
+            return sa.inspect(self.engine).default_schema_name
+
+    def schemas(self) -> list[str]:
+        with self.guard("listing schemas"):
+            return sa.inspect(self.engine).get_schema_names()
+
+    def tables(self, schema: str | None) -> list[dict[str, Any]]:
+        with self.guard("listing tables"):
+            inspector = sa.inspect(self.engine)
+            if schema is not None and schema not in inspector.get_schema_names():
+                raise UnknownTable(
+                    f"source {self.source.name!r} has no schema {schema!r}; "
+                    f"see wh.tables({self.source.name!r}) for the schemas"
+                )
+            schema = schema or inspector.default_schema_name
+            estimates = self.row_estimates(schema)
+            rows = [
+                {"schema": schema, "table": name, "kind": "table", "rows": estimates.get(name)}
+                for name in inspector.get_table_names(schema=schema)
+            ]
+            rows += [
+                {"schema": schema, "table": name, "kind": "view", "rows": None}
+                for name in inspector.get_view_names(schema=schema)
+            ]
+            return rows
+
+    def row_estimates(self, schema: str | None) -> dict[str, int]:
+        """Cheap row estimates from the catalog; exact counts would read the tables."""
+        return {}
+
+    def reflect(self, schema: str | None, table: str) -> sa.Table:
+        with self.guard(f"reflecting {table!r}"):
+            inspector = sa.inspect(self.engine)
+            if not inspector.has_table(table, schema=schema) and table not in (
+                inspector.get_view_names(schema=schema)
+            ):
+                where = f"{schema}.{table}" if schema else table
+                raise UnknownTable(
+                    f"source {self.source.name!r} has no table {where!r}; "
+                    f"list them with wh.tables({self.source.name!r}, schema={schema!r})"
+                )
+            return sa.Table(table, sa.MetaData(), schema=schema, autoload_with=self.engine)
+
+    # -- planning ----------------------------------------------------------------------------
+    SQL_REWRITES: ClassVar[dict[str, Callable[[sa.ColumnElement], sa.ColumnElement]]] = {}
+
+    def compile(self, statement: sa.Select, *, literal: bool) -> SourceQuery:
+        """Compile for this dialect: literal values (for COPY-style drivers) or bound params."""
+        dialect = self.engine.dialect
+        if literal:
+            # A "named" paramstyle keeps '%' as it is (pyformat dialects would double it).
+            plain = type(dialect)(paramstyle="named")
+            text = str(statement.compile(dialect=plain, compile_kwargs={"literal_binds": True}))
+            return SourceQuery(text)
+        compiled = statement.compile(dialect=dialect)
+        params = compiled.params
+        if dialect.positional:
+            params = tuple(params[k] for k in compiled.positiontup)
+        return SourceQuery(str(compiled), params, statement)
+
+    def result_names(self, sql: str) -> list[str]:
+        """Column names of a validated query, from a ``LIMIT 0`` probe (no rows move)."""
+        from ldw.predicates import sqlglot_dialect  # noqa: PLC0415 - avoids an import cycle
+
+        dialect = sqlglot_dialect(self.source.dialect)
+        probe = sqlglot.exp.select("*").from_(
+            sqlglot.parse_one(sql, read=dialect).subquery("ldw_src")).limit(0)
+        with self.guard("reading the query's columns"), self.engine.connect() as conn:
+            cursor = conn.connection.dbapi_connection.cursor()
+            try:  # the raw cursor: no parameter parsing of the query's own '%' signs
+                cursor.execute(probe.sql(dialect=dialect))
+                return [d[0] for d in cursor.description]
+            finally:
+                cursor.close()
+
+    def plan_columns(self, statement: sa.Select) -> list[ColumnPlan]:
+        """Plan every result column of ``statement`` without moving rows."""
+        raise NotImplementedError
+
+    def apply_rewrites(self, statement: sa.Select, plans: Sequence[ColumnPlan]) -> sa.Select:
+        """Rewrite the select list where a column's plan needs SQL help (e.g. char(n) -> text)."""
+        if not any(p.rewrite for p in plans):
+            return statement
+        columns = [
+            self.SQL_REWRITES[p.rewrite](column).label(p.name) if p.rewrite else column
+            for p, column in zip(plans, statement.selected_columns, strict=True)
+        ]
+        return statement.with_only_columns(*columns, maintain_column_froms=True)
+
+    @contextlib.contextmanager
+    def snapshot(self, tables: list, *, partitioned: bool) -> Iterator[sa.Connection]:
+        """A connection whose view of the source every partition of one read shares."""
+        raise NotImplementedError
+        yield
+
+    # -- reading -----------------------------------------------------------------------------
+    def stream(self, plan: ReadPlan, cancel: threading.Event) -> Iterator[pa.RecordBatch]:
+        """Yield driver record batches for every query of ``plan`` from one snapshot."""
+        raise NotImplementedError
+
+    def cancel_tagged(self, tag: str) -> None:
+        """Cancel queries on the source that carry ``tag`` (best effort, own connection)."""

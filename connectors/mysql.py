@@ -1,0 +1,223 @@
+"""MySQL / MariaDB: ConnectorX moves the rows; PyMySQL reflects and coordinates snapshots.
+
+ConnectorX turns DECIMAL into decimal128(38,10) and panics on TIME values outside 00:00-24:00,
+so the plan fixes both in SQL (DECIMAL beyond 28 digits or scale 10 travels as text; TIME as
+microseconds) and the session runs in UTC so TIMESTAMP values are instants.
+
+Partitions share one snapshot: a coordinator holds ``LOCK TABLES ... READ`` (writers wait) while
+every partition connection starts ``START TRANSACTION WITH CONSISTENT SNAPSHOT``; it releases the
+lock once all of them have a read view (seen in ``information_schema.innodb_trx``), or at the end
+of the read if that view is not granted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import connectorx as cx
+import pyarrow as pa
+import sqlalchemy as sa
+from pymysql.constants import FIELD_TYPE, FLAG
+
+from .base import ColumnPlan, Connector, ReadPlan
+from .convert import convert_batch, target_schema
+
+__all__ = ["MySQLConnector"]
+
+_SESSION_SETUP = ["SET time_zone = '+00:00'"]
+_SNAPSHOT_START = "START TRANSACTION WITH CONSISTENT SNAPSHOT"
+
+_INTEGERS = {
+    FIELD_TYPE.TINY: (pa.int8(), pa.uint8(), "tinyint"),
+    FIELD_TYPE.SHORT: (pa.int16(), pa.uint16(), "smallint"),
+    FIELD_TYPE.INT24: (pa.int32(), pa.uint32(), "mediumint"),
+    FIELD_TYPE.LONG: (pa.int32(), pa.uint32(), "int"),
+    FIELD_TYPE.LONGLONG: (pa.int64(), pa.uint64(), "bigint"),
+}
+_BLOBS = {FIELD_TYPE.TINY_BLOB, FIELD_TYPE.MEDIUM_BLOB, FIELD_TYPE.LONG_BLOB, FIELD_TYPE.BLOB,
+          FIELD_TYPE.VAR_STRING, FIELD_TYPE.STRING, FIELD_TYPE.VARCHAR}
+_BINARY_CHARSET = 63
+
+
+def _plan_field(field: Any) -> ColumnPlan:
+    """Plan from a PyMySQL result field (type code, length, scale, flags, charset)."""
+    name, code, unsigned = field.name, field.type_code, bool(field.flags & FLAG.UNSIGNED)
+    if code in _INTEGERS:
+        signed, unsigned_type, label = _INTEGERS[code]
+        return ColumnPlan(name, label + (" unsigned" if unsigned else ""),
+                          unsigned_type if unsigned else signed)
+    if code in (FIELD_TYPE.NEWDECIMAL, FIELD_TYPE.DECIMAL):
+        scale = field.scale
+        precision = field.length - (1 if scale else 0) - (0 if unsigned else 1)
+        decimal = pa.decimal128(precision, scale) if precision <= 38 else pa.decimal256(
+            precision, scale)
+        source = f"decimal({precision},{scale})"
+        if precision <= 28 and scale <= 10:  # ConnectorX's decimal128(38,10) holds it exactly
+            return ColumnPlan(name, source, decimal, convert="decimal_rescale")
+        return ColumnPlan(name, source, decimal, rewrite="char", convert="decimal_from_text")
+    if code == FIELD_TYPE.FLOAT:
+        return ColumnPlan(name, "float", pa.float32())
+    if code == FIELD_TYPE.DOUBLE:
+        return ColumnPlan(name, "double", pa.float64())
+    if code == FIELD_TYPE.YEAR:
+        return ColumnPlan(name, "year", pa.int16())
+    if code == FIELD_TYPE.BIT:
+        return ColumnPlan(name, f"bit({field.length})", pa.binary(), convert="binary",
+                          note="BIT as big-endian bytes")
+    if code in (FIELD_TYPE.DATE, FIELD_TYPE.NEWDATE):
+        return ColumnPlan(name, "date", pa.date32())
+    if code == FIELD_TYPE.TIME:
+        return ColumnPlan(name, "time", pa.duration("us"), rewrite="time_us",
+                          convert="duration_us",
+                          note="TIME is a signed duration (-838h..838h): stored as duration[us]")
+    if code == FIELD_TYPE.DATETIME:
+        return ColumnPlan(name, "datetime", pa.timestamp("us"))
+    if code == FIELD_TYPE.TIMESTAMP:
+        return ColumnPlan(name, "timestamp", pa.timestamp("us", tz="UTC"), convert="utc")
+    if code == FIELD_TYPE.JSON:
+        return ColumnPlan(name, "json", pa.json_(pa.string()), convert="cast")
+    if code in (FIELD_TYPE.ENUM, FIELD_TYPE.SET):
+        return ColumnPlan(name, "enum" if code == FIELD_TYPE.ENUM else "set", pa.string())
+    if code in _BLOBS or code == FIELD_TYPE.GEOMETRY:
+        if field.charsetnr == _BINARY_CHARSET:
+            return ColumnPlan(name, "blob" if code not in (FIELD_TYPE.STRING,
+                              FIELD_TYPE.VAR_STRING) else "binary", pa.binary(), convert="binary")
+        return ColumnPlan(name, "text" if code in _BLOBS - {FIELD_TYPE.STRING,
+                          FIELD_TYPE.VAR_STRING, FIELD_TYPE.VARCHAR} else "varchar", pa.string())
+    return ColumnPlan(name, f"type {code}", pa.string(), rewrite="char",
+                      note=f"MySQL type code {code} kept as its text form")
+
+
+class MySQLConnector(Connector):
+    family: ClassVar[str] = "mysql"
+    transport: ClassVar[str] = "connectorx"
+    SQL_REWRITES: ClassVar[dict[str, Any]] = {
+        "char": lambda column: sa.cast(column, sa.CHAR),
+        "time_us": lambda column: sa.cast(sa.func.time_to_sec(column) * 1000000, sa.BigInteger),
+    }
+
+    def sqlalchemy_url(self) -> sa.URL:
+        return self.url_with_password().set(drivername="mysql+pymysql")
+
+    def _cx_url(self) -> str:
+        url = self.url_with_password().set(drivername="mysql")
+        return url.render_as_string(hide_password=False)
+
+    def row_estimates(self, schema: str | None) -> dict[str, int]:
+        query = sa.text("select table_name, table_rows from information_schema.tables "
+                        "where table_schema = :schema")
+        with self.engine.connect() as conn:
+            return {name: int(n or 0) for name, n in conn.execute(query, {"schema": schema})}
+
+    def plan_columns(self, statement: sa.Select) -> list[ColumnPlan]:
+        sql = self.compile(statement.limit(0), literal=True).sql
+        with self.guard("reading the result schema"), self.engine.connect() as conn:
+            cursor = conn.connection.dbapi_connection.cursor()
+            try:
+                cursor.execute(sql)
+                fields = cursor._result.fields  # PyMySQL keeps flags and charset only here
+            finally:
+                cursor.close()
+        return [_plan_field(field) for field in fields]
+
+    # -- snapshot and reading -----------------------------------------------------------------
+    @contextlib.contextmanager
+    def snapshot(self, tables: list, *, partitioned: bool) -> Iterator[sa.Connection]:
+        """Coordinator: consistent snapshot for boundaries, table read locks for partitions."""
+        with self.guard("opening a snapshot"):
+            conn = self.engine.connect()
+        try:
+            with self.guard("opening a snapshot"):
+                raw = conn.connection.dbapi_connection
+                cursor = raw.cursor()
+                cursor.execute("SET time_zone = '+00:00'")
+                if partitioned and tables:
+                    # Writers wait while the lock is held; boundaries are computed under it and
+                    # every partition starts its snapshot before it is released. (START
+                    # TRANSACTION would release the lock, so the coordinator reads without one.)
+                    cursor.execute(f"LOCK TABLES {self._lock_targets(tables)}")
+                    conn.info["ldw_locked"] = True
+                else:
+                    cursor.execute(_SNAPSHOT_START)
+                cursor.execute("SELECT CONNECTION_ID()")
+                conn.info["ldw_connection_id"] = cursor.fetchone()[0]
+                cursor.close()
+            yield conn
+        finally:
+            with contextlib.suppress(Exception):
+                conn.exec_driver_sql("UNLOCK TABLES")
+                conn.rollback()
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def _lock_targets(self, tables: list) -> str:
+        quote = self.engine.dialect.identifier_preparer
+        targets = []
+        for schema, name, alias in tables:
+            table = quote.format_table(sa.table(name, schema=schema))
+            targets.append(f"{table} READ")
+            if alias:
+                targets.append(f"{table} AS {quote.quote(alias)} READ")
+        return ", ".join(targets)
+
+    def _release_when_started(self, snapshot: sa.Connection, expected: int,
+                              done: threading.Event) -> None:
+        """Unlock once every partition has its read view; keep the lock if we cannot see that."""
+        coordinator = snapshot.info["ldw_connection_id"]
+        probe = sa.text("select count(*) from information_schema.innodb_trx t "
+                        "join information_schema.processlist p on p.id = t.trx_mysql_thread_id "
+                        "where p.id > :me and p.user = substring_index(current_user(), '@', 1)")
+        try:
+            with self.engine.connect() as watcher:
+                deadline = time.monotonic() + 60
+                while not done.is_set() and time.monotonic() < deadline:
+                    if watcher.execute(probe, {"me": coordinator}).scalar_one() >= expected:
+                        snapshot.exec_driver_sql("UNLOCK TABLES")
+                        return
+                    time.sleep(0.005)
+        except Exception:  # no PROCESS privilege: the lock stays until the read ends
+            return
+
+    def stream(self, plan: ReadPlan, cancel: threading.Event,
+               snapshot: sa.Connection | None = None) -> Iterator[pa.RecordBatch]:
+        schema = target_schema(plan.columns)
+        queries = [q.sql for q in plan.queries]
+        setup = list(_SESSION_SETUP)
+        started = threading.Event()
+        releaser = None
+        if snapshot is not None and snapshot.info.get("ldw_locked"):
+            setup.append(_SNAPSHOT_START)
+            releaser = threading.Thread(target=self._release_when_started,
+                                        args=(snapshot, len(queries), started), daemon=True)
+            releaser.start()
+        try:
+            with self.guard("reading"):
+                reader = cx.read_sql(self._cx_url(), queries if len(queries) > 1 else queries[0],
+                                     return_type="arrow_stream", batch_size=self.batch_rows,
+                                     pre_execution_query=setup)
+                for batch in reader:
+                    if cancel.is_set():
+                        return
+                    yield convert_batch(batch, plan.columns, schema)
+        except BaseException:
+            if plan.tag:
+                self.cancel_tagged(plan.tag)
+            raise
+        finally:
+            started.set()
+            if releaser is not None:
+                # The releaser talks on the coordinator's connection; it must be done before
+                # the snapshot's owner unlocks and closes it (a PyMySQL connection used by two
+                # threads at once loses its socket).
+                releaser.join()
+
+    def cancel_tagged(self, tag: str) -> None:
+        find = sa.text("select id from information_schema.processlist "
+                       "where info like :pattern and id <> connection_id()")
+        with contextlib.suppress(Exception), self.engine.connect() as conn:
+            for (thread_id,) in conn.execute(find, {"pattern": f"%{tag}%"}).all():
+                conn.exec_driver_sql(f"KILL QUERY {int(thread_id)}")

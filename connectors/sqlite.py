@@ -1,0 +1,73 @@
+"""SQLite: ADBC moves the rows; declared column types decide the Arrow type.
+
+SQLite has no DATE or exact DECIMAL storage: a DATE column holds text and a NUMERIC column holds
+REAL or INTEGER values, so those are declared as such in the plan's notes. Untyped result columns
+are read as text so a batch never changes type half-way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import adbc_driver_sqlite.dbapi as adbc_sqlite
+import pyarrow as pa
+import sqlalchemy as sa
+from sqlalchemy import types as sat
+
+from .base import ColumnPlan, ReadPlan
+from .convert import convert_batch, target_schema
+from .generic import GenericConnector
+
+__all__ = ["SQLiteConnector"]
+
+
+class SQLiteConnector(GenericConnector):
+    family: ClassVar[str] = "sqlite"
+    transport: ClassVar[str] = "adbc"
+    SQL_REWRITES: ClassVar[dict[str, Any]] = {
+        "text": lambda column: sa.cast(column, sa.Text),
+        "real": lambda column: sa.cast(column, sa.Float),
+        "integer": lambda column: sa.cast(column, sa.Integer),
+    }
+
+    def _plan(self, column: sa.ColumnElement) -> ColumnPlan:
+        sa_type, name = column.type, column.name
+        if isinstance(sa_type, sat.Boolean | sat.Integer):
+            return ColumnPlan(name, str(sa_type), pa.int64(), rewrite="integer",
+                              note="SQLite INTEGER as int64" if isinstance(sa_type, sat.Boolean)
+                              else None)
+        if isinstance(sa_type, sat.Float | sat.Numeric):  # REAL, FLOAT, NUMERIC, DECIMAL
+            note = None if isinstance(sa_type, sat.Float) else \
+                "SQLite stores NUMERIC/DECIMAL as REAL: not exact in the source"
+            return ColumnPlan(name, str(sa_type), pa.float64(), rewrite="real", note=note)
+        if isinstance(sa_type, sat._Binary):
+            return ColumnPlan(name, str(sa_type), pa.binary())
+        if isinstance(sa_type, sat.Date | sat.DateTime | sat.Time):
+            return ColumnPlan(name, str(sa_type), pa.string(), rewrite="text",
+                              note="SQLite keeps dates and times as text")
+        source = "untyped" if isinstance(sa_type, sat.NullType) else str(sa_type)
+        return ColumnPlan(name, source, pa.string(), rewrite="text")
+
+    def _path(self) -> str:
+        return self.source.url.database or ":memory:"
+
+    def compile(self, statement: sa.Select, *, literal: bool):
+        return super().compile(statement, literal=True)
+
+    def stream(self, plan: ReadPlan, cancel: threading.Event,
+               snapshot: sa.Connection | None = None) -> Iterator[pa.RecordBatch]:
+        """Partitions in turn inside one read transaction: one consistent state of the file."""
+        schema = target_schema(plan.columns)
+        with self.guard("reading"), contextlib.closing(
+            adbc_sqlite.connect(self._path(), autocommit=False)
+        ) as conn, conn.cursor() as cursor:
+            for query in plan.queries:
+                cursor.execute(query.sql)
+                for batch in cursor.fetch_record_batch():
+                    if cancel.is_set():
+                        return
+                    yield convert_batch(batch, plan.columns, schema)
+            conn.rollback()

@@ -1,0 +1,1 @@
+"""Notebook integration (IPython magics, rich display, widgets) on top of the public ldw API."""

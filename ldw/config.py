@@ -1,0 +1,249 @@
+"""One typed settings object: explicit arguments beat ``LDW_*`` variables, which beat ``ldw.toml``.
+
+Source passwords are never read from the file: a source names ``password_env`` (an environment
+variable) or ``keyring`` (a keyring service); the URL must not carry a password.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from ldw.errors import ConfigError, UnknownSource
+from ldw.secrets import Secret
+
+__all__ = ["Settings", "SourceConfig", "load_settings", "parse_bytes", "parse_duration"]
+
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
+    "t": 1000**4, "tb": 1000**4,
+    "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
+}
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_bytes(value: str | int) -> int:
+    """``"8GiB"`` -> 8589934592; integers are bytes."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(value))
+    if not match or match.group(2).lower() not in _SIZE_UNITS:
+        raise ConfigError(f"cannot read {value!r} as a size; write e.g. '512MiB' or '8GiB'")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+
+
+def parse_duration(value: str | int | float | None) -> float | None:
+    """``"8h"`` -> 28800.0 seconds; ``None`` means no expiry."""
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", str(value))
+    if not match:
+        raise ConfigError(f"cannot read {value!r} as a duration; write e.g. '90s', '30m' or '8h'")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """A configured source. ``url`` never holds a password; ``password()`` looks it up."""
+
+    name: str
+    url: URL
+    password_env: str | None = None
+    keyring: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dialect(self) -> str:
+        return self.url.get_backend_name()
+
+    def password(self) -> Secret | None:
+        if self.password_env:
+            value = os.environ.get(self.password_env)
+            if value is None:
+                raise ConfigError(
+                    f"source {self.name!r} reads its password from ${self.password_env}, "
+                    "which is not set; export it before connecting"
+                )
+            return Secret(value)
+        if self.keyring:
+            import keyring
+
+            value = keyring.get_password(self.keyring, self.url.username or "")
+            if value is None:
+                raise ConfigError(
+                    f"source {self.name!r}: keyring service {self.keyring!r} has no password for "
+                    f"user {self.url.username!r}; store one with `keyring set`"
+                )
+            return Secret(value)
+        return None
+
+    def safe_url(self) -> str:
+        """The URL as it may be shown: no password (there is none in it by construction)."""
+        return self.url.render_as_string(hide_password=True)
+
+    def __repr__(self) -> str:
+        return f"SourceConfig(name={self.name!r}, dialect={self.dialect!r})"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything ldw reads from ``ldw.toml``, ``LDW_*`` variables and arguments."""
+
+    shm_dir: Path
+    spill_dir: Path
+    state_dir: Path
+    memory_limit: int
+    catalog: str
+    listen: str
+    backend: str
+    batch_rows: int
+    sources: dict[str, SourceConfig]
+    policies: dict[str, Any] = field(default_factory=dict)
+    users: dict[str, Any] = field(default_factory=dict)
+    config_path: Path | None = None
+
+    def source(self, name: str) -> SourceConfig:
+        try:
+            return self.sources[name]
+        except KeyError:
+            known = ", ".join(sorted(self.sources)) or "none configured"
+            raise UnknownSource(
+                f"no source named {name!r} (known: {known}); add [sources.{name}] to ldw.toml"
+            ) from None
+
+
+def _expand(path: str) -> Path:
+    env = dict(os.environ)
+    env.setdefault("USER", _user())
+    env.setdefault("XDG_RUNTIME_DIR", str(Path(tempfile.gettempdir()) / f"ldw-run-{env['USER']}"))
+    expanded = re.sub(r"\$\{?(\w+)\}?", lambda m: env.get(m.group(1), m.group(0)), path)
+    return Path(expanded).expanduser()
+
+
+def _user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:  # no passwd entry (containers)
+        return str(os.getuid())
+
+
+def _default_shm_dir() -> str:
+    return "/dev/shm/ldw-$USER" if Path("/dev/shm").is_dir() else str(
+        Path(tempfile.gettempdir()) / "ldw-shm-$USER"
+    )
+
+
+_SERVER_DEFAULTS: dict[str, Any] = {
+    "listen": "grpc://127.0.0.1:8815",
+    "state_dir": "$XDG_RUNTIME_DIR/ldw",
+    "shm_dir": None,
+    "memory_limit": "8GiB",
+    "spill_dir": "~/.cache/ldw/spill",
+    "catalog": "sqlite:///~/.local/share/ldw/catalog.db",
+    "backend": "local",
+    "batch_rows": 131072,
+}
+
+
+def _source_from_table(name: str, table: dict[str, Any]) -> SourceConfig:
+    if not isinstance(table, dict) or "url" not in table:
+        raise ConfigError(f"[sources.{name}] needs a url, e.g. url = \"postgresql://user@host/db\"")
+    try:
+        url = make_url(str(table["url"]))
+    except ArgumentError:
+        raise ConfigError(
+            f"[sources.{name}] url is not a database URL; write dialect://user@host:port/database"
+        ) from None
+    if url.password is not None:
+        raise ConfigError(
+            f"[sources.{name}] url carries a password; remove it and set password_env "
+            "(an environment variable name) or keyring instead"
+        )
+    if url.drivername.startswith("sqlite") and url.database:
+        url = url.set(database=str(_expand(url.database)))
+    options = {k: v for k, v in table.items() if k not in {"url", "password_env", "keyring"}}
+    return SourceConfig(
+        name=name,
+        url=url,
+        password_env=table.get("password_env"),
+        keyring=table.get("keyring"),
+        options=options,
+    )
+
+
+def load_settings(
+    config: str | os.PathLike[str] | dict[str, Any] | None = None, **overrides: Any
+) -> Settings:
+    """Read settings from a ``ldw.toml`` path (or ``$LDW_CONFIG``) or a dict, env and overrides.
+
+    >>> s = load_settings({"sources": {"lite": {"url": "sqlite:///:memory:"}}})
+    >>> s.source("lite").dialect
+    'sqlite'
+    """
+    path: Path | None = None
+    if isinstance(config, dict):
+        data = config
+    else:
+        raw = config if config is not None else os.environ.get("LDW_CONFIG")
+        data = {}
+        if raw:
+            path = Path(raw).expanduser()
+            try:
+                data = tomllib.loads(path.read_text())
+            except FileNotFoundError:
+                raise ConfigError(f"config file {str(path)!r} does not exist") from None
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    unknown_top = set(data) - {"server", "sources", "policies", "users"}
+    if unknown_top:
+        raise ConfigError(f"unknown section(s) in config: {sorted(unknown_top)}")
+
+    server = dict(_SERVER_DEFAULTS)
+    file_server = data.get("server", {})
+    unknown = set(file_server) - set(_SERVER_DEFAULTS) - {"ray_address"}
+    if unknown:
+        raise ConfigError(f"unknown [server] key(s): {sorted(unknown)}; known: {sorted(server)}")
+    server.update(file_server)
+    for key in _SERVER_DEFAULTS:
+        env = os.environ.get(f"LDW_{key.upper()}")
+        if env is not None:
+            server[key] = env
+    bad = set(overrides) - set(_SERVER_DEFAULTS)
+    if bad:
+        raise ConfigError(f"unknown setting(s) {sorted(bad)}; known: {sorted(_SERVER_DEFAULTS)}")
+    server.update({k: v for k, v in overrides.items() if v is not None})
+
+    sources = {
+        name: _source_from_table(name, table) for name, table in data.get("sources", {}).items()
+    }
+    try:
+        batch_rows = int(server["batch_rows"])
+    except ValueError:
+        raise ConfigError(f"batch_rows must be an integer, not {server['batch_rows']!r}") from None
+    return Settings(
+        shm_dir=_expand(server["shm_dir"] or _default_shm_dir()),
+        spill_dir=_expand(server["spill_dir"]),
+        state_dir=_expand(server["state_dir"]),
+        memory_limit=parse_bytes(server["memory_limit"]),
+        catalog=str(server["catalog"]),
+        listen=str(server["listen"]),
+        backend=str(server["backend"]),
+        batch_rows=batch_rows,
+        sources=sources,
+        policies=data.get("policies", {}),
+        users=data.get("users", {}),
+        config_path=path,
+    )

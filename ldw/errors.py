@@ -1,0 +1,103 @@
+"""The one error tree of ldw.
+
+Every failure a user can cause raises a subclass of :class:`LdwError` whose message says what
+was wrong and what to do. Each class also subclasses the fitting builtin, so ``except KeyError``
+keeps working for code that does not know ldw::
+
+    LdwError(Exception)
+     +-- ConfigError(ValueError)            bad ldw.toml, env var or argument
+     +-- UnknownSource(KeyError)            no source by that alias
+     +-- UnknownTable(KeyError)             no such schema/table in the source
+     +-- UnknownDataset(KeyError)           no dataset by that name
+     +-- InvalidMapping(ValueError)         bad columns / where / sql / partitioning
+     +-- UnsupportedType(TypeError)         a source type that cannot be moved exactly
+     +-- AccessDenied(PermissionError)      not allowed to see this
+     +-- PolicyViolation(PermissionError)   a governance policy forbids the operation
+     +-- SourceError(RuntimeError)          the source rejected a query
+     |    +-- SourceUnavailable(ConnectionError)   cannot reach / lost the source
+     |    +-- SourceTimeout(TimeoutError)          the source did not answer in time
+     +-- CapacityExceeded(MemoryError)      the cache cannot hold the data
+     +-- Cancelled(RuntimeError)            the user interrupted a read
+
+Driver errors are wrapped once, at the connector boundary, keeping ``__cause__`` and with any
+password removed from the message (see :func:`ldw.secrets.redact`).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AccessDenied",
+    "CapacityExceeded",
+    "Cancelled",
+    "ConfigError",
+    "InvalidMapping",
+    "LdwError",
+    "PolicyViolation",
+    "SourceError",
+    "SourceTimeout",
+    "SourceUnavailable",
+    "UnknownDataset",
+    "UnknownSource",
+    "UnknownTable",
+    "UnsupportedType",
+]
+
+
+class LdwError(Exception):
+    """Base of every error ldw raises on purpose."""
+
+    def __str__(self) -> str:
+        # KeyError's str() adds quotes around the message; keep messages readable.
+        return str(self.args[0]) if self.args else self.__class__.__name__
+
+
+class ConfigError(LdwError, ValueError):
+    """The configuration (ldw.toml, LDW_* variables or arguments) is invalid."""
+
+
+class UnknownSource(LdwError, KeyError):
+    """No source is configured under that alias."""
+
+
+class UnknownTable(LdwError, KeyError):
+    """The source has no such schema, table or column."""
+
+
+class UnknownDataset(LdwError, KeyError):
+    """No dataset by that name is visible to the caller."""
+
+
+class InvalidMapping(LdwError, ValueError):
+    """A mapping's columns, predicate, SQL or partitioning is invalid."""
+
+
+class UnsupportedType(LdwError, TypeError):
+    """A source column type cannot be moved into Arrow exactly."""
+
+
+class AccessDenied(LdwError, PermissionError):
+    """The caller is not allowed to see this."""
+
+
+class PolicyViolation(LdwError, PermissionError):
+    """A governance policy forbids the operation."""
+
+
+class SourceError(LdwError, RuntimeError):
+    """The source rejected or failed a query."""
+
+
+class SourceUnavailable(SourceError, ConnectionError):
+    """The source cannot be reached or the connection was lost."""
+
+
+class SourceTimeout(SourceError, TimeoutError):
+    """The source did not answer within the configured limit."""
+
+
+class CapacityExceeded(LdwError, MemoryError):
+    """The cache cannot hold the data within its memory limit."""
+
+
+class Cancelled(LdwError, RuntimeError):
+    """The read was interrupted by the user; the source query was cancelled."""

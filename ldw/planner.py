@@ -1,0 +1,200 @@
+"""Compile a mapping (table or SQL, columns, where, limit, partitioning) into source queries.
+
+Everything is built with SQLAlchemy Core for the source's dialect; user text only enters through
+:mod:`ldw.predicates` (validated and rebuilt). Partition boundaries come from the data, read in
+the same snapshot the partitions read.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import sqlalchemy as sa
+import sqlglot
+from sqlglot import exp
+
+from ldw.connectors import ColumnPlan, Connector, ReadPlan, SourceQuery
+from ldw.errors import InvalidMapping, UnknownTable
+from ldw.predicates import parse_where, sqlglot_dialect, validate_select_sql
+
+__all__ = ["Mapping", "MappedQuery", "parse_table_ref", "plan_mapping"]
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """What a dataset is: its definition (lineage), from which any version can be recomputed."""
+
+    name: str
+    source: str
+    schema: str | None = None
+    table: str | None = None
+    sql: str | None = None
+    columns: tuple[str, ...] | None = None
+    where: str | None = None
+    limit: int | None = None
+    partition_on: str | None = None
+    partitions: int = 1
+
+    @property
+    def ref(self) -> str:
+        if self.table:
+            return ".".join(p for p in (self.source, self.schema, self.table) if p)
+        return f"{self.source}: {self.sql}"
+
+
+@dataclass
+class MappedQuery:
+    """A mapping bound to its source: the select to run and how its columns travel."""
+
+    mapping: Mapping
+    select: sa.Select  # with rewrites applied, no partition predicate
+    columns: list[ColumnPlan]
+    lookup: dict[str, sa.ColumnElement]  # source-side column by result name, for predicates
+    tables: list[tuple[str | None, str, str | None]] = field(default_factory=list)
+
+
+def parse_table_ref(ref: str) -> tuple[str, str | None, str]:
+    """``"dwh.sales.orders"`` -> ("dwh", "sales", "orders"); ``"lite.t"`` -> ("lite", None, "t")."""
+    parts = ref.split(".") if isinstance(ref, str) else []
+    if len(parts) == 2 and all(parts):
+        return parts[0], None, parts[1]
+    if len(parts) == 3 and all(parts):
+        return parts[0], parts[1], parts[2]
+    raise InvalidMapping(
+        f"table reference {ref!r} must be SOURCE.SCHEMA.TABLE (or SOURCE.TABLE for the default "
+        "schema), e.g. \"dwh.sales.orders\""
+    )
+
+
+def _check_columns(requested: Sequence[str] | None, available: Sequence[str],
+                   where: str) -> list[str]:
+    if requested is None:
+        return list(available)
+    if isinstance(requested, str) or not requested:
+        raise InvalidMapping("columns must be a non-empty list of column names")
+    missing = [c for c in requested if c not in available]
+    if missing:
+        raise UnknownTable(f"{where} has no column(s) {missing}; columns are: {list(available)}")
+    if len(set(requested)) != len(requested):
+        raise InvalidMapping(f"columns {list(requested)} name a column twice")
+    return list(requested)
+
+
+def _sql_tables(sql: str, dialect: str | None) -> list[tuple[str | None, str, str | None]]:
+    tree = sqlglot.parse_one(sql, read=dialect)
+    ctes = {cte.alias for cte in tree.find_all(exp.CTE)}
+    return [(t.db or None, t.name, t.alias or None) for t in tree.find_all(exp.Table)
+            if t.name not in ctes]
+
+
+def _base(connector: Connector, mapping: Mapping) -> tuple[sa.Select, dict, list]:
+    dialect = connector.source.dialect
+    if mapping.table:
+        table = connector.reflect(mapping.schema, mapping.table)
+        names = _check_columns(mapping.columns, list(table.c.keys()), mapping.ref)
+        select = sa.select(*[table.c[n] for n in names])
+        lookup = {k: table.c[k] for k in table.c.keys()}
+        tables = [(mapping.schema, mapping.table, None)]
+    else:
+        sql = validate_select_sql(mapping.sql, dialect=dialect)
+        names = connector.result_names(sql)
+        if len(set(names)) != len(names):
+            raise InvalidMapping(f"sql returns duplicate column names {names}; alias them")
+        sub = sa.text(sql).columns(*[sa.column(n) for n in names]).subquery("ldw_src")
+        chosen = _check_columns(mapping.columns, names, "the query")
+        select = sa.select(*[sub.c[n] for n in chosen])
+        lookup = {n: sub.c[n] for n in names}
+        tables = _sql_tables(sql, sqlglot_dialect(dialect))
+    if mapping.where is not None:
+        select = select.where(parse_where(mapping.where, lookup, dialect=dialect))
+    return select, lookup, tables
+
+
+def plan_mapping(connector: Connector, mapping: Mapping) -> MappedQuery:
+    """Validate a mapping against the source and plan its columns; no rows move."""
+    if mapping.limit is not None and (not isinstance(mapping.limit, int) or mapping.limit < 0):
+        raise InvalidMapping(f"limit must be a non-negative integer, not {mapping.limit!r}")
+    if not isinstance(mapping.partitions, int) or mapping.partitions < 1:
+        raise InvalidMapping(f"partitions must be a positive integer, not {mapping.partitions!r}")
+    if mapping.partitions > 1 and mapping.partition_on is None:
+        raise InvalidMapping("partitions > 1 needs partition_on=COLUMN to split the rows by")
+    if mapping.partition_on is not None and mapping.limit is not None:
+        raise InvalidMapping("limit and partition_on cannot be combined; drop one of them")
+    select, lookup, tables = _base(connector, mapping)
+    if mapping.partition_on is not None and mapping.partition_on not in lookup:
+        raise UnknownTable(f"partition_on column {mapping.partition_on!r} is not in "
+                           f"{mapping.ref}; columns are: {list(lookup)}")
+    if mapping.limit is not None:
+        select = select.limit(mapping.limit)
+    plans = connector.plan_columns(select)
+    select = connector.apply_rewrites(select, plans)
+    return MappedQuery(mapping, select, plans, lookup, tables)
+
+
+def narrow(query: MappedQuery, *, columns: Sequence[str] | None = None,
+           predicate: sa.ColumnElement | None = None, limit: int | None = None) -> MappedQuery:
+    """A lazy read's pushdown: fewer columns, an extra predicate, a smaller limit."""
+    select, plans = query.select, query.columns
+    if columns is not None:
+        keep = [i for i, p in enumerate(plans) if p.name in set(columns)]
+        select = select.with_only_columns(*[select.selected_columns[i] for i in keep],
+                                          maintain_column_froms=True)
+        plans = [plans[i] for i in keep]
+    if predicate is not None:
+        select = select.where(predicate)
+    if limit is not None:
+        current = query.mapping.limit
+        select = select.limit(limit if current is None else min(limit, current))
+    return replace(query, select=select, columns=plans)
+
+
+def _boundaries(snapshot: sa.Connection, query: MappedQuery, key: sa.ColumnElement,
+                parts: int) -> list:
+    """Split points from the data: equal widths for integers, quantiles for anything else."""
+    base = query.select.with_only_columns(key.label("k"), maintain_column_froms=True).where(
+        key.is_not(None)).subquery("ldw_keys")
+    lo, hi, count = snapshot.execute(
+        sa.select(sa.func.min(base.c.k), sa.func.max(base.c.k), sa.func.count())).one()
+    if count == 0:
+        return []
+    if isinstance(lo, int) and isinstance(hi, int) and not isinstance(lo, bool):
+        step = (hi - lo + 1) / parts
+        points = sorted({lo + int(step * i) for i in range(1, parts)})
+        return [p for p in points if lo < p <= hi]
+    points = []
+    for i in range(1, parts):
+        value = snapshot.execute(sa.select(base.c.k).order_by(base.c.k)
+                                 .offset(count * i // parts).limit(1)).scalar()
+        if value is not None and (not points or value > points[-1]) and value > lo:
+            points.append(value)
+    return points
+
+
+def read_plan(connector: Connector, query: MappedQuery,
+              snapshot: sa.Connection | None) -> ReadPlan:
+    """The source queries for one read: one per partition (plus one for NULL keys)."""
+    tag = f"ldw:{uuid.uuid4().hex[:12]}"
+    literal = connector.transport != "dbapi"
+    select = query.select.prefix_with(f"/* {tag} */")
+    mapping = query.mapping
+    statements = [select]
+    if mapping.partition_on is not None and mapping.partitions > 1 and snapshot is not None:
+        key = query.lookup[mapping.partition_on]
+        points = _boundaries(snapshot, query, key, mapping.partitions)
+        ranges = [key < points[0]] if points else []
+        ranges += [sa.and_(key >= a, key < b) for a, b in zip(points, points[1:], strict=False)]
+        ranges += [key >= points[-1]] if points else [key.is_not(None)]
+        statements = [select.where(r) for r in ranges] + [select.where(key.is_(None))]
+    queries = [connector.compile(s, literal=literal) for s in statements]
+    return ReadPlan(queries, query.columns, query.tables, tag)
+
+
+def single_plan(connector: Connector, query: MappedQuery) -> ReadPlan:
+    """One query, no snapshot coordination (lazy scans, previews)."""
+    return read_plan(connector, replace(query, mapping=replace(query.mapping, partitions=1)),
+                     None)
+
+
+__all__ += ["narrow", "read_plan", "single_plan", "SourceQuery"]

@@ -1,0 +1,69 @@
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql, postgresql
+
+import ldw
+from ldw.predicates import parse_where, validate_select_sql
+
+T = sa.table("t", sa.column("a"), sa.column("o_orderdate"), sa.column("name"))
+
+
+PG = postgresql.dialect(paramstyle="named")
+
+
+def sql(expr, dialect=PG) -> str:
+    return str(expr.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+
+
+@pytest.mark.parametrize(("where", "expected"), [
+    ("a > 5", "t.a > 5"),
+    ("o_orderdate >= DATE '1995-01-01'", "t.o_orderdate >= '1995-01-01'"),
+    ("a IN (1, 2) OR name IS NULL", "t.a IN (1, 2) OR t.name IS NULL"),
+    ("a BETWEEN 1 AND 2", "t.a BETWEEN 1 AND 2"),
+    ("lower(name) LIKE 'x%'", "lower(t.name) LIKE 'x%'"),
+    ("NOT (a = 1)", "NOT (t.a = 1)"),
+    ("name = 'it''s'", "t.name = 'it''s'"),
+    ("A > -2.5", "t.a > -2.5"),
+])
+def test_valid_predicates_are_rebuilt(where, expected):
+    assert sql(parse_where(where, T.c, dialect="postgresql")) == expected
+
+
+@pytest.mark.parametrize(("where", "message"), [
+    ("1=1; DROP TABLE x", "single expression"),
+    ("x') OR ('1'='1", "cannot parse"),
+    ("a = (select max(a) from t)", "subqueries"),
+    ("a IN (select a from other)", "subquer"),
+    ("pg_sleep(10) IS NULL", "not allowed"),
+    ("b > 1", "unknown column 'b'"),
+    ("other.a > 1", "without a table qualifier"),
+    ("a", "not a condition"),
+    ("a + 1", "not a condition"),
+    ("", "non-empty"),
+    ("o_orderdate > DATE 'yesterday'", "not a valid DATE"),
+    ("a > 1 -- comment\n; delete from t", "single expression"),
+])
+def test_invalid_predicates_raise_invalid_mapping(where, message):
+    with pytest.raises(ldw.InvalidMapping, match=message):
+        parse_where(where, T.c, dialect="postgresql")
+
+
+def test_values_are_escaped_by_the_dialect_not_pasted():
+    # In MySQL's dialect 'x\'' is the string x': it stays one literal, its quote doubled.
+    expr = parse_where("name = 'x\\'' OR a = 1", T.c, dialect="mysql")
+    assert sql(expr, mysql.dialect(paramstyle="named")) == "t.name = 'x''' OR t.a = 1"
+
+
+@pytest.mark.parametrize("query", [
+    "delete from t", "select * from t for update", "select pg_sleep(5)",
+    "with x as (delete from t returning *) select * from x", "select 1; select 2",
+    "create table x as select 1", "select * into newtable from t", "select load_file('/etc/x')",
+])
+def test_sql_must_be_one_read_only_query(query):
+    with pytest.raises(ldw.InvalidMapping):
+        validate_select_sql(query, dialect="postgresql")
+
+
+def test_sql_is_regenerated():
+    assert validate_select_sql("select a,b from t where a>1", dialect="postgresql") == \
+        "SELECT a, b FROM t WHERE a > 1"
