@@ -1,11 +1,14 @@
 """The user-facing API: ``Warehouse`` (one connection to ldw) and ``Dataset`` handles.
 
-In-process, a ``Warehouse`` drives an :class:`ldw.engine.Engine` directly. Methods take
-keyword-only options and return polars DataFrames for listings.
+A ``Warehouse`` talks to an engine through a :class:`~ldw.backend.Backend`: in this process,
+the local server over its Unix socket (cached data arrives as a memory-mappable file
+descriptor), or a remote server over Arrow Flight. Methods take keyword-only options and return
+polars DataFrames for listings.
 """
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -14,14 +17,20 @@ import pandas as pd
 import polars as pl
 import pyarrow as pa
 
-from ldw.config import load_settings
-from ldw.engine import DatasetRecord, Engine
-from ldw.lazy import polars_predicate_to_sql, scan_dataset
+from ldw.backend import Backend
+from ldw.lazy import scan_dataset
 from ldw.store import Progress
+from ldw.wire import decode_schema
 
 __all__ = ["Dataset", "Warehouse", "connect"]
 
 ProgressCallback = Callable[[Progress], None]
+
+_LISTING_SCHEMA = {
+    "name": pl.String, "owner": pl.String, "mapping": pl.String, "state": pl.String,
+    "rows": pl.Int64, "bytes": pl.Int64, "version": pl.String, "last_access": pl.Float64,
+    "hits": pl.Int64, "pinned": pl.Boolean, "memory_only": pl.Boolean,
+}
 
 
 def _polars_ready(table: pa.Table) -> pa.Table:
@@ -46,43 +55,47 @@ class Dataset:
         self.name = name
 
     def __repr__(self) -> str:
-        record = self._record
-        size = f", {record.version.rows} rows" if record.version else ""
-        return f"<ldw.Dataset {self.name!r} {record.state}{size} from {record.mapping.ref!r}>"
+        info = self.info()
+        size = f", {info['rows']} rows" if info["rows"] is not None else ""
+        return f"<ldw.Dataset {self.name!r} {info['state']}{size} from {info['mapping']!r}>"
 
-    @property
-    def _record(self) -> DatasetRecord:
-        return self._wh._engine.dataset(self.name)
+    def _call(self, op: str, *, progress: ProgressCallback | None = None,
+              **args: Any) -> dict[str, Any]:
+        return self._wh._backend.call(op, {"name": self.name, **args}, progress=progress)
 
     @property
     def schema(self) -> pa.Schema:
         """The Arrow schema, known at map time."""
-        return self._record.schema
+        return decode_schema(self.info()["schema"])
 
     @property
     def state(self) -> str:
-        """mapped | materializing | cached | evicted | failed."""
-        return self._record.state
+        """mapped | materializing | cached | spilled | evicted | failed | lost."""
+        return self.info()["state"]
 
     def cache(self, *, progress: ProgressCallback | None = None) -> Dataset:
         """Materialize now into the cache (a no-op if already cached)."""
-        self._wh._engine.materialize(self.name, progress=progress or self._wh._progress)
+        self._call("cache", progress=progress or self._wh._progress)
         return self
 
     def refresh(self, *, progress: ProgressCallback | None = None) -> Dataset:
         """Read the source again into a new version; readers of the old one keep it."""
-        self._wh._engine.materialize(self.name, progress=progress or self._wh._progress,
-                                     refresh=True)
+        self._call("cache", progress=progress or self._wh._progress, refresh=True)
         return self
 
     def evict(self) -> Dataset:
         """Drop the cached version; the mapping stays and reloads on next use."""
-        self._wh._engine.evict(self.name)
+        self._call("evict")
+        return self
+
+    def pin(self, pinned: bool = True) -> Dataset:
+        """Keep the cached version in memory: capacity pressure spills others first."""
+        self._call("set_options", pin=pinned)
         return self
 
     def to_arrow(self) -> pa.Table:
         """The data as a pyarrow Table memory-mapped from the cache (materializes if needed)."""
-        return self._wh._engine.open(self.name)
+        return self._wh._backend.attach(self.name, progress=self._wh._progress)[1]
 
     def to_polars(self) -> pl.DataFrame:
         """A polars DataFrame over the cached buffers (no copy where the types allow)."""
@@ -97,27 +110,28 @@ class Dataset:
 
     def lazy(self) -> pl.LazyFrame:
         """A polars LazyFrame; while uncached, projections, limits and filters reach the SQL."""
-        engine, name = self._wh._engine, self.name
+        backend, name = self._wh._backend, self.name
         schema = pl.from_arrow(_polars_ready(self.schema.empty_table())).schema
 
         def is_cached() -> bool:
-            return engine.dataset(name).version is not None
+            return backend.call("info", {"name": name})["version"] is not None
 
         def scan_cached() -> pl.LazyFrame:
             return self.to_polars().lazy()
 
         def scan_source(columns: list[str] | None, predicate: pl.Expr | None,
                         n_rows: int | None) -> Iterator[pl.DataFrame]:
-            record = engine.dataset(name)
-            sql_predicate, complete = (None, True) if predicate is None else \
-                polars_predicate_to_sql(predicate, record.query.lookup)
-            needed = None
+            args: dict[str, Any] = {"name": name, "limit": n_rows}
             if columns is not None:
                 needed = list(columns)
                 if predicate is not None:
                     needed += [c for c in predicate.meta.root_names() if c not in needed]
-            limit = n_rows if complete else None
-            for batch in engine.scan(name, columns=needed, predicate=sql_predicate, limit=limit):
+                args["columns"] = needed
+            if predicate is not None:
+                buffer = io.StringIO()
+                predicate.meta.serialize(buffer, format="json")
+                args["predicate"] = buffer.getvalue()
+            for batch in backend.scan(args):
                 yield pl.from_arrow(_polars_ready(pa.Table.from_batches([batch])))
 
         return scan_dataset(name, schema, is_cached=is_cached, scan_cached=scan_cached,
@@ -125,41 +139,23 @@ class Dataset:
 
     def info(self) -> dict[str, Any]:
         """State, size, version, lineage, the SQL sent to the source and type notes."""
-        record = self._record
-        version = record.version
-        return {
-            "name": self.name,
-            "state": record.state,
-            "source": record.mapping.source,
-            "mapping": record.mapping.ref,
-            "columns": [p.as_row() for p in record.query.columns],
-            "rows": version.rows if version else None,
-            "bytes": version.bytes if version else None,
-            "version": version.version_id if version else None,
-            "load_seconds": version.seconds if version else None,
-            "source_sql": list(record.source_sql),
-            "lossy": record.notes,
-            "ttl": record.ttl,
-            "pinned": record.pin,
-            "memory_only": record.memory_only,
-            "hits": record.hits,
-            "error": record.error,
-        }
-
-    def pin(self) -> Dataset:
-        self._record.pin = True
-        return self
+        return self._call("info")
 
 
 class Warehouse:
     """One connection to ldw. Use :func:`ldw.connect` to get one."""
 
-    def __init__(self, engine: Engine, *, progress: ProgressCallback | None = None) -> None:
-        self._engine = engine
+    def __init__(self, backend: Backend, *, progress: ProgressCallback | None = None) -> None:
+        self._backend = backend
         self._progress = progress
 
+    @property
+    def _engine(self) -> Any:
+        """The engine of an in-process warehouse (tests and benchmarks look inside)."""
+        return self._backend.engine  # type: ignore[attr-defined]
+
     def __repr__(self) -> str:
-        return f"<ldw.Warehouse in-process, {len(self._engine.settings.sources)} source(s)>"
+        return f"<ldw.Warehouse {self._backend.where} as {self._backend.user!r}>"
 
     def __enter__(self) -> Warehouse:
         return self
@@ -168,22 +164,23 @@ class Warehouse:
         self.close()
 
     def close(self) -> None:
-        self._engine.close()
+        self._backend.close()
 
     def sources(self) -> pl.DataFrame:
         """Configured sources: name, dialect, host, database, user. Never a password."""
-        return pl.DataFrame(self._engine.sources(), schema={
+        return pl.DataFrame(self._backend.call("sources"), schema={
             "name": pl.String, "dialect": pl.String, "host": pl.String, "port": pl.Int64,
             "database": pl.String, "user": pl.String, "transport": pl.String})
 
     def tables(self, source: str, *, schema: str | None = None) -> pl.DataFrame:
         """Tables and views of a source schema with estimated row counts."""
-        return pl.DataFrame(self._engine.tables(source, schema), schema={
+        rows = self._backend.call("tables", {"source": source, "schema": schema})
+        return pl.DataFrame(rows, schema={
             "schema": pl.String, "table": pl.String, "kind": pl.String, "rows": pl.Int64})
 
     def describe(self, table: str) -> pl.DataFrame:
         """Columns of ``"src.schema.table"``: source type, Arrow type, nullable, notes."""
-        rows = self._engine.describe(table)
+        rows = self._backend.call("describe", {"table": table})
         return pl.DataFrame(rows, schema={
             "name": pl.String, "source_type": pl.String, "arrow_type": pl.String,
             "nullable": pl.Boolean, "note": pl.String, "policy_tags": pl.List(pl.String)})
@@ -197,43 +194,59 @@ class Warehouse:
 
         The schema is known at once; no rows move until the dataset is read or cached.
         """
-        self._engine.map(name, table, sql=sql, source=source, columns=columns, where=where,
-                         limit=limit, partition_on=partition_on, partitions=partitions, ttl=ttl,
-                         pin=pin, memory_only=memory_only)
+        self._backend.call("map", {
+            "name": name, "table": table, "sql": sql, "source": source,
+            "columns": list(columns) if columns is not None and not isinstance(columns, str)
+            else columns, "where": where, "limit": limit, "partition_on": partition_on,
+            "partitions": partitions, "ttl": ttl, "pin": pin, "memory_only": memory_only})
         return Dataset(self, name)
 
     def dataset(self, name: str) -> Dataset:
-        self._engine.dataset(name)
+        """A handle to one of my datasets, e.g. in a new session."""
+        self._backend.call("info", {"name": name})
         return Dataset(self, name)
 
     def datasets(self) -> pl.DataFrame:
-        """name, source, state, rows, bytes, version, last_access, hits."""
-        rows = [{
-            "name": r.mapping.name, "mapping": r.mapping.ref, "state": r.state,
-            "rows": r.version.rows if r.version else None,
-            "bytes": r.version.bytes if r.version else None,
-            "version": r.version.version_id if r.version else None,
-            "last_access": r.last_access, "hits": r.hits,
-        } for r in self._engine.datasets()]
-        return pl.DataFrame(rows, schema={
-            "name": pl.String, "mapping": pl.String, "state": pl.String, "rows": pl.Int64,
-            "bytes": pl.Int64, "version": pl.String, "last_access": pl.Float64,
-            "hits": pl.Int64})
+        """name, owner, mapping, state, rows, bytes, version, last_access, hits, ..."""
+        return pl.DataFrame(self._backend.call("datasets"), schema=_LISTING_SCHEMA)
 
     def status(self) -> dict[str, Any]:
-        return self._engine.status()
+        """Capacity, memory used, datasets, per-dataset hits and bytes served."""
+        return self._backend.call("status")
 
 
-def connect(url: str | None = None, *, in_process: bool = False,
+def connect(url: str | None = None, *, in_process: bool = False, token: str | None = None,
             config: str | os.PathLike[str] | dict[str, Any] | None = None,
-            progress: ProgressCallback | None = None, **settings: Any) -> Warehouse:
-    """Connect to ldw. ``in_process=True`` runs the engine inside this process.
+            progress: ProgressCallback | None = None, autostart: bool = True,
+            tls_root_certs: str | os.PathLike[str] | None = None,
+            **settings: Any) -> Warehouse:
+    """Connect to ldw.
+
+    With no URL, the local server is found through its Unix socket, or started detached (it
+    outlives this process). ``"grpc://host:port"`` (or ``grpc+tls://``) reaches a remote server
+    with a token. ``in_process=True`` runs the engine inside this process.
 
     >>> wh = ldw.connect(in_process=True, config="ldw.toml")  # doctest: +SKIP
     """
-    if not in_process or url is not None:
-        from ldw.errors import ConfigError
+    from ldw.config import _user, load_settings  # noqa: PLC0415
 
-        raise ConfigError("only ldw.connect(in_process=True) is available in this version; "
-                          "the shared server arrives with `ldw server`")
-    return Warehouse(Engine(load_settings(config, **settings)), progress=progress)
+    if url is not None:
+        if in_process:
+            from ldw.errors import ConfigError  # noqa: PLC0415
+
+            raise ConfigError("in_process=True runs the engine here; it takes no URL")
+        from ldw.flight import FlightBackend  # noqa: PLC0415
+
+        return Warehouse(FlightBackend(url, token=token, tls_root_certs=tls_root_certs),
+                         progress=progress)
+    loaded = load_settings(config, **settings)
+    if in_process:
+        from ldw.backend import InProcessBackend  # noqa: PLC0415
+        from ldw.engine import Engine  # noqa: PLC0415
+
+        return Warehouse(InProcessBackend(Engine(loaded, ephemeral=True), _user()),
+                         progress=progress)
+    from ldw.unix import LocalBackend  # noqa: PLC0415
+
+    return Warehouse(LocalBackend.connect(loaded, config=config, overrides=settings,
+                                          autostart=autostart), progress=progress)

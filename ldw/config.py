@@ -109,6 +109,9 @@ class Settings:
     backend: str
     batch_rows: int
     sources: dict[str, SourceConfig]
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    ttl_sweep_seconds: float = 30.0
     policies: dict[str, Any] = field(default_factory=dict)
     users: dict[str, Any] = field(default_factory=dict)
     config_path: Path | None = None
@@ -155,6 +158,9 @@ _SERVER_DEFAULTS: dict[str, Any] = {
     "catalog": "sqlite:///~/.local/share/ldw/catalog.db",
     "backend": "local",
     "batch_rows": 131072,
+    "tls_cert": None,
+    "tls_key": None,
+    "ttl_sweep_seconds": 30,
 }
 
 
@@ -243,6 +249,9 @@ def load_settings(
         backend=str(server["backend"]),
         batch_rows=batch_rows,
         sources=sources,
+        tls_cert=_expand(server["tls_cert"]) if server["tls_cert"] else None,
+        tls_key=_expand(server["tls_key"]) if server["tls_key"] else None,
+        ttl_sweep_seconds=float(server["ttl_sweep_seconds"]),
         policies=data.get("policies", {}),
         users=data.get("users", {}),
         config_path=path,

@@ -1,25 +1,36 @@
-"""The engine: sources, mappings, materialization and the store, in one owner object.
+"""The engine: sources, datasets, materialization, capacity and recovery, in one owner object.
 
 ``ldw.connect(in_process=True)`` runs it inside the caller; the shared server hosts the same
 engine. It holds source credentials (through the connectors) and never hands them out.
+
+Datasets belong to an owner (the OS or token user) and are keyed ``owner/name``. Their
+definitions and published versions live in the :class:`~ldw.catalog.Catalog`, so a restarted
+server knows them again: surviving versions are re-adopted after validation, lost ones are
+recomputed from their mapping on next access, except memory-only ones, which are reported lost.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
+import shutil
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import sqlalchemy as sa
 
+from ldw.catalog import Catalog, DatasetRow, VersionRow
 from ldw.config import Settings, parse_duration
 from ldw.connectors import Connector, connector_for
 from ldw.connectors.convert import target_schema
-from ldw.errors import InvalidMapping, UnknownDataset
+from ldw.errors import DatasetLost, InvalidMapping, UnknownDataset
 from ldw.planner import (
     MappedQuery,
     Mapping,
@@ -29,7 +40,7 @@ from ldw.planner import (
     read_plan,
     single_plan,
 )
-from ldw.store import Progress, Store, Version
+from ldw.store import DISK, MEMORY, Progress, Store, Version
 
 __all__ = ["DatasetRecord", "Engine"]
 
@@ -38,12 +49,18 @@ log = logging.getLogger("ldw.engine")
 _NAME_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 
 
+def check_name(name: object, what: str = "dataset name") -> str:
+    if not isinstance(name, str) or not name or len(name) > 128 or not set(name) <= _NAME_OK:
+        raise InvalidMapping(f"{what} {name!r} must be 1-128 letters, digits, '_' or '-'")
+    return name
+
+
 @dataclass
 class DatasetRecord:
     """Everything the engine knows about one dataset."""
 
+    owner: str
     mapping: Mapping
-    query: MappedQuery
     schema: pa.Schema
     ttl: float | None = None
     pin: bool = False
@@ -51,31 +68,108 @@ class DatasetRecord:
     state: str = "mapped"
     version: Version | None = None
     error: str | None = None
+    stale: bool = False
     created: float = field(default_factory=time.time)
     last_access: float | None = None
     hits: int = 0
+    bytes_served: int = 0
     source_sql: list[str] = field(default_factory=list)
+    query: MappedQuery | None = field(default=None, repr=False)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
+    def name(self) -> str:
+        return self.mapping.name
+
+    @property
+    def key(self) -> str:
+        return f"{self.owner}/{self.mapping.name}"
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return {"ttl": self.ttl, "pin": self.pin, "memory_only": self.memory_only}
+
+    @property
     def notes(self) -> dict[str, str]:
-        return {p.name: p.note for p in self.query.columns if p.note}
+        return {p.name: p.note for p in (self.query.columns if self.query else []) if p.note}
 
     def expired(self) -> bool:
         return (self.version is not None and self.ttl is not None
                 and time.time() - self.version.created > self.ttl)
 
 
-class Engine:
-    """Owns the connectors, the dataset registry and the store for one settings object."""
+def _mapping_from_json(data: dict[str, Any]) -> Mapping:
+    columns = data.get("columns")
+    return Mapping(**{**data, "columns": tuple(columns) if columns is not None else None})
 
-    def __init__(self, settings: Settings) -> None:
+
+class Engine:
+    """Owns the connectors, the catalog, the dataset registry and the store.
+
+    ``ephemeral=True`` (in-process use) keeps the catalog in memory and the store in private
+    folders removed on close; otherwise the engine owns its folders and recovers them.
+    """
+
+    def __init__(self, settings: Settings, *, ephemeral: bool = False) -> None:
         self.settings = settings
-        self.store = Store(settings.shm_dir, memory_limit=settings.memory_limit)
+        self.ephemeral = ephemeral
+        memory_root, disk_root = settings.shm_dir, settings.spill_dir
+        if ephemeral:
+            private = f"inproc-{uuid.uuid4().hex[:10]}"
+            memory_root, disk_root = memory_root / private, disk_root / private
+        self.store = Store(memory_root, disk_root, memory_limit=settings.memory_limit)
+        self.catalog = Catalog("sqlite://" if ephemeral else settings.catalog)
         self._connectors: dict[str, Connector] = {}
-        self._datasets: dict[str, DatasetRecord] = {}
+        self._records: dict[str, DatasetRecord] = {}
         self._lock = threading.RLock()
         self.query_log: list[tuple[str, str]] = []  # (source alias, SQL sent), newest last
+        if not ephemeral:
+            self.recover()
+
+    # -- recovery -----------------------------------------------------------------------------
+    def recover(self) -> dict[str, list[str]]:
+        """Rebuild the registry from the catalog; adopt, drop or report versions; clean orphans."""
+        report: dict[str, list[str]] = {"adopted": [], "lost": [], "dropped": [], "orphans": []}
+        versions = {v.version_id: v for v in self.catalog.versions()}
+        live: set[Path] = set()
+        for row in self.catalog.datasets():
+            record = self._record_from_row(row)
+            row_version = versions.pop(row.version_id, None) if row.version_id else None
+            if row_version is not None:
+                version = Version(record.key, row_version.version_id, row_version.path,
+                                  row_version.rows, row_version.bytes, row_version.created,
+                                  row_version.seconds, row_version.tier)
+                if self.store.adopt(version):
+                    record.version, record.source_sql = version, list(row_version.source_sql)
+                    record.state = "cached" if version.tier == MEMORY else "spilled"
+                    live.add(version.path)
+                    report["adopted"].append(record.key)
+                else:
+                    self.catalog.drop_version(version.version_id)
+                    record.state = "lost" if record.memory_only else "evicted"
+                    report["lost"].append(record.key)
+                    self.catalog.set_state(record.owner, record.name, record.state)
+            elif row.state in ("materializing", "cached", "spilled"):
+                record.state = "evicted"
+                self.catalog.set_state(record.owner, record.name, "evicted")
+            self._records[record.key] = record
+        for stray in versions.values():  # versions no dataset points at any more
+            self.catalog.drop_version(stray.version_id)
+            report["dropped"].append(stray.version_id)
+        for tier in (MEMORY, DISK):
+            for path in self.store.files(tier):
+                if path not in live:
+                    self.store.remove_orphan(path)
+                    report["orphans"].append(str(path))
+        log.info("recovered: %s", {k: len(v) for k, v in report.items()})
+        return report
+
+    def _record_from_row(self, row: DatasetRow) -> DatasetRecord:
+        options = row.options
+        return DatasetRecord(row.owner, _mapping_from_json(row.mapping), row.schema,
+                             ttl=options.get("ttl"), pin=bool(options.get("pin")),
+                             memory_only=bool(options.get("memory_only")), state=row.state,
+                             error=row.error, created=row.created)
 
     # -- sources ------------------------------------------------------------------------------
     def connector(self, source: str) -> Connector:
@@ -116,13 +210,12 @@ class Engine:
         return rows
 
     # -- datasets ------------------------------------------------------------------------------
-    def map(self, name: str, table: str | None = None, *, sql: str | None = None,
+    def map(self, owner: str, name: str, table: str | None = None, *, sql: str | None = None,
             source: str | None = None, columns: Sequence[str] | None = None,
             where: str | None = None, limit: int | None = None, partition_on: str | None = None,
             partitions: int | None = None, ttl: str | float | None = None, pin: bool = False,
-            memory_only: bool = False, replace: bool = True) -> DatasetRecord:
-        if not isinstance(name, str) or not name or not set(name) <= _NAME_OK:
-            raise InvalidMapping(f"dataset name {name!r} must be letters, digits, '_' or '-'")
+            memory_only: bool = False) -> DatasetRecord:
+        check_name(name)
         if (table is None) == (sql is None):
             raise InvalidMapping("map needs either a table (\"src.schema.table\") or sql=... ")
         if sql is not None:
@@ -134,40 +227,51 @@ class Engine:
                 raise InvalidMapping("source= goes with sql=; a table reference names its source")
             src, schema, tbl = parse_table_ref(table)
             mapping = Mapping(name, src, schema, tbl)
-        mapping = Mapping(
-            **{**mapping.__dict__, "columns": tuple(columns) if columns is not None else None,
-               "where": where, "limit": limit, "partition_on": partition_on,
-               "partitions": partitions if partitions is not None else (
-                   2 if partition_on else 1)})
+        if columns is not None and (isinstance(columns, str) or not all(
+                isinstance(c, str) for c in columns)):
+            raise InvalidMapping("columns must be a list of column names")
+        mapping = dataclasses.replace(
+            mapping, columns=tuple(columns) if columns is not None else None, where=where,
+            limit=limit, partition_on=partition_on,
+            partitions=partitions if partitions is not None else (2 if partition_on else 1))
         query = plan_mapping(self.connector(mapping.source), mapping)
-        record = DatasetRecord(mapping, query, target_schema(query.columns),
-                               ttl=parse_duration(ttl), pin=pin, memory_only=memory_only)
+        record = DatasetRecord(owner, mapping, target_schema(query.columns),
+                               ttl=parse_duration(ttl), pin=bool(pin),
+                               memory_only=bool(memory_only), query=query)
         with self._lock:
-            old = self._datasets.get(name)
-            if old is not None and not replace:
-                raise InvalidMapping(f"dataset {name!r} exists; evict it or pick another name")
-            self._datasets[name] = record
+            old = self._records.get(record.key)
+            mapping_json = dataclasses.asdict(mapping)
+            self.catalog.put_dataset(owner, name, mapping=mapping_json, options=record.options,
+                                     schema=record.schema)
+            self._records[record.key] = record
         if old is not None and old.version is not None:
-            self.store.delete(old.version)
+            self._drop_version(old.version)
         return record
 
-    def dataset(self, name: str) -> DatasetRecord:
+    def dataset(self, owner: str, name: str) -> DatasetRecord:
         with self._lock:
-            record = self._datasets.get(name)
-        if record is None:
-            known = ", ".join(sorted(self._datasets)) or "none"
-            raise UnknownDataset(f"no dataset named {name!r} (yours: {known}); map it first")
+            record = self._records.get(f"{owner}/{name}")
+            if record is None:
+                mine = sorted(r.name for r in self._records.values() if r.owner == owner)
+                raise UnknownDataset(f"no dataset named {name!r} (yours: "
+                                     f"{', '.join(mine) or 'none'}); map it first")
         if record.expired():
-            self.evict(name)
+            self.evict(owner, name, reason="expired")
         return record
 
-    def datasets(self) -> list[DatasetRecord]:
+    def datasets(self, owner: str | None = None) -> list[DatasetRecord]:
         with self._lock:
-            return list(self._datasets.values())
+            return [r for r in self._records.values() if owner is None or r.owner == owner]
+
+    def query(self, record: DatasetRecord) -> MappedQuery:
+        """The record's plan against its source (planned again after a restart)."""
+        if record.query is None:
+            record.query = plan_mapping(self.connector(record.mapping.source), record.mapping)
+        return record.query
 
     def _run(self, record: DatasetRecord, progress: Callable[[Progress], None] | None) -> Version:
         connector = self.connector(record.mapping.source)
-        query = record.query
+        query = self.query(record)
         partitioned = record.mapping.partition_on is not None and record.mapping.partitions > 1
         with connector.snapshot(query.tables, partitioned=partitioned) as snapshot:
             plan = read_plan(connector, query, snapshot)
@@ -176,59 +280,136 @@ class Engine:
             cancel = threading.Event()
             batches = connector.stream(plan, cancel, snapshot)
             try:
-                return self.store.write(record.mapping.name, record.schema, batches,
-                                        progress=progress)
+                return self.store.write(record.key, record.schema, batches, progress=progress,
+                                        make_room=lambda n: self.make_room(n, record))
             except BaseException:
                 cancel.set()
                 batches.close()
                 connector.cancel_tagged(plan.tag)
                 raise
 
-    def materialize(self, name: str, *, progress: Callable[[Progress], None] | None = None,
+    def materialize(self, owner: str, name: str, *,
+                    progress: Callable[[Progress], None] | None = None,
                     refresh: bool = False) -> Version:
         """Cache a dataset (single flight: concurrent callers wait for one source read)."""
-        record = self.dataset(name)
+        record = self.dataset(owner, name)
         with record.lock:
             if record.version is not None and not refresh:
                 return record.version
+            if record.state == "lost" and not refresh:
+                raise DatasetLost(
+                    f"dataset {name!r} is memory-only and its cached version was lost (server "
+                    "restart or crash); call refresh() to read the source again")
             previous, record.state, record.error = record.version, "materializing", None
             try:
                 version = self._run(record, progress)
             except BaseException as exc:
-                record.state = "cached" if previous is not None else "failed"
+                record.state = ("cached" if previous.tier == MEMORY else "spilled") \
+                    if previous is not None else "failed"
+                record.stale = previous is not None
                 record.error = str(exc) if isinstance(exc, Exception) else "interrupted"
+                with contextlib.suppress(Exception):
+                    self.catalog.set_state(owner, name, record.state, error=record.error,
+                                           keep_version=True)
                 raise
-            record.version, record.state = version, "cached"
-            log.info("materialized %s: %d rows, %d bytes in %.2fs", name, version.rows,
+            self.catalog.publish(VersionRow(
+                version.version_id, owner, name, version.tier, version.path, version.rows,
+                version.bytes, version.created, version.seconds, tuple(record.source_sql)))
+            record.version, record.state, record.stale = version, "cached", False
+            log.info("materialized %s: %d rows, %d bytes in %.2fs", record.key, version.rows,
                      version.bytes, version.seconds)
         if previous is not None:
-            self.store.delete(previous)
+            self._drop_version(previous)
         return version
 
-    def open(self, name: str) -> pa.Table:
-        """The cached table, memory-mapped; materialized first if needed."""
-        record = self.dataset(name)
-        version = record.version or self.materialize(name)
-        record.hits += 1
-        record.last_access = time.time()
-        return self.store.open(version)
+    def _drop_version(self, version: Version) -> None:
+        self.store.delete(version)
+        self.catalog.drop_version(version.version_id)
 
-    def evict(self, name: str) -> None:
-        record = self.dataset(name) if name in self._datasets else None
+    def make_room(self, needed: int, writing: DatasetRecord | None = None) -> int:
+        """Free ``needed`` bytes of the memory tier: spill the least recently used unpinned
+        versions to disk; memory-only ones are dropped instead (they never touch disk)."""
+        candidates = sorted(
+            (r for r in self.datasets() if r is not writing and not r.pin
+             and r.version is not None and r.version.tier == MEMORY),
+            key=lambda r: r.last_access or r.version.created)
+        freed = 0
+        for record in candidates:
+            if freed >= needed:
+                break
+            if not record.lock.acquire(blocking=False):
+                continue  # being materialized or evicted right now
+            try:
+                version = record.version
+                if version is None or version.tier != MEMORY:
+                    continue
+                if record.memory_only:
+                    self._drop_version(version)
+                    record.version, record.state = None, "evicted"
+                    self.catalog.set_state(record.owner, record.name, "evicted")
+                    log.info("capacity: dropped memory-only %s", record.key)
+                else:
+                    spilled = self.store.spill(version)
+                    self.catalog.move_version(version.version_id, tier=DISK, path=spilled.path)
+                    record.version, record.state = spilled, "spilled"
+                    self.catalog.set_state(record.owner, record.name, "spilled",
+                                           version_id=version.version_id)
+                    log.info("capacity: spilled %s to disk", record.key)
+                freed += version.bytes
+            finally:
+                record.lock.release()
+        return freed
+
+    def attach(self, owner: str, name: str, *,
+               progress: Callable[[Progress], None] | None = None) -> Version:
+        """The current version (materialized first if needed), counted as a hit."""
+        record = self.dataset(owner, name)
+        version = record.version or self.materialize(owner, name, progress=progress)
+        record.hits += 1
+        record.bytes_served += version.bytes
+        record.last_access = time.time()
+        return version
+
+    def open(self, owner: str, name: str) -> pa.Table:
+        """The cached table, memory-mapped; materialized first if needed."""
+        return self.store.open(self.attach(owner, name))
+
+    def evict(self, owner: str, name: str, *, reason: str = "evicted") -> None:
+        with self._lock:
+            record = self._records.get(f"{owner}/{name}")
         if record is None:
-            raise UnknownDataset(f"no dataset named {name!r}")
+            raise UnknownDataset(f"no dataset named {name!r}; map it first")
         with record.lock:
             if record.version is not None:
-                self.store.delete(record.version)
-            record.version, record.state = None, "evicted"
+                self._drop_version(record.version)
+            record.version, record.state, record.stale = None, "evicted", False
+            self.catalog.set_state(owner, name, "evicted")
+        log.info("%s %s", reason, record.key)
 
-    def scan(self, name: str, *, columns: Sequence[str] | None = None,
+    def set_options(self, owner: str, name: str, *, pin: bool | None = None,
+                    ttl: str | float | None = None) -> DatasetRecord:
+        record = self.dataset(owner, name)
+        if pin is not None:
+            record.pin = bool(pin)
+        if ttl is not None:
+            record.ttl = parse_duration(ttl)
+        self.catalog.set_options(owner, name, record.options)
+        return record
+
+    def expire(self) -> int:
+        """Evict every version past its TTL; returns how many."""
+        expired = [r for r in self.datasets() if r.expired()]
+        for record in expired:
+            self.evict(record.owner, record.name, reason="expired")
+        return len(expired)
+
+    def scan(self, owner: str, name: str, *, columns: Sequence[str] | None = None,
              predicate: sa.ColumnElement | None = None, limit: int | None = None
              ) -> Iterator[pa.RecordBatch]:
         """Stream from the source with pushdown (a lazy read of an uncached dataset)."""
-        record = self.dataset(name)
+        record = self.dataset(owner, name)
         connector = self.connector(record.mapping.source)
-        query = narrow(record.query, columns=columns, predicate=predicate, limit=limit)
+        query = narrow(self.query(record), columns=columns, predicate=predicate, limit=limit)
         plan = single_plan(connector, query)
         self.query_log.extend((record.mapping.source, q.sql) for q in plan.queries)
         cancel = threading.Event()
@@ -243,13 +424,14 @@ class Engine:
     def status(self) -> dict[str, Any]:
         records = self.datasets()
         return {
-            "mode": "in-process",
-            "shm_dir": str(self.settings.shm_dir),
             "memory_limit": self.settings.memory_limit,
             "used_bytes": self.store.used_bytes(),
+            "spilled_bytes": sum(r.version.bytes for r in records
+                                 if r.version is not None and r.version.tier == DISK),
             "datasets": len(records),
             "cached": sum(r.version is not None for r in records),
-            "hits": {r.mapping.name: r.hits for r in records},
+            "hits": {r.key: r.hits for r in records},
+            "bytes_served": {r.key: r.bytes_served for r in records},
         }
 
     def close(self) -> None:
@@ -257,3 +439,7 @@ class Engine:
             for connector in self._connectors.values():
                 connector.close()
             self._connectors.clear()
+        self.catalog.close()
+        if self.ephemeral:
+            for root in self.store.roots.values():
+                shutil.rmtree(root, ignore_errors=True)

@@ -17,6 +17,8 @@ keeps working for code that does not know ldw::
      |    +-- SourceUnavailable(ConnectionError)   cannot reach / lost the source
      |    +-- SourceTimeout(TimeoutError)          the source did not answer in time
      +-- CapacityExceeded(MemoryError)      the cache cannot hold the data
+     +-- DatasetLost(LookupError)           a memory-only version was lost; refresh() to reload
+     +-- ServerUnavailable(ConnectionError) the ldw server cannot be reached or started
      +-- Cancelled(RuntimeError)            the user interrupted a read
 
 Driver errors are wrapped once, at the connector boundary, keeping ``__cause__`` and with any
@@ -30,9 +32,11 @@ __all__ = [
     "CapacityExceeded",
     "Cancelled",
     "ConfigError",
+    "DatasetLost",
     "InvalidMapping",
     "LdwError",
     "PolicyViolation",
+    "ServerUnavailable",
     "SourceError",
     "SourceTimeout",
     "SourceUnavailable",
@@ -101,3 +105,11 @@ class CapacityExceeded(LdwError, MemoryError):
 
 class Cancelled(LdwError, RuntimeError):
     """The read was interrupted by the user; the source query was cancelled."""
+
+
+class DatasetLost(LdwError, LookupError):
+    """A memory-only dataset's cached version was lost; it is never reloaded silently."""
+
+
+class ServerUnavailable(LdwError, ConnectionError):
+    """The ldw server cannot be reached (or could not be started)."""

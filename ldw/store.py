@@ -1,18 +1,26 @@
-"""Immutable dataset versions as Arrow IPC files in a shared-memory directory.
+"""Immutable dataset versions as Arrow IPC files: a memory tier (shared memory) and a disk tier.
 
 A version is written under a temporary name while batches stream in and published by rename, so
 no reader ever sees half a version. Strings are stored as ``string_view``, the layout polars reads
-without conversion; opening a version memory-maps it (no copy of the table's bytes).
+without conversion; opening a version memory-maps it (no copy of the table's bytes), and a reader
+keeps its mapping when the file is later spilled, replaced or deleted.
+
+The memory tier's byte cap is enforced per batch while streaming: when a batch would cross it,
+the store asks its owner to make room (spill or drop other versions) and fails with
+``CapacityExceeded`` if it cannot.
 """
 
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
+import shutil
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -20,7 +28,9 @@ import pyarrow.ipc as ipc
 
 from ldw.errors import CapacityExceeded
 
-__all__ = ["Progress", "Store", "Version", "storage_schema"]
+__all__ = ["Progress", "Store", "Version", "open_fd", "storage_schema"]
+
+MEMORY, DISK = "memory", "disk"
 
 
 @dataclass(frozen=True)
@@ -42,13 +52,14 @@ class Progress:
 class Version:
     """A published, immutable version of a dataset."""
 
-    dataset: str
+    dataset: str  # "owner/name"
     version_id: str
     path: Path
     rows: int
     bytes: int
     created: float
     seconds: float
+    tier: str = MEMORY
 
 
 def _storage_type(arrow_type: pa.DataType) -> pa.DataType:
@@ -65,66 +76,152 @@ def storage_schema(schema: pa.Schema) -> pa.Schema:
                      metadata=schema.metadata)
 
 
-class Store:
-    """Versions under ``root/<dataset>/<version>.arrow``, private to the owning user."""
+def open_fd(fd: int) -> pa.Table:
+    """Memory-map an open version file (e.g. a descriptor received from the server)."""
+    mapped = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
+    return ipc.open_file(pa.BufferReader(pa.py_buffer(mapped))).read_all()
 
-    def __init__(self, root: Path, *, memory_limit: int) -> None:
-        self.root = Path(root)
+
+def new_version_id() -> str:
+    return time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+
+
+class Store:
+    """Versions under ``<tier root>/<owner>/<name>/<version>.arrow``, private to the server user.
+
+    ``make_room(nbytes)`` is the owner's policy for a full memory tier: it frees at least
+    ``nbytes`` (spilling or dropping versions other than the one being written) and returns
+    how many bytes it freed.
+    """
+
+    def __init__(self, memory_root: Path, disk_root: Path, *, memory_limit: int) -> None:
+        self.roots = {MEMORY: Path(memory_root), DISK: Path(disk_root)}
         self.memory_limit = memory_limit
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(self.root, 0o700)
+        for root in self.roots.values():
+            root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(root, 0o700)
+        self._lock = threading.Lock()
+        self._used = sum(p.stat().st_size for p in self.files(MEMORY))
+
+    def files(self, tier: str) -> list[Path]:
+        """Every file of a tier, published or not (recovery decides what they are)."""
+        return [p for p in self.roots[tier].glob("*/*/*") if p.is_file()]
 
     def used_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.root.glob("*/*.arrow"))
+        with self._lock:
+            return self._used
+
+    def _reserve(self, nbytes: int, make_room: Callable[[int], int] | None, dataset: str) -> None:
+        with self._lock:
+            over = self._used + nbytes - self.memory_limit
+            if over <= 0:
+                self._used += nbytes
+                return
+        if make_room is not None:
+            make_room(over)
+        with self._lock:
+            if self._used + nbytes <= self.memory_limit:
+                self._used += nbytes
+                return
+            left = max(self.memory_limit - self._used, 0)
+        raise CapacityExceeded(
+            f"dataset {dataset!r} does not fit: {left / 2**20:.0f} MiB of memory_limit "
+            f"({self.memory_limit / 2**30:.2f} GiB) is free and every other cached version is "
+            "pinned or in use; evict or unpin datasets, map fewer columns or rows, or raise "
+            "memory_limit")
+
+    def _release(self, nbytes: int) -> None:
+        with self._lock:
+            self._used -= nbytes
 
     def write(self, dataset: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch], *,
               progress: Callable[[Progress], None] | None = None,
-              reserved: int = 0) -> Version:
-        """Stream ``batches`` into a new version; publish it only if every batch arrived."""
-        folder = self.root / dataset
-        folder.mkdir(exist_ok=True, mode=0o700)
-        version_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+              make_room: Callable[[int], int] | None = None) -> Version:
+        """Stream ``batches`` into a new memory-tier version; publish it only if all arrived."""
+        folder = self.roots[MEMORY] / dataset
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        version_id = new_version_id()
         temp = folder / f".tmp-{version_id}.arrow"
         final = folder / f"{version_id}.arrow"
         stored = storage_schema(schema)
-        budget = self.memory_limit - self.used_bytes() - reserved
         started = time.perf_counter()
-        rows = nbytes = 0
+        rows = reserved = 0
         try:
             with pa.OSFile(str(temp), "wb") as sink, ipc.new_file(sink, stored) as writer:
                 for batch in batches:
                     if batch.schema != stored:
                         batch = batch.cast(stored)
-                    nbytes += batch.nbytes
-                    if nbytes > budget:
-                        raise CapacityExceeded(
-                            f"dataset {dataset!r} needs more than the {budget / 2**20:.0f} MiB "
-                            f"left of memory_limit ({self.memory_limit / 2**30:.1f} GiB); "
-                            "evict datasets, map fewer columns or rows, or raise memory_limit"
-                        )
+                    self._reserve(batch.nbytes, make_room, dataset)
+                    reserved += batch.nbytes
                     writer.write_batch(batch)
                     rows += batch.num_rows
                     if progress:
-                        progress(Progress(dataset, rows, nbytes, time.perf_counter() - started))
+                        progress(Progress(dataset, rows, reserved, time.perf_counter() - started))
             os.chmod(temp, 0o600)
             os.rename(temp, final)
         except BaseException:
+            self._release(reserved)
             with contextlib.suppress(FileNotFoundError):
                 temp.unlink()
             raise
+        size = final.stat().st_size
+        with self._lock:
+            self._used += size - reserved  # IPC framing and padding beyond the batches
         seconds = time.perf_counter() - started
         if progress:
-            progress(Progress(dataset, rows, nbytes, seconds, done=True))
-        return Version(dataset, version_id, final, rows, final.stat().st_size, time.time(),
-                       seconds)
+            progress(Progress(dataset, rows, reserved, seconds, done=True))
+        return Version(dataset, version_id, final, rows, size, time.time(), seconds)
+
+    def spill(self, version: Version) -> Version:
+        """Move a memory-tier version to the disk tier; open readers keep their mapping."""
+        folder = self.roots[DISK] / version.dataset
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        target = folder / version.path.name
+        temp = folder / f".tmp-{version.path.name}"
+        shutil.copyfile(version.path, temp)
+        os.chmod(temp, 0o600)
+        os.rename(temp, target)
+        self.delete(version)
+        return replace(version, path=target, tier=DISK)
+
+    def adopt(self, version: Version) -> bool:
+        """Count a version that survived a restart, after checking its file is whole."""
+        try:
+            with pa.memory_map(str(version.path), "r") as source:
+                reader = ipc.open_file(source)
+                rows = sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
+        except (OSError, pa.ArrowInvalid):
+            return False
+        if rows != version.rows:
+            return False
+        return True
+
+    def delete(self, version: Version) -> None:
+        try:
+            size = version.path.stat().st_size
+            version.path.unlink()
+        except FileNotFoundError:
+            return
+        if version.tier == MEMORY:
+            self._release(size)
+
+    def remove_orphan(self, path: Path) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            size = path.stat().st_size
+            path.unlink()
+            if path.is_relative_to(self.roots[MEMORY]):
+                self._release(size)
 
     @staticmethod
     def open(version: Version) -> pa.Table:
         """Memory-map a version: the returned table's buffers are the file's pages."""
-        source = pa.memory_map(str(version.path), "r")
-        return ipc.open_file(source).read_all()
+        fd = os.open(version.path, os.O_RDONLY)
+        try:
+            return open_fd(fd)
+        finally:
+            os.close(fd)
 
     @staticmethod
-    def delete(version: Version) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            version.path.unlink()
+    def open_readonly(version: Version) -> int:
+        """A read-only descriptor of the version's file, for a local client to map."""
+        return os.open(version.path, os.O_RDONLY | os.O_CLOEXEC)

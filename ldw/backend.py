@@ -1,0 +1,67 @@
+"""How a ``Warehouse`` reaches an engine: in this process, over the Unix socket, or over Flight.
+
+Every backend offers the same three calls — ``call`` (a JSON operation), ``attach`` (a cached
+version as a pyarrow Table) and ``scan`` (record batches read from the source) — so the client
+API above them is one piece of code whatever the transport.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, Protocol
+
+import pyarrow as pa
+
+from ldw.store import Progress
+
+if TYPE_CHECKING:
+    from ldw.engine import Engine
+
+__all__ = ["Backend", "InProcessBackend"]
+
+ProgressCallback = Callable[[Progress], None]
+
+
+class Backend(Protocol):
+    user: str
+    where: str  # shown in reprs: "in-process", "local server (pid 123)", "grpc://host:port"
+
+    def call(self, op: str, args: dict[str, Any] | None = None, *,
+             progress: ProgressCallback | None = None) -> Any: ...
+
+    def attach(self, name: str, *, progress: ProgressCallback | None = None
+               ) -> tuple[dict[str, Any], pa.Table]: ...
+
+    def scan(self, args: dict[str, Any]) -> Iterator[pa.RecordBatch]: ...
+
+    def close(self) -> None: ...
+
+
+class InProcessBackend:
+    """The engine runs inside the calling process (tests, scripts)."""
+
+    where = "in-process"
+
+    def __init__(self, engine: Engine, user: str) -> None:
+        self.engine = engine
+        self.user = user
+        from ldw.service import Service  # noqa: PLC0415 - server-side code, in-process only
+
+        self.service = Service(engine)
+
+    def call(self, op: str, args: dict[str, Any] | None = None, *,
+             progress: ProgressCallback | None = None) -> Any:
+        from ldw.service import OPS  # noqa: PLC0415
+
+        return OPS[op](self.service, self.user, dict(args or {}), progress)
+
+    def attach(self, name: str, *, progress: ProgressCallback | None = None
+               ) -> tuple[dict[str, Any], pa.Table]:
+        info, version = self.service.attach(self.user, {"name": name}, progress)
+        return info, self.engine.store.open(version)
+
+    def scan(self, args: dict[str, Any]) -> Iterator[pa.RecordBatch]:
+        return self.service.scan(self.user, args)
+
+    def close(self) -> None:
+        self.engine.close()

@@ -1,0 +1,232 @@
+"""The catalog: what survives the server — datasets (their lineage), versions and user tokens.
+
+SQLAlchemy Core over SQLite by default (PostgreSQL for a team). Values are JSON and Arrow IPC
+schemas, never pickles. A version row is written only after its file was published by rename,
+so the catalog never points at half a version; files the catalog does not know are orphans.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import sqlalchemy as sa
+
+from ldw.errors import ConfigError, UnknownDataset
+
+__all__ = ["Catalog", "DatasetRow", "VersionRow"]
+
+_meta = sa.MetaData()
+
+datasets_table = sa.Table(
+    "ldw_datasets", _meta,
+    sa.Column("owner", sa.String(128), primary_key=True),
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("mapping", sa.Text, nullable=False),        # JSON: the lineage
+    sa.Column("options", sa.Text, nullable=False),        # JSON: ttl, pin, memory_only
+    sa.Column("schema", sa.LargeBinary, nullable=False),  # Arrow IPC schema
+    sa.Column("state", sa.String(32), nullable=False),
+    sa.Column("version_id", sa.String(64)),
+    sa.Column("error", sa.Text),
+    sa.Column("created", sa.Float, nullable=False),
+)
+
+versions_table = sa.Table(
+    "ldw_versions", _meta,
+    sa.Column("version_id", sa.String(64), primary_key=True),
+    sa.Column("owner", sa.String(128), nullable=False),
+    sa.Column("dataset", sa.String(128), nullable=False),
+    sa.Column("tier", sa.String(16), nullable=False),     # memory | disk
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("rows", sa.BigInteger, nullable=False),
+    sa.Column("bytes", sa.BigInteger, nullable=False),
+    sa.Column("created", sa.Float, nullable=False),
+    sa.Column("seconds", sa.Float, nullable=False),
+    sa.Column("source_sql", sa.Text, nullable=False),     # JSON list
+)
+
+tokens_table = sa.Table(
+    "ldw_tokens", _meta,
+    sa.Column("user", sa.String(128), primary_key=True),
+    sa.Column("token_sha256", sa.String(64), nullable=False, unique=True),
+    sa.Column("created", sa.Float, nullable=False),
+)
+
+
+@dataclass
+class DatasetRow:
+    owner: str
+    name: str
+    mapping: dict[str, Any]
+    options: dict[str, Any]
+    schema: pa.Schema
+    state: str
+    version_id: str | None
+    error: str | None
+    created: float
+
+
+@dataclass(frozen=True)
+class VersionRow:
+    version_id: str
+    owner: str
+    dataset: str
+    tier: str
+    path: Path
+    rows: int
+    bytes: int
+    created: float
+    seconds: float
+    source_sql: tuple[str, ...]
+
+
+def _dataset_row(row: sa.Row) -> DatasetRow:
+    return DatasetRow(row.owner, row.name, json.loads(row.mapping), json.loads(row.options),
+                      pa.ipc.read_schema(pa.py_buffer(row.schema)), row.state, row.version_id,
+                      row.error, row.created)
+
+
+def _version_row(row: sa.Row) -> VersionRow:
+    return VersionRow(row.version_id, row.owner, row.dataset, row.tier, Path(row.path), row.rows,
+                      row.bytes, row.created, row.seconds, tuple(json.loads(row.source_sql)))
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Catalog:
+    """One owner of the catalog database; every method is one short transaction."""
+
+    def __init__(self, url: str) -> None:
+        if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+            path = Path(url.removeprefix("sqlite:///")).expanduser()
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            url = f"sqlite:///{path}"
+        options: dict[str, Any] = {}
+        if url in ("sqlite://", "sqlite:///:memory:"):  # one shared in-memory database
+            options = {"poolclass": sa.pool.StaticPool,
+                       "connect_args": {"check_same_thread": False}}
+        try:
+            self._engine = sa.create_engine(url, hide_parameters=True, **options)
+            _meta.create_all(self._engine)
+        except sa.exc.ArgumentError:
+            raise ConfigError(f"catalog {url!r} is not a database URL; write "
+                              "sqlite:///path/catalog.db or postgresql://...") from None
+        if self._engine.dialect.name == "sqlite":
+            with self._engine.begin() as conn:
+                conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sa.Connection]:
+        with self._lock, self._engine.begin() as conn:
+            yield conn
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    # -- datasets -----------------------------------------------------------------------------
+    def put_dataset(self, owner: str, name: str, *, mapping: dict[str, Any],
+                    options: dict[str, Any], schema: pa.Schema) -> None:
+        """Create or replace a dataset's definition (its versions are the caller's to drop)."""
+        values = {"mapping": json.dumps(mapping), "options": json.dumps(options),
+                  "schema": schema.serialize().to_pybytes(), "state": "mapped",
+                  "version_id": None, "error": None, "created": time.time()}
+        key = (datasets_table.c.owner == owner) & (datasets_table.c.name == name)
+        with self._tx() as conn:
+            if conn.execute(sa.select(sa.func.count()).where(key)).scalar_one():
+                conn.execute(datasets_table.update().where(key).values(**values))
+            else:
+                conn.execute(datasets_table.insert().values(owner=owner, name=name, **values))
+
+    def dataset(self, owner: str, name: str) -> DatasetRow:
+        query = datasets_table.select().where(
+            (datasets_table.c.owner == owner) & (datasets_table.c.name == name))
+        with self._tx() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            raise UnknownDataset(f"no dataset named {name!r}; map it first")
+        return _dataset_row(row)
+
+    def datasets(self, owner: str | None = None) -> list[DatasetRow]:
+        query = datasets_table.select().order_by(datasets_table.c.owner, datasets_table.c.name)
+        if owner is not None:
+            query = query.where(datasets_table.c.owner == owner)
+        with self._tx() as conn:
+            return [_dataset_row(r) for r in conn.execute(query)]
+
+    def set_state(self, owner: str, name: str, state: str, *, version_id: str | None = None,
+                  error: str | None = None, keep_version: bool = False) -> None:
+        values: dict[str, Any] = {"state": state, "error": error}
+        if not keep_version:
+            values["version_id"] = version_id
+        with self._tx() as conn:
+            conn.execute(datasets_table.update().where(
+                (datasets_table.c.owner == owner) & (datasets_table.c.name == name)
+            ).values(**values))
+
+    def set_options(self, owner: str, name: str, options: dict[str, Any]) -> None:
+        with self._tx() as conn:
+            conn.execute(datasets_table.update().where(
+                (datasets_table.c.owner == owner) & (datasets_table.c.name == name)
+            ).values(options=json.dumps(options)))
+
+    # -- versions -----------------------------------------------------------------------------
+    def publish(self, version: VersionRow, *, state: str = "cached") -> None:
+        """Record a published version and make it the dataset's current one, atomically."""
+        with self._tx() as conn:
+            conn.execute(versions_table.insert().values(
+                version_id=version.version_id, owner=version.owner, dataset=version.dataset,
+                tier=version.tier, path=str(version.path), rows=version.rows,
+                bytes=version.bytes, created=version.created, seconds=version.seconds,
+                source_sql=json.dumps(list(version.source_sql))))
+            conn.execute(datasets_table.update().where(
+                (datasets_table.c.owner == version.owner)
+                & (datasets_table.c.name == version.dataset)
+            ).values(state=state, version_id=version.version_id, error=None))
+
+    def version(self, version_id: str) -> VersionRow | None:
+        query = versions_table.select().where(versions_table.c.version_id == version_id)
+        with self._tx() as conn:
+            row = conn.execute(query).first()
+        return _version_row(row) if row is not None else None
+
+    def versions(self) -> list[VersionRow]:
+        with self._tx() as conn:
+            return [_version_row(r) for r in conn.execute(versions_table.select())]
+
+    def move_version(self, version_id: str, *, tier: str, path: Path) -> None:
+        with self._tx() as conn:
+            conn.execute(versions_table.update().where(
+                versions_table.c.version_id == version_id).values(tier=tier, path=str(path)))
+
+    def drop_version(self, version_id: str) -> None:
+        with self._tx() as conn:
+            conn.execute(versions_table.delete().where(
+                versions_table.c.version_id == version_id))
+
+    # -- tokens -------------------------------------------------------------------------------
+    def new_token(self, user: str) -> str:
+        """A fresh token for ``user`` (replacing any old one); only its hash is kept."""
+        token = "ldw_" + secrets.token_urlsafe(32)
+        with self._tx() as conn:
+            conn.execute(tokens_table.delete().where(tokens_table.c.user == user))
+            conn.execute(tokens_table.insert().values(
+                user=user, token_sha256=hash_token(token), created=time.time()))
+        return token
+
+    def user_for_token(self, token: str) -> str | None:
+        query = sa.select(tokens_table.c.user).where(
+            tokens_table.c.token_sha256 == hash_token(token))
+        with self._tx() as conn:
+            return conn.execute(query).scalar()

@@ -1,0 +1,293 @@
+"""Arrow Flight for remote clients: the server endpoint and the client backend.
+
+Every call is authenticated by middleware (``authorization: Bearer <token>``, checked against
+the catalog's token hashes) and fails closed. Operations are Flight actions with JSON bodies;
+their results stream back as JSON frames (progress, then the final result). Data moves with
+``do_get`` on opaque, single-use, short-lived tickets issued by the ``attach`` and ``scan``
+actions to the same user; a ticket is random bytes, never a description the server parses.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import queue
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+import pyarrow as pa
+import pyarrow.flight as fl
+
+from ldw.errors import AccessDenied, ConfigError, InvalidMapping, LdwError, ServerUnavailable
+from ldw.store import Progress
+from ldw.wire import MAX_REQUEST, decode_error, encode_error, progress_from_json, progress_to_json
+
+if TYPE_CHECKING:
+    from ldw.server import Server
+
+__all__ = ["FlightBackend", "FlightEndpoint"]
+
+log = logging.getLogger("ldw.flight")
+
+TICKET_TTL = 300.0  # seconds a ticket stays valid
+_MAX_TICKETS = 10_000
+
+
+class _Auth(fl.ServerMiddleware):
+    def __init__(self, user: str) -> None:
+        self.user = user
+
+
+class _AuthFactory(fl.ServerMiddlewareFactory):
+    """Token check on every call, before any handler runs."""
+
+    def __init__(self, lookup: Callable[[str], str | None]) -> None:
+        self.lookup = lookup
+
+    def start_call(self, info: fl.CallInfo, headers: dict[str, list[str]]) -> _Auth:
+        values = headers.get("authorization", [])
+        token = values[0].removeprefix("Bearer ").strip() if values else ""
+        user = self.lookup(token) if token else None
+        if user is None:
+            raise fl.FlightUnauthenticatedError("a valid ldw token is required "
+                                                "(create one with `ldw user add NAME`)")
+        return _Auth(user)
+
+
+def _flight_error(exc: BaseException) -> fl.FlightError:
+    """A Flight error whose detail is the JSON of the ldw error (no traceback, no secrets)."""
+    detail = json.dumps(encode_error(exc))
+    if isinstance(exc, AccessDenied):
+        return fl.FlightUnauthorizedError(detail)
+    return fl.FlightServerError(detail)
+
+
+class FlightEndpoint(fl.FlightServerBase):
+    """The server's TCP face: the same :class:`~ldw.service.Service` as the Unix socket."""
+
+    def __init__(self, server: Server) -> None:
+        settings = server.settings
+        parsed = urlparse(settings.listen)
+        tls = settings.tls_cert is not None
+        if parsed.scheme not in ("grpc", "grpc+tcp", "grpc+tls") or not parsed.hostname:
+            raise ConfigError(f"listen = {settings.listen!r}: write grpc://HOST:PORT "
+                              "(grpc+tls:// with tls_cert and tls_key)")
+        if parsed.scheme == "grpc+tls" and not tls:
+            raise ConfigError("listen uses grpc+tls:// but tls_cert/tls_key are not set")
+        if not tls and not _loopback(parsed.hostname):
+            log.warning("Flight listens on %s without TLS: tokens travel in clear text",
+                        parsed.hostname)
+        scheme = "grpc+tls" if tls else "grpc+tcp"
+        certificates = []
+        if tls:
+            certificates = [fl.CertKeyPair(settings.tls_cert.read_bytes(),
+                                           settings.tls_key.read_bytes())]
+        super().__init__(f"{scheme}://{parsed.hostname}:"
+                         f"{8815 if parsed.port is None else parsed.port}",
+                         tls_certificates=certificates,
+                         middleware={"auth": _AuthFactory(server.engine.catalog.user_for_token)})
+        self.owner = server
+        host = parsed.hostname
+        self.address = f"{'grpc+tls' if tls else 'grpc'}://{host}:{self.port}"
+        self._tickets: dict[bytes, tuple[float, str, Callable[[], fl.FlightDataStream]]] = {}
+        self._lock = threading.Lock()
+
+    def _user(self, context: fl.ServerCallContext) -> str:
+        middleware = context.get_middleware("auth")
+        if middleware is None:  # cannot happen: the factory refuses unauthenticated calls
+            raise fl.FlightUnauthenticatedError("not authenticated")
+        return middleware.user
+
+    def _issue(self, user: str, stream: Callable[[], fl.FlightDataStream]) -> str:
+        ticket = secrets.token_bytes(24)
+        now = time.monotonic()
+        with self._lock:
+            for key in [k for k, (t, _, _) in self._tickets.items() if now - t > TICKET_TTL]:
+                del self._tickets[key]
+            if len(self._tickets) >= _MAX_TICKETS:
+                raise LdwError("too many outstanding tickets; read or drop pending streams")
+            self._tickets[ticket] = (now, user, stream)
+        return ticket.hex()
+
+    def list_actions(self, context: fl.ServerCallContext) -> list[tuple[str, str]]:
+        from ldw.service import OPS  # noqa: PLC0415
+
+        actions = [(op, (getattr(fn, "__doc__", None) or op).strip().splitlines()[0])
+                   for op, fn in sorted(OPS.items())]
+        return actions + [("attach", "cache if needed; returns info and a do_get ticket"),
+                          ("scan", "read from the source with pushdown; returns a ticket")]
+
+    def do_action(self, context: fl.ServerCallContext, action: fl.Action) -> Iterator[bytes]:
+        user = self._user(context)
+        body = action.body.to_pybytes() if action.body is not None else b"{}"
+        if len(body) > MAX_REQUEST:
+            raise _flight_error(InvalidMapping(f"request larger than {MAX_REQUEST} bytes"))
+        try:
+            args = json.loads(body or b"{}")
+            if not isinstance(args, dict):
+                raise ValueError
+        except ValueError:
+            raise _flight_error(InvalidMapping("action body must be a JSON object")) from None
+        return self._run_action(user, action.type, args)
+
+    def _run_action(self, user: str, op: str, args: dict[str, Any]) -> Iterator[bytes]:
+        """Run the operation in a worker, streaming its progress frames as they happen."""
+        from ldw.service import OPS  # noqa: PLC0415
+
+        service = self.owner.service
+        events: queue.Queue = queue.Queue(maxsize=256)
+
+        def progress(event: Progress) -> None:
+            events.put({"progress": progress_to_json(event)})
+
+        def work() -> None:
+            try:
+                if op == "attach":
+                    info, version = service.attach(user, args, progress)
+                    store = self.owner.engine.store
+                    info["ticket"] = self._issue(user, lambda: fl.RecordBatchStream(
+                        store.open(version)))
+                    result = info
+                elif op == "scan":
+                    batches = service.scan(user, args)
+                    first = next(batches, None)
+                    schema = first.schema if first is not None else pa.schema([])
+
+                    def stream() -> fl.FlightDataStream:
+                        head = [first] if first is not None else []
+                        return fl.GeneratorStream(schema, _chain(head, batches))
+
+                    result = {"ticket": self._issue(user, stream)}
+                elif op in OPS:
+                    result = OPS[op](service, user, args, progress)
+                else:
+                    raise InvalidMapping(f"unknown action {op!r}; see list_actions")
+                events.put({"ok": True, "result": result})
+            except Exception as exc:
+                if not isinstance(exc, LdwError):
+                    log.exception("action %s failed", op)
+                events.put({"ok": False, "error": encode_error(exc)})
+
+        threading.Thread(target=work, name=f"ldw-action-{op}", daemon=True).start()
+        while True:
+            event = events.get()
+            yield json.dumps(event).encode()
+            if "progress" not in event:
+                return
+
+    def do_get(self, context: fl.ServerCallContext, ticket: fl.Ticket) -> fl.FlightDataStream:
+        user = self._user(context)
+        with self._lock:
+            entry = self._tickets.pop(ticket.ticket, None)
+        if entry is None or entry[1] != user or time.monotonic() - entry[0] > TICKET_TTL:
+            raise _flight_error(AccessDenied("unknown, used or expired ticket; attach again"))
+        return entry[2]()
+
+    def serve(self) -> None:
+        super().serve()
+
+
+def _chain(head: list, rest: Iterator) -> Iterator:
+    yield from head
+    yield from rest
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class FlightBackend:
+    """A remote client: JSON actions and ``do_get`` streams over Flight, with a token."""
+
+    def __init__(self, url: str, *, token: str | None,
+                 tls_root_certs: str | os.PathLike[str] | None = None) -> None:
+        if not token:
+            token = os.environ.get("LDW_TOKEN")
+        if not token:
+            raise ConfigError("a remote ldw server needs a token: connect(url, token=...) or "
+                              "$LDW_TOKEN (the server's owner creates one: `ldw user add NAME`)")
+        parsed = urlparse(url)
+        if parsed.scheme not in ("grpc", "grpc+tcp", "grpc+tls") or not parsed.hostname:
+            raise ConfigError(f"{url!r} is not an ldw server address; write grpc://host:port")
+        scheme = "grpc+tls" if parsed.scheme == "grpc+tls" else "grpc+tcp"
+        options: dict[str, Any] = {}
+        if tls_root_certs is not None:
+            with open(tls_root_certs, "rb") as handle:
+                options["tls_root_certs"] = handle.read()
+        self.url = f"{scheme}://{parsed.hostname}:{parsed.port or 8815}"
+        self.where = url
+        self._client = fl.FlightClient(self.url, **options)
+        self._options = fl.FlightCallOptions(headers=[(b"authorization",
+                                                       f"Bearer {token}".encode())])
+        self.user = str(self.call("status")["user"])  # also proves the token now
+
+    def _actions(self, op: str, args: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        try:
+            for result in self._client.do_action(fl.Action(op, json.dumps(args).encode()),
+                                                 options=self._options):
+                yield json.loads(result.body.to_pybytes())
+        except fl.FlightUnauthenticatedError as exc:
+            raise AccessDenied(f"{self.where}: the token was refused ({_first_line(exc)})") \
+                from None
+        except fl.FlightUnavailableError as exc:
+            raise ServerUnavailable(f"cannot reach the ldw server at {self.where}: "
+                                    f"{_first_line(exc)}") from None
+        except fl.FlightError as exc:
+            raise _decode_flight_error(exc) from None
+
+    def call(self, op: str, args: dict[str, Any] | None = None, *,
+             progress: Callable[[Progress], None] | None = None) -> Any:
+        for message in self._actions(op, dict(args or {})):
+            if "progress" in message:
+                if progress is not None:
+                    progress(progress_from_json(message["progress"]))
+                continue
+            if not message.get("ok"):
+                raise decode_error(message.get("error", {}))
+            return message.get("result")
+        raise ServerUnavailable(f"{self.where} ended the call without a result")
+
+    def _get(self, ticket: str) -> fl.FlightStreamReader:
+        try:
+            return self._client.do_get(fl.Ticket(bytes.fromhex(ticket)), options=self._options)
+        except fl.FlightError as exc:
+            raise _decode_flight_error(exc) from None
+
+    def attach(self, name: str, *, progress: Callable[[Progress], None] | None = None
+               ) -> tuple[dict[str, Any], pa.Table]:
+        info = self.call("attach", {"name": name}, progress=progress)
+        return info, self._get(info.pop("ticket")).read_all()
+
+    def scan(self, args: dict[str, Any]) -> Iterator[pa.RecordBatch]:
+        reader = self._get(self.call("scan", args)["ticket"])
+        for chunk in reader:
+            yield chunk.data
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _decode_flight_error(exc: fl.FlightError) -> LdwError:
+    text = str(exc)
+    start = text.find("{")
+    if start >= 0:
+        try:
+            return decode_error(json.JSONDecoder().raw_decode(text[start:])[0])
+        except ValueError:
+            pass
+    return LdwError(f"ldw server error: {_first_line(exc)}")

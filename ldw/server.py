@@ -1,0 +1,243 @@
+"""The ldw server: one process per ``state_dir`` that owns the engine and serves it.
+
+Local clients connect to a Unix socket (always on) and are identified by the socket's peer
+credentials; a cached version is handed over as a read-only file descriptor that the client
+memory-maps. Remote clients use Arrow Flight over TCP with a token (:mod:`ldw.flight`).
+
+One request per connection on the Unix socket: the client sends one JSON frame
+``{"op": ..., "args": {...}}``; the server answers with zero or more ``{"progress": ...}``
+frames and one final ``{"ok": true, "result": ...}`` or ``{"ok": false, "error": ...}`` frame.
+``attach`` sends the version's descriptor with the final frame (SCM_RIGHTS); ``scan`` follows
+the final frame with an Arrow IPC stream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import pwd
+import signal
+import socket
+import socketserver
+import struct
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from ldw.config import Settings
+from ldw.engine import Engine
+from ldw.errors import AccessDenied, InvalidMapping, LdwError, ServerUnavailable
+from ldw.service import OPS, Service
+from ldw.store import Progress
+from ldw.wire import MAX_REQUEST, encode_error, frame, progress_to_json
+
+__all__ = ["Server", "socket_path"]
+
+log = logging.getLogger("ldw.server")
+
+
+def socket_path(settings: Settings) -> Path:
+    return settings.state_dir / "ldw.sock"
+
+
+def pid_path(settings: Settings) -> Path:
+    return settings.state_dir / "ldw.pid"
+
+
+def peer_user(sock: socket.socket) -> tuple[int, int, str]:
+    """(pid, uid, user name) of the process at the other end of a Unix socket."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, _gid = struct.unpack("3i", raw)
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = str(uid)
+    return pid, uid, name
+
+
+def _read_request(sock: socket.socket) -> dict[str, Any]:
+    data = bytearray()
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise InvalidMapping("the request ended before its end of line")
+        data += chunk
+        if len(data) > MAX_REQUEST:
+            raise InvalidMapping(f"request larger than {MAX_REQUEST} bytes refused")
+    try:
+        request = json.loads(data)
+    except ValueError:
+        raise InvalidMapping("request is not JSON") from None
+    if not isinstance(request, dict) or not isinstance(request.get("op"), str) or not \
+            isinstance(request.get("args", {}), dict):
+        raise InvalidMapping('request must be {"op": NAME, "args": {...}}')
+    return request
+
+
+class _UnixHandler(socketserver.BaseRequestHandler):
+    server: _UnixServer
+
+    def handle(self) -> None:
+        sock: socket.socket = self.request
+        sock.settimeout(self.server.owner.request_timeout)
+        try:
+            pid, uid, user = peer_user(sock)
+            self.server.owner.authorize_local(uid, user)
+            request = _read_request(sock)
+            self.dispatch(sock, user, request["op"], request.get("args", {}))
+        except (BrokenPipeError, ConnectionResetError):
+            log.info("client went away")
+        except Exception as exc:  # one frame per failure; internals only in the log
+            if not isinstance(exc, LdwError):
+                log.exception("request failed")
+            with contextlib.suppress(OSError):
+                sock.sendall(frame({"ok": False, "error": encode_error(exc)}))
+
+    def dispatch(self, sock: socket.socket, user: str, op: str, args: dict[str, Any]) -> None:
+        service = self.server.owner.service
+
+        def progress(event: Progress) -> None:
+            sock.sendall(frame({"progress": progress_to_json(event)}))  # raises if gone
+
+        if op == "attach":
+            info, version = service.attach(user, args, progress)
+            fd = self.server.owner.engine.store.open_readonly(version)
+            try:
+                socket.send_fds(sock, [frame({"ok": True, "result": info})], [fd])
+            finally:
+                os.close(fd)
+        elif op == "scan":
+            batches = service.scan(user, args)
+            first = next(batches, None)
+            sock.sendall(frame({"ok": True, "result": None}))
+            with sock.makefile("wb") as out:
+                schema = first.schema if first is not None else pa.schema([])
+                with pa.ipc.new_stream(out, schema) as writer:
+                    if first is not None:
+                        writer.write_batch(first)
+                    for batch in batches:
+                        writer.write_batch(batch)
+        elif op in OPS:
+            result = OPS[op](service, user, args, progress)
+            sock.sendall(frame({"ok": True, "result": result}))
+        else:
+            raise InvalidMapping(f"unknown operation {op!r}; known: {sorted(OPS)}")
+
+
+class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+    owner: Server
+
+
+class Server:
+    """The server process's owner object: engine, Unix socket, Flight endpoint, pid lock."""
+
+    request_timeout = 3600.0  # a materialization may take long; an idle client does not hold us
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.started = time.time()
+        settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._pid_file = self._lock_pid_file()
+        self.engine = Engine(settings)
+        self.service = Service(self.engine, describe_server=self.describe)
+        self._unix: _UnixServer | None = None
+        self._flight: Any = None
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def _lock_pid_file(self) -> Any:
+        path = pid_path(self.settings)
+        handle = open(path, "a+")  # noqa: SIM115 - held open for the server's lifetime
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            other = handle.read().strip() or "?"
+            handle.close()
+            raise ServerUnavailable(
+                f"an ldw server (pid {other}) already runs for {self.settings.state_dir}; "
+                "stop it with `ldw server stop` or choose another state_dir") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        return handle
+
+    def authorize_local(self, uid: int, user: str) -> None:
+        if uid == os.getuid() or user in self.settings.users:
+            return
+        raise AccessDenied(f"user {user!r} is not known to this ldw server; ask its owner to "
+                           f"add [users.{user}] to ldw.toml")
+
+    @property
+    def addresses(self) -> dict[str, str | None]:
+        return {"socket": str(socket_path(self.settings)),
+                "flight": self._flight.address if self._flight is not None else None}
+
+    def describe(self) -> dict[str, Any]:
+        return {"mode": "server", "pid": os.getpid(), "started": self.started,
+                **self.addresses}
+
+    def start(self) -> None:
+        path = socket_path(self.settings)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # we hold the pid lock: a socket file left here is stale
+        self._unix = _UnixServer(str(path), _UnixHandler)
+        self._unix.owner = self
+        os.chmod(path, 0o666)  # anyone may knock; peer credentials decide who gets in
+        self._spawn(self._unix.serve_forever, "ldw-unix")
+        if self.settings.listen:
+            from ldw.flight import FlightEndpoint  # noqa: PLC0415
+
+            self._flight = FlightEndpoint(self)
+            self._spawn(self._flight.serve, "ldw-flight")
+        self._spawn(self._sweep, "ldw-ttl")
+        log.info("ldw server %d serving %s", os.getpid(), self.addresses)
+
+    def _spawn(self, target: Any, name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _sweep(self) -> None:
+        while not self._stop.wait(self.settings.ttl_sweep_seconds):
+            with contextlib.suppress(Exception):
+                self.engine.expire()
+
+    def wait(self) -> None:
+        self._stop.wait()
+
+    def stop(self, *_: object) -> None:
+        self._stop.set()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._unix is not None:
+            self._unix.shutdown()
+            self._unix.server_close()
+            with contextlib.suppress(FileNotFoundError):
+                socket_path(self.settings).unlink()
+        if self._flight is not None:
+            self._flight.shutdown()
+        self.engine.close()
+        self._pid_file.close()
+        log.info("ldw server %d stopped", os.getpid())
+
+
+def serve(settings: Settings) -> None:
+    """Run a server in this process until SIGTERM/SIGINT (``ldw server start --foreground``)."""
+    server = Server(settings)
+    signal.signal(signal.SIGTERM, server.stop)
+    signal.signal(signal.SIGINT, server.stop)
+    server.start()
+    try:
+        server.wait()
+    finally:
+        server.close()

@@ -1,0 +1,205 @@
+"""The local client: talks to the server over its Unix socket, starting it if needed.
+
+Cached versions arrive as read-only file descriptors and are memory-mapped here, so attaching
+a dataset costs the same milliseconds whatever its size. The server is started detached, in
+its own session, so it outlives the process (and the Jupyter kernel) that started it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from ldw.config import Settings, _user
+from ldw.errors import ServerUnavailable
+from ldw.store import Progress, open_fd
+from ldw.wire import decode_error, frame, progress_from_json
+
+__all__ = ["LocalBackend", "start_server"]
+
+ProgressCallback = Callable[[Progress], None]
+
+_ENV_KEYS = ("shm_dir", "spill_dir", "state_dir", "memory_limit", "catalog", "listen",
+             "backend", "batch_rows", "tls_cert", "tls_key", "ttl_sweep_seconds")
+
+
+class _Connection:
+    """One request's socket: reads JSON frames (and descriptors sent with them), then bytes."""
+
+    def __init__(self, path: Path, timeout: float | None) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            self.sock.close()
+            raise ServerUnavailable(
+                f"no ldw server is listening at {path}; start one with `ldw server start` "
+                "(ldw.connect() starts it unless autostart=False)") from exc
+        self.buffer = bytearray()
+        self.fds: list[int] = []
+
+    def _fill(self) -> None:
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(self.sock, 1 << 16, 4)
+        except OSError as exc:
+            raise ServerUnavailable(f"lost the ldw server mid-request: {exc}") from exc
+        self.fds.extend(fds)
+        if not data:
+            raise ServerUnavailable("the ldw server closed the connection mid-request (did it "
+                                    "stop?); check `ldw server status`")
+        self.buffer += data
+
+    def read_frame(self) -> dict[str, Any]:
+        while (end := self.buffer.find(b"\n")) < 0:
+            self._fill()
+        line = bytes(self.buffer[:end])
+        del self.buffer[:end + 1]
+        return json.loads(line)
+
+    def read(self, size: int = -1) -> bytes:
+        """File-like read for the Arrow IPC stream that may follow the final frame."""
+        if not self.buffer:
+            try:
+                chunk = self.sock.recv(1 << 20 if size < 0 else max(size, 1 << 16))
+            except OSError as exc:
+                raise ServerUnavailable(f"lost the ldw server mid-stream: {exc}") from exc
+            self.buffer += chunk
+        n = len(self.buffer) if size < 0 else min(size, len(self.buffer))
+        out = bytes(self.buffer[:n])
+        del self.buffer[:n]
+        return out
+
+    @property
+    def closed(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        for fd in self.fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.fds.clear()
+        self.sock.close()
+
+
+class LocalBackend:
+    """A client of the local server (same host), identified by its Unix user."""
+
+    def __init__(self, path: Path, *, timeout: float | None = None) -> None:
+        self.path = path
+        self.timeout = timeout
+        self.user = _user()
+        status = self.call("status")
+        self.where = f"local server (pid {status['pid']})"
+
+    @classmethod
+    def connect(cls, settings: Settings, *, config: Any = None,
+                overrides: dict[str, Any] | None = None, autostart: bool = True) -> LocalBackend:
+        from ldw.server import socket_path  # noqa: PLC0415 - a path, no server code runs
+
+        path = socket_path(settings)
+        try:
+            return cls(path)
+        except ServerUnavailable:
+            if not autostart:
+                raise
+        start_server(settings, config=config, overrides=overrides or {})
+        return cls(path)
+
+    def _open(self, op: str, args: dict[str, Any] | None) -> _Connection:
+        conn = _Connection(self.path, self.timeout)
+        try:
+            conn.sock.sendall(frame({"op": op, "args": args or {}}))
+        except OSError as exc:
+            conn.close()
+            raise ServerUnavailable(f"lost the ldw server: {exc}") from exc
+        return conn
+
+    def _result(self, conn: _Connection, progress: ProgressCallback | None) -> Any:
+        while True:
+            message = conn.read_frame()
+            if "progress" in message:
+                if progress is not None:
+                    progress(progress_from_json(message["progress"]))
+                continue
+            if not message.get("ok"):
+                raise decode_error(message.get("error", {}))
+            return message.get("result")
+
+    def call(self, op: str, args: dict[str, Any] | None = None, *,
+             progress: ProgressCallback | None = None) -> Any:
+        conn = self._open(op, args)
+        try:  # an interrupt closes the socket: the server sees it and cancels the source read
+            return self._result(conn, progress)
+        finally:
+            conn.close()
+
+    def attach(self, name: str, *, progress: ProgressCallback | None = None
+               ) -> tuple[dict[str, Any], pa.Table]:
+        conn = self._open("attach", {"name": name})
+        try:
+            info = self._result(conn, progress)
+            if not conn.fds:
+                raise ServerUnavailable("the server sent no file descriptor for the version")
+            return info, open_fd(conn.fds[-1])
+        finally:
+            conn.close()
+
+    def scan(self, args: dict[str, Any]) -> Iterator[pa.RecordBatch]:
+        conn = self._open("scan", args)
+        try:
+            self._result(conn, None)
+            reader = pa.ipc.open_stream(pa.PythonFile(conn, mode="r"))
+            yield from reader
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        """Nothing to release: every request has its own connection; the server stays up."""
+
+
+def start_server(settings: Settings, *, config: Any = None, overrides: dict[str, Any],
+                 wait: float = 60.0) -> int:
+    """Start the local server detached (own session: it outlives us); return its pid."""
+    from ldw.server import socket_path  # noqa: PLC0415
+
+    settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    log_path = settings.state_dir / "server.log"
+    env = dict(os.environ)
+    for key, value in overrides.items():
+        if key in _ENV_KEYS and value is not None:
+            env[f"LDW_{key.upper()}"] = str(value)
+    command = [sys.executable, "-m", "ldw.cli", "server", "start", "--foreground"]
+    if isinstance(config, dict):
+        env["LDW_CONFIG_JSON"] = json.dumps(config)
+    elif config is not None:
+        command += ["--config", str(Path(config).expanduser().resolve())]
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                   env=env, start_new_session=True, close_fds=True)
+    deadline = time.monotonic() + wait
+    path = socket_path(settings)
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
+            if path.exists():  # another client started it first: fine
+                with contextlib.suppress(ServerUnavailable):
+                    LocalBackend(path)
+                    return -1
+            raise ServerUnavailable("the ldw server failed to start: " + " | ".join(tail)
+                                    + f" (full log: {log_path})")
+        with contextlib.suppress(ServerUnavailable, OSError):
+            LocalBackend(path)
+            return process.pid
+        time.sleep(0.05)
+    raise ServerUnavailable(f"the ldw server did not answer within {wait:.0f}s; see {log_path}")
