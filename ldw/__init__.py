@@ -6,9 +6,11 @@ from ldw.errors import (
     Cancelled,
     CapacityExceeded,
     ConfigError,
+    DatasetLost,
     InvalidMapping,
     LdwError,
     PolicyViolation,
+    ServerUnavailable,
     SourceError,
     SourceTimeout,
     SourceUnavailable,
@@ -27,10 +29,12 @@ __all__ = [
     "CapacityExceeded",
     "ConfigError",
     "Dataset",
+    "DatasetLost",
     "InvalidMapping",
     "LdwError",
     "PolicyViolation",
     "Progress",
+    "ServerUnavailable",
     "SourceError",
     "SourceTimeout",
     "SourceUnavailable",
@@ -41,3 +45,10 @@ __all__ = [
     "Warehouse",
     "connect",
 ]
+
+
+def load_ipython_extension(ipython: object) -> None:
+    """``%load_ext ldw``: the magics live in ldw.extension (the core never imports IPython)."""
+    from ldw.extension import load_ipython_extension as load  # noqa: PLC0415
+
+    load(ipython)

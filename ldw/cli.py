@@ -30,14 +30,9 @@ def _settings(args: argparse.Namespace) -> tuple[Settings, Any]:
 
 
 def _server_pid(settings: Settings) -> int | None:
-    from ldw.server import pid_path  # noqa: PLC0415
+    from ldw.server import running_pid  # noqa: PLC0415
 
-    try:
-        pid = int(pid_path(settings).read_text().strip())
-        os.kill(pid, 0)
-    except (FileNotFoundError, ValueError, ProcessLookupError):
-        return None
-    return pid
+    return running_pid(settings)
 
 
 def _mib(n: int) -> str:

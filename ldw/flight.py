@@ -183,14 +183,15 @@ class FlightEndpoint(fl.FlightServerBase):
 
     def do_get(self, context: fl.ServerCallContext, ticket: fl.Ticket) -> fl.FlightDataStream:
         user = self._user(context)
-        with self._lock:
-            entry = self._tickets.pop(ticket.ticket, None)
-        if entry is None or entry[1] != user or time.monotonic() - entry[0] > TICKET_TTL:
+        with self._lock:  # only its own user can redeem (and so use up) a ticket
+            entry = self._tickets.get(ticket.ticket)
+            if entry is not None and entry[1] == user:
+                del self._tickets[ticket.ticket]
+            else:
+                entry = None
+        if entry is None or time.monotonic() - entry[0] > TICKET_TTL:
             raise _flight_error(AccessDenied("unknown, used or expired ticket; attach again"))
         return entry[2]()
-
-    def serve(self) -> None:
-        super().serve()
 
 
 def _chain(head: list, rest: Iterator) -> Iterator:

@@ -37,7 +37,7 @@ from ldw.service import OPS, Service
 from ldw.store import Progress
 from ldw.wire import MAX_REQUEST, encode_error, frame, progress_to_json
 
-__all__ = ["Server", "socket_path"]
+__all__ = ["Server", "running_pid", "serve", "socket_path"]
 
 log = logging.getLogger("ldw.server")
 
@@ -48,6 +48,23 @@ def socket_path(settings: Settings) -> Path:
 
 def pid_path(settings: Settings) -> Path:
     return settings.state_dir / "ldw.pid"
+
+
+def running_pid(settings: Settings) -> int | None:
+    """The pid of the server holding this state_dir's lock, or None (zombies hold no lock)."""
+    path = pid_path(settings)
+    try:
+        handle = open(path)  # noqa: SIM115
+    except FileNotFoundError:
+        return None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = handle.read().strip()
+            return int(text) if text.isdigit() else -1
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return None
 
 
 def peer_user(sock: socket.socket) -> tuple[int, int, str]:
@@ -196,8 +213,8 @@ class Server:
         if self.settings.listen:
             from ldw.flight import FlightEndpoint  # noqa: PLC0415
 
+            # serving starts with the endpoint; its serve() would take over SIGTERM
             self._flight = FlightEndpoint(self)
-            self._spawn(self._flight.serve, "ldw-flight")
         self._spawn(self._sweep, "ldw-ttl")
         log.info("ldw server %d serving %s", os.getpid(), self.addresses)
 

@@ -83,7 +83,7 @@ def shm_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 def make_warehouse(shm_dir: str, **sources: dict) -> ldw.Warehouse:
     return ldw.connect(in_process=True, config={"sources": sources}, shm_dir=shm_dir,
-                       memory_limit="4GiB")
+                       spill_dir=f"{shm_dir}-spill", memory_limit="4GiB")
 
 
 @pytest.fixture
