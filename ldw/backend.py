@@ -1,13 +1,13 @@
 """How a ``Warehouse`` reaches an engine: in this process, over the Unix socket, or over Flight.
 
 Every backend offers the same three calls — ``call`` (a JSON operation), ``attach`` (a cached
-version as a pyarrow Table) and ``scan`` (record batches read from the source) — so the client
-API above them is one piece of code whatever the transport.
+version as a pyarrow Table) and ``stream`` (record batches: a source scan or a SQL result) — so
+the client API above them is one piece of code whatever the transport.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import pyarrow as pa
@@ -32,7 +32,7 @@ class Backend(Protocol):
     def attach(self, name: str, *, progress: ProgressCallback | None = None
                ) -> tuple[dict[str, Any], pa.Table]: ...
 
-    def scan(self, args: dict[str, Any]) -> Iterator[pa.RecordBatch]: ...
+    def stream(self, op: str, args: dict[str, Any]) -> pa.RecordBatchReader: ...
 
     def close(self) -> None: ...
 
@@ -60,8 +60,8 @@ class InProcessBackend:
         info, version = self.service.attach(self.user, {"name": name}, progress)
         return info, self.engine.store.open(version)
 
-    def scan(self, args: dict[str, Any]) -> Iterator[pa.RecordBatch]:
-        return self.service.scan(self.user, args)
+    def stream(self, op: str, args: dict[str, Any]) -> pa.RecordBatchReader:
+        return self.service.stream(self.user, op, args)
 
     def close(self) -> None:
         self.engine.close()

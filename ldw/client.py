@@ -131,7 +131,7 @@ class Dataset:
                 buffer = io.StringIO()
                 predicate.meta.serialize(buffer, format="json")
                 args["predicate"] = buffer.getvalue()
-            for batch in backend.scan(args):
+            for batch in backend.stream("scan", args):
                 yield pl.from_arrow(_polars_ready(pa.Table.from_batches([batch])))
 
         return scan_dataset(name, schema, is_cached=is_cached, scan_cached=scan_cached,
@@ -209,6 +209,15 @@ class Warehouse:
     def datasets(self) -> pl.DataFrame:
         """name, owner, mapping, state, rows, bytes, version, last_access, hits, ..."""
         return pl.DataFrame(self._backend.call("datasets"), schema=_LISTING_SCHEMA)
+
+    def sql(self, query: str) -> pl.DataFrame:
+        """Run SQL (DuckDB dialect) over my datasets, referenced by name; uncached ones are
+        materialized first. Only a single read-only query over datasets is accepted.
+
+        >>> wh.sql("SELECT o_orderstatus, count(*) AS n FROM orders GROUP BY 1")  # doctest: +SKIP
+        """
+        reader = self._backend.stream("sql", {"query": query})
+        return pl.from_arrow(_polars_ready(reader.read_all()), rechunk=False)
 
     def status(self) -> dict[str, Any]:
         """Capacity, memory used, datasets, per-dataset hits and bytes served."""

@@ -122,6 +122,7 @@ class Engine:
         self._connectors: dict[str, Connector] = {}
         self._records: dict[str, DatasetRecord] = {}
         self._lock = threading.RLock()
+        self._sql_engine: Any = None
         self.query_log: list[tuple[str, str]] = []  # (source alias, SQL sent), newest last
         if not ephemeral:
             self.recover()
@@ -421,6 +422,15 @@ class Engine:
                 cancel.set()
             stream.close()
 
+    def sql_engine(self) -> Any:
+        """The sandboxed DuckDB engine for SQL over datasets, created on first use."""
+        with self._lock:
+            if self._sql_engine is None:
+                from ldw.sql import SqlEngine  # noqa: PLC0415
+
+                self._sql_engine = SqlEngine()
+            return self._sql_engine
+
     def status(self) -> dict[str, Any]:
         records = self.datasets()
         return {
@@ -439,6 +449,8 @@ class Engine:
             for connector in self._connectors.values():
                 connector.close()
             self._connectors.clear()
+            if self._sql_engine is not None:
+                self._sql_engine.close()
         self.catalog.close()
         if self.ephemeral:
             for root in self.store.roots.values():

@@ -121,7 +121,8 @@ class FlightEndpoint(fl.FlightServerBase):
         actions = [(op, (getattr(fn, "__doc__", None) or op).strip().splitlines()[0])
                    for op, fn in sorted(OPS.items())]
         return actions + [("attach", "cache if needed; returns info and a do_get ticket"),
-                          ("scan", "read from the source with pushdown; returns a ticket")]
+                          ("scan", "read from the source with pushdown; returns a ticket"),
+                          ("sql", "SQL over my datasets; returns a ticket")]
 
     def do_action(self, context: fl.ServerCallContext, action: fl.Action) -> Iterator[bytes]:
         user = self._user(context)
@@ -138,7 +139,7 @@ class FlightEndpoint(fl.FlightServerBase):
 
     def _run_action(self, user: str, op: str, args: dict[str, Any]) -> Iterator[bytes]:
         """Run the operation in a worker, streaming its progress frames as they happen."""
-        from ldw.service import OPS  # noqa: PLC0415
+        from ldw.service import OPS, STREAM_OPS  # noqa: PLC0415
 
         service = self.owner.service
         events: queue.Queue = queue.Queue(maxsize=256)
@@ -154,16 +155,9 @@ class FlightEndpoint(fl.FlightServerBase):
                     info["ticket"] = self._issue(user, lambda: fl.RecordBatchStream(
                         store.open(version)))
                     result = info
-                elif op == "scan":
-                    batches = service.scan(user, args)
-                    first = next(batches, None)
-                    schema = first.schema if first is not None else pa.schema([])
-
-                    def stream() -> fl.FlightDataStream:
-                        head = [first] if first is not None else []
-                        return fl.GeneratorStream(schema, _chain(head, batches))
-
-                    result = {"ticket": self._issue(user, stream)}
+                elif op in STREAM_OPS:
+                    reader = service.stream(user, op, args)
+                    result = {"ticket": self._issue(user, lambda: fl.RecordBatchStream(reader))}
                 elif op in OPS:
                     result = OPS[op](service, user, args, progress)
                 else:
@@ -270,10 +264,8 @@ class FlightBackend:
         info = self.call("attach", {"name": name}, progress=progress)
         return info, self._get(info.pop("ticket")).read_all()
 
-    def scan(self, args: dict[str, Any]) -> Iterator[pa.RecordBatch]:
-        reader = self._get(self.call("scan", args)["ticket"])
-        for chunk in reader:
-            yield chunk.data
+    def stream(self, op: str, args: dict[str, Any]) -> pa.RecordBatchReader:
+        return self._get(self.call(op, args)["ticket"]).to_reader()
 
     def close(self) -> None:
         self._client.close()

@@ -33,7 +33,7 @@ import pyarrow as pa
 from ldw.config import Settings
 from ldw.engine import Engine
 from ldw.errors import AccessDenied, InvalidMapping, LdwError, ServerUnavailable
-from ldw.service import OPS, Service
+from ldw.service import OPS, STREAM_OPS, Service
 from ldw.store import Progress
 from ldw.wire import MAX_REQUEST, encode_error, frame, progress_to_json
 
@@ -129,17 +129,12 @@ class _UnixHandler(socketserver.BaseRequestHandler):
                 socket.send_fds(sock, [frame({"ok": True, "result": info})], [fd])
             finally:
                 os.close(fd)
-        elif op == "scan":
-            batches = service.scan(user, args)
-            first = next(batches, None)
+        elif op in STREAM_OPS:
+            reader = service.stream(user, op, args)
             sock.sendall(frame({"ok": True, "result": None}))
-            with sock.makefile("wb") as out:
-                schema = first.schema if first is not None else pa.schema([])
-                with pa.ipc.new_stream(out, schema) as writer:
-                    if first is not None:
-                        writer.write_batch(first)
-                    for batch in batches:
-                        writer.write_batch(batch)
+            with sock.makefile("wb") as out, pa.ipc.new_stream(out, reader.schema) as writer:
+                for batch in reader:
+                    writer.write_batch(batch)
         elif op in OPS:
             result = OPS[op](service, user, args, progress)
             sock.sendall(frame({"ok": True, "result": result}))

@@ -22,7 +22,7 @@ from ldw.lazy import polars_predicate_to_sql
 from ldw.store import Version
 from ldw.wire import encode_schema
 
-__all__ = ["OPS", "Service"]
+__all__ = ["OPS", "STREAM_OPS", "Service"]
 
 log = logging.getLogger("ldw.service")
 
@@ -139,7 +139,15 @@ class Service:
         version = self.engine.attach(user, name, progress=progress)
         return self.info(self.engine.dataset(user, name)), version
 
-    def scan(self, user: str, args: dict) -> Iterator[pa.RecordBatch]:
+    def stream(self, user: str, op: str, args: dict) -> pa.RecordBatchReader:
+        """A data operation whose result is record batches: ``scan`` or ``sql``."""
+        if op == "scan":
+            return self._scan(user, args)
+        if op == "sql":
+            return self._sql(user, args)
+        raise InvalidMapping(f"unknown data operation {op!r}; known: {sorted(STREAM_OPS)}")
+
+    def _scan(self, user: str, args: dict) -> pa.RecordBatchReader:
         """Stream an uncached dataset from its source, pushing down what translates exactly."""
         name = _arg(args, "name", str, required=True)
         columns = _arg(args, "columns", list)
@@ -155,10 +163,30 @@ class Service:
             else:
                 sql_predicate, complete = polars_predicate_to_sql(
                     predicate, self.engine.query(record).lookup)
-        return self.engine.scan(user, name, columns=columns, predicate=sql_predicate,
-                                limit=limit if complete else None)
+        batches = self.engine.scan(user, name, columns=columns, predicate=sql_predicate,
+                                   limit=limit if complete else None)
+        first = next(batches, None)
+        if first is None:
+            fields = [f for f in record.schema if columns is None or f.name in columns]
+            return pa.RecordBatchReader.from_batches(pa.schema(fields), iter(()))
+        return pa.RecordBatchReader.from_batches(first.schema, _chain(first, batches))
+
+    def _sql(self, user: str, args: dict) -> pa.RecordBatchReader:
+        """SQL over the caller's datasets, each read zero-copy from its cached version."""
+        from ldw.sql import referenced_datasets  # noqa: PLC0415 - DuckDB loads on first use
+
+        query = _arg(args, "query", str, required=True)
+        names = referenced_datasets(query)  # validated before any dataset is touched
+        tables = {name: self.engine.open(user, name) for name in names}
+        return self.engine.sql_engine().run(query, tables).to_reader()
 
 
+def _chain(first: pa.RecordBatch, rest: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    yield first
+    yield from rest
+
+
+STREAM_OPS = frozenset({"scan", "sql"})
 OPS: dict[str, Callable[[Service, str, dict, Callable | None], Any]] = {
     name.removeprefix("op_"): getattr(Service, name)
     for name in dir(Service) if name.startswith("op_")

@@ -155,17 +155,25 @@ class LocalBackend:
         finally:
             conn.close()
 
-    def scan(self, args: dict[str, Any]) -> Iterator[pa.RecordBatch]:
-        conn = self._open("scan", args)
+    def stream(self, op: str, args: dict[str, Any]) -> pa.RecordBatchReader:
+        conn = self._open(op, args)
         try:
             self._result(conn, None)
             reader = pa.ipc.open_stream(pa.PythonFile(conn, mode="r"))
-            yield from reader
-        finally:
+        except BaseException:
             conn.close()
+            raise
+        return pa.RecordBatchReader.from_batches(reader.schema, _closing(reader, conn))
 
     def close(self) -> None:
         """Nothing to release: every request has its own connection; the server stays up."""
+
+
+def _closing(reader: pa.RecordBatchReader, conn: _Connection) -> Iterator[pa.RecordBatch]:
+    try:
+        yield from reader
+    finally:
+        conn.close()
 
 
 def start_server(settings: Settings, *, config: Any = None, overrides: dict[str, Any],

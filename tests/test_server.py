@@ -386,3 +386,27 @@ def test_arrow_from_the_socket_equals_in_process(server, table, shm_dir):
     assert served.equals(direct)
     assert isinstance(served, pa.Table)
     local.close()
+
+
+def test_sql_over_datasets_on_every_transport(server, table, shm_dir):
+    query = ("SELECT who, count(*) AS n, sum(amount) AS total FROM events "
+             "WHERE id <= 977 GROUP BY who ORDER BY who LIMIT 3")
+    local = ldw.connect(config=str(server), autostart=False)
+    local.map("events", table)
+    token = _run("user", "add", "dave", config=server).stdout.split()[-1]
+    address = json.loads(_run("server", "status", "--json", config=server).stdout)["flight"]
+    remote = ldw.connect(address, token=token)
+    remote.map("events", table)
+    inproc = make_warehouse(shm_dir, pg={"url": POSTGRES_URL})
+    inproc.map("events", table)
+    results = [wh.sql(query) for wh in (local, remote, inproc)]
+    assert results[0].height == 3 and results[0]["n"].to_list() == [1, 1, 1]
+    assert results[0].equals(results[1]) and results[0].equals(results[2])
+    for wh in (local, remote):
+        with pytest.raises(ldw.InvalidMapping):
+            wh.sql("SELECT * FROM read_parquet('/etc/passwd')")
+        with pytest.raises(ldw.UnknownDataset):
+            wh.sql("SELECT * FROM nobody_has_this")
+    empty = local.sql("SELECT id FROM events WHERE id < 0")
+    assert empty.height == 0 and empty.columns == ["id"]
+    inproc.close()
