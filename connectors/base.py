@@ -9,6 +9,8 @@ one consistent snapshot of the source.
 from __future__ import annotations
 
 import contextlib
+import errno
+import socket
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +22,7 @@ import sqlglot
 from sqlalchemy.engine import Engine
 
 from ldw.config import SourceConfig
-from ldw.errors import SourceError, SourceUnavailable, UnknownTable
+from ldw.errors import LdwError, SourceError, SourceUnavailable, UnknownTable
 from ldw.secrets import redact
 
 __all__ = ["ColumnPlan", "Connector", "ReadPlan", "SourceQuery", "wrap_driver_error"]
@@ -68,19 +70,84 @@ class ReadPlan:
     tag: str = ""  # marks the queries on the source so they can be found and cancelled
 
 
-def wrap_driver_error(source: SourceConfig, exc: BaseException, action: str) -> SourceError:
-    """Turn a driver failure into a SourceError naming the source alias, password removed."""
+# What a driver error says about the connection, from its structured fields first: SQLSTATE
+# classes/codes (psycopg, ADBC), MySQL/MariaDB error numbers (PyMySQL), SQLite result codes, OS
+# errno values. Only an error that carries none of them is judged by its message (ConnectorX
+# raises plain RuntimeErrors; libpq reports a lost socket as an I/O error without a SQLSTATE).
+_UNREACHABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300")  # prefixes
+_UNREACHABLE_MYSQL_ERRORS = frozenset({
+    1040,  # ER_CON_COUNT_ERROR: too many connections
+    1053,  # ER_SERVER_SHUTDOWN
+    1927,  # ER_CONNECTION_KILLED (MariaDB)
+    2002, 2003, 2005,  # CR_CONNECTION_ERROR, CR_CONN_HOST_ERROR, CR_UNKNOWN_HOST
+    2006, 2013, 2055,  # CR_SERVER_GONE_ERROR, CR_SERVER_LOST, CR_SERVER_LOST_EXTENDED
+    4031,  # ER_CLIENT_INTERACTION_TIMEOUT (MySQL 8)
+})
+_UNREACHABLE_SQLITE_CODES = frozenset({10, 14})  # SQLITE_IOERR, SQLITE_CANTOPEN
+_UNREACHABLE_ERRNOS = frozenset({
+    errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.EHOSTUNREACH,
+    errno.ENETUNREACH, errno.ENETDOWN, errno.ETIMEDOUT, errno.EPIPE, errno.ENOTCONN,
+})
+_UNREACHABLE_WORDS = (
+    "could not connect", "connection refused", "can't connect", "server closed",
+    "lost connection", "terminating connection", "connection reset", "failed to connect",
+    "name or service not known", "timeout expired", "gone away", "broken pipe",
+)
+
+
+def _dbapi_class_names(exc: BaseException) -> set[str]:
+    return {cls.__name__ for cls in type(exc).__mro__}
+
+
+def _unreachable(exc: BaseException) -> bool | None:
+    """True/False when a structured field of ``exc`` decides, None when nothing does."""
+    if isinstance(exc, sa.exc.DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        return _unreachable(exc.orig) if exc.orig is not None else None
+    module = type(exc).__module__.split(".")[0]
+    if module in ("pymysql", "MySQLdb") and exc.args and isinstance(exc.args[0], int):
+        return exc.args[0] in _UNREACHABLE_MYSQL_ERRORS
+    sqlstate = getattr(exc, "sqlstate", None)
+    if isinstance(sqlstate, str) and sqlstate:
+        return sqlstate.startswith(_UNREACHABLE_SQLSTATES)
+    sqlite_code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(sqlite_code, int):
+        return (sqlite_code & 0xFF) in _UNREACHABLE_SQLITE_CODES
+    status = getattr(exc, "status_code", None)  # ADBC
+    if status is not None:
+        # An ADBC I/O status without a SQLSTATE is a lost socket or a failed value conversion
+        # alike; any other status (invalid data, not found, ...) is the query's own failure.
+        return None if getattr(status, "name", None) == "IO" else False
+    if isinstance(exc, ConnectionError | TimeoutError | socket.gaierror):
+        return True
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return exc.errno in _UNREACHABLE_ERRNOS
+    names = _dbapi_class_names(exc)
+    if "DatabaseError" in names or "InterfaceError" in names:
+        # A PEP 249 error without a SQLSTATE comes from the client side: failing to connect,
+        # or losing the connection, is what OperationalError means there.
+        return "OperationalError" in names or "InterfaceError" in names
+    return None
+
+
+def wrap_driver_error(source: SourceConfig, exc: BaseException, action: str, *,
+                      connecting: bool = False) -> SourceError:
+    """Turn a driver failure into a SourceError naming the source alias, password removed.
+
+    ``SourceUnavailable`` when the source cannot be reached or dropped the connection (decided
+    from SQLSTATE, error numbers or errno where the driver gives them; ``connecting`` says the
+    failure happened while opening a connection), ``SourceError`` for a query the source
+    rejected or failed.
+    """
     secret = None
     with contextlib.suppress(Exception):
         secret = source.password()
     message = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
                      [secret])
-    unreachable = isinstance(exc, ConnectionError | OSError) or any(
-        word in message.lower()
-        for word in ("could not connect", "connection refused", "can't connect", "server closed",
-                     "lost connection", "terminating connection", "connection reset",
-                     "name or service not known", "timeout expired", "gone away")
-    )
+    unreachable = True if connecting else _unreachable(exc)
+    if unreachable is None:
+        unreachable = any(word in str(exc).lower() for word in _UNREACHABLE_WORDS)
     cls = SourceUnavailable if unreachable else SourceError
     return cls(f"source {source.name!r}: {action} failed: {message}")
 
@@ -117,21 +184,28 @@ class Connector:
                 self._engine = sa.create_engine(
                     self.sqlalchemy_url(), pool_pre_ping=True, hide_parameters=True
                 )
+                self.configure_engine(self._engine)
             return self._engine
 
+    def configure_engine(self, engine: Engine) -> None:
+        """Driver set-up for every new connection of ``engine`` (e.g. type loaders)."""
+
     @contextlib.contextmanager
-    def guard(self, action: str) -> Iterator[None]:
-        """Wrap any driver failure once, naming the source by alias and without secrets."""
+    def guard(self, action: str, *, connecting: bool = False) -> Iterator[None]:
+        """Wrap any driver failure once, naming the source by alias and without secrets.
+
+        ldw's own errors (e.g. ``UnsupportedType`` from a conversion) pass through unchanged.
+        """
         try:
             yield
-        except (SourceError, UnknownTable):
+        except LdwError:
             raise
         except KeyboardInterrupt:
             raise
         except BaseException as exc:  # drivers raise Rust panics (BaseException) too
             if isinstance(exc, SystemExit | GeneratorExit):
                 raise
-            raise wrap_driver_error(self.source, exc, action) from None
+            raise wrap_driver_error(self.source, exc, action, connecting=connecting) from None
 
     def close(self) -> None:
         with self._lock:

@@ -1,25 +1,48 @@
 """Any SQLAlchemy dialect: a batched DBAPI cursor, typed by the reflected SQLAlchemy types.
 
 Slower than the Arrow-native drivers (values pass through Python objects) but exact for every
-type SQLAlchemy reflects; result columns SQLAlchemy cannot type are read as text.
+type SQLAlchemy reflects; result columns SQLAlchemy cannot type are read as text. Where
+SQLAlchemy's result processing would change a value (MySQL TIME folded into a time of day, BIT
+turned into an int, DOUBLE into a rounded Decimal, SET into a Python set, JSON parsed), the plan
+reads the driver's own value or the source's text form instead.
+
+A value that cannot become its column's Arrow type (NaN in a decimal column, PostgreSQL
+'24:00:00' or 'infinity', which psycopg cannot load) raises ``UnsupportedType`` naming the
+column and the value; finding it is only done once building the column's array has failed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import decimal
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import pyarrow as pa
 import sqlalchemy as sa
 from sqlalchemy import types as sat
+from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import Engine
 
 from .base import ColumnPlan, Connector, ReadPlan
-from .convert import convert_batch, target_schema
+from .convert import convert_batch, target_schema, unsupported_value
 from .fan_in import fan_in
 
-__all__ = ["GenericConnector", "arrow_type_for"]
+__all__ = ["GenericConnector", "Unloadable", "arrow_type_for"]
+
+# Types whose SQLAlchemy result processing would change the value, checked before the generic
+# table: (type, Arrow type, rewrite, note). "driver_value" keeps the DBAPI driver's own value
+# (PyMySQL: bytes for BIT, a signed timedelta for TIME), "text" asks the source for its text form.
+EXACT_TYPES: list[tuple[type, pa.DataType, str, str | None]] = [
+    (mysql.BIT, pa.binary(), "driver_value", "BIT as big-endian bytes"),
+    (mysql.TIME, pa.duration("us"), "driver_value",
+     "TIME is a signed duration (-838h..838h): stored as duration[us]"),
+    (mysql.SET, pa.string(), "text", None),  # members comma-joined, as the server prints them
+    (sat.Uuid, pa.string(), "text", None),  # the canonical text form
+    (sat.JSON, pa.json_(), "text", None),  # the document text (jsonb: as the server normalizes)
+]
 
 # SQLAlchemy generic type -> Arrow type; the first matching class wins (subclasses first).
 SQLALCHEMY_TYPES: list[tuple[type, pa.DataType]] = [
@@ -36,7 +59,7 @@ SQLALCHEMY_TYPES: list[tuple[type, pa.DataType]] = [
     (sat.LargeBinary, pa.binary()),
     (sat._Binary, pa.binary()),
     (sat.Uuid, pa.string()),
-    (sat.JSON, pa.string()),
+    (sat.JSON, pa.json_()),
     (sat.String, pa.string()),
 ]
 
@@ -66,6 +89,80 @@ def arrow_type_for(sa_type: sat.TypeEngine) -> tuple[pa.DataType | None, str | N
 DEFAULT_DRIVERS = {"postgresql": "psycopg", "mysql": "pymysql", "mariadb": "pymysql"}
 
 
+@dataclass(frozen=True)
+class Unloadable:
+    """A source value the DBAPI driver has no Python value for, kept as the source's text."""
+
+    text: str
+
+
+def _lenient_loader(base: type) -> type:
+    """A psycopg loader that returns ``Unloadable`` where ``base`` fails (e.g. '24:00:00')."""
+    import psycopg  # noqa: PLC0415 - only for PostgreSQL sources
+    from psycopg.adapt import Loader  # noqa: PLC0415
+
+    class Lenient(Loader):
+        def __init__(self, oid: int, context: Any = None) -> None:
+            super().__init__(oid, context)
+            self._inner = base(oid, context)
+
+        def load(self, data: Any) -> Any:
+            try:
+                return self._inner.load(data)
+            except psycopg.DataError:
+                return Unloadable(bytes(data).decode(errors="replace"))
+
+    Lenient.__name__ = f"Lenient{base.__name__}"
+    return Lenient
+
+
+def _psycopg_setup(dbapi_connection: Any, _record: Any) -> None:
+    """PostgreSQL has dates and times Python has not ('infinity', '24:00:00', year 10000)."""
+    from psycopg.pq import Format  # noqa: PLC0415
+
+    adapters = dbapi_connection.adapters
+    for name in ("date", "time", "timetz", "timestamp", "timestamptz"):
+        info = adapters.types.get(name)
+        if info is not None:
+            base = adapters.get_loader(info.oid, Format.TEXT)
+            adapters.register_loader(info.oid, _lenient_loader(base))
+
+
+# DBAPI driver name -> set-up run on each new connection.
+DRIVER_SETUP = {"psycopg": _psycopg_setup}
+
+_ARRAY_ERRORS = (pa.ArrowException, TypeError, ValueError, OverflowError)
+
+
+def _value_problem(values: Sequence[Any], arrow_type: pa.DataType) -> str:
+    """Say which value of a column failed to become ``arrow_type`` (the error path only)."""
+    for value in values:
+        if value is None:
+            continue
+        try:
+            pa.array([value], type=arrow_type)
+        except _ARRAY_ERRORS:
+            if isinstance(value, Unloadable):
+                return (f"holds {value.text[:60]!r}, which the DBAPI driver cannot turn into a "
+                        f"Python value for {arrow_type}")
+            if isinstance(value, decimal.Decimal) and not value.is_finite():
+                text = "NaN" if value.is_nan() else "Infinity" if value > 0 else "-Infinity"
+                return f"holds {text}, which Arrow's {arrow_type} cannot represent"
+            shown = repr(value)
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            return (f"holds {shown} ({type(value).__name__}), which cannot become Arrow's "
+                    f"{arrow_type}")
+    return f"holds a value that cannot become Arrow's {arrow_type}"
+
+
+def _source_type(sa_type: sat.TypeEngine) -> str:
+    if isinstance(sa_type, sat.NullType):
+        return "untyped"
+    if isinstance(sa_type, sat.Numeric) and not isinstance(sa_type, sat.Float):
+        return str(sa_type).lower().replace(", ", ",")  # numeric(10,2), as the other paths say
+    return str(sa_type)
+
+
 class GenericConnector(Connector):
     family: ClassVar[str] = "generic"
     transport: ClassVar[str] = "dbapi"
@@ -76,14 +173,30 @@ class GenericConnector(Connector):
         return url.set(drivername=f"{url.drivername}+{driver}") if driver else url
     SQL_REWRITES: ClassVar[dict[str, Any]] = {
         "text": lambda column: sa.cast(column, sa.Text),
+        # same SQL, no SQLAlchemy result processing: the DBAPI driver's value as it is
+        "driver_value": lambda column: sa.type_coerce(column, sat.NullType()),
     }
+
+    def configure_engine(self, engine: Engine) -> None:
+        setup = DRIVER_SETUP.get(engine.dialect.driver)
+        if setup is not None:
+            sa.event.listen(engine, "connect", setup)
 
     def plan_columns(self, statement: sa.Select) -> list[ColumnPlan]:
         return [self._plan(column) for column in statement.selected_columns]
 
     def _plan(self, column: sa.ColumnElement) -> ColumnPlan:
         sa_type = column.type
-        source = str(sa_type) if not isinstance(sa_type, sat.NullType) else "untyped"
+        source = _source_type(sa_type)
+        for cls, arrow, rewrite, note in EXACT_TYPES:
+            if isinstance(sa_type, cls):
+                return ColumnPlan(column.name, source, arrow, rewrite=rewrite, note=note)
+        if isinstance(sa_type, sat.Time) and sa_type.timezone:  # time64 has no offset
+            return ColumnPlan(column.name, source, pa.string(), rewrite="text",
+                              note="time with time zone kept as its text form")
+        if isinstance(sa_type, sat.Float) and sa_type.asdecimal:
+            # e.g. MySQL DOUBLE: SQLAlchemy would round the driver's float to a Decimal
+            return ColumnPlan(column.name, source, pa.float64(), rewrite="driver_value")
         arrow, reason = arrow_type_for(sa_type)
         if arrow is None:
             return ColumnPlan(column.name, source, pa.string(), rewrite="text",
@@ -111,6 +224,7 @@ class GenericConnector(Connector):
     def _read_one(self, query, plan: ReadPlan, conn: sa.Connection,
                   cancel: threading.Event) -> Iterator[pa.RecordBatch]:
         schema = target_schema(plan.columns)
+        source = self.source.name
         with self.guard("reading"):
             # Through SQLAlchemy, so its result processors turn driver values into Python ones.
             result = conn.execute(query.statement) if query.statement is not None \
@@ -121,11 +235,21 @@ class GenericConnector(Connector):
                         return
                     columns = list(zip(*rows, strict=True))
                     batch = pa.RecordBatch.from_arrays(
-                        [pa.array(values, type=field.type) for values, field in
-                         zip(columns, schema, strict=True)], schema=schema)
-                    yield convert_batch(batch, plan.columns, schema)
+                        [self._array(values, column, field) for values, column, field in
+                         zip(columns, plan.columns, schema, strict=True)], schema=schema)
+                    yield convert_batch(batch, plan.columns, schema, source=source)
             finally:
                 result.close()
+
+    def _array(self, values: Sequence[Any], plan: ColumnPlan, field: pa.Field) -> pa.Array:
+        """One column of a batch; a value Arrow cannot take raises UnsupportedType."""
+        try:
+            return pa.array(values, type=field.type)
+        except _ARRAY_ERRORS:
+            raise unsupported_value(
+                self.source.name, plan, _value_problem(values, field.type),
+                "filter those rows out in where= or map it with sql= and a cast "
+                "(e.g. CAST(v AS text))") from None
 
     def stream(self, plan: ReadPlan, cancel: threading.Event,
                snapshot: sa.Connection | None = None) -> Iterator[pa.RecordBatch]:

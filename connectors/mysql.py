@@ -202,7 +202,7 @@ class MySQLConnector(Connector):
                 for batch in reader:
                     if cancel.is_set():
                         return
-                    yield convert_batch(batch, plan.columns, schema)
+                    yield convert_batch(batch, plan.columns, schema, source=self.source.name)
         except BaseException:
             if plan.tag:
                 self.cancel_tagged(plan.tag)

@@ -17,7 +17,7 @@ import pyarrow as pa
 import sqlalchemy as sa
 
 from .base import ColumnPlan, Connector, ReadPlan
-from .convert import convert_batch, target_schema
+from .convert import NAN_SENTINEL, convert_batch, target_schema
 from .fan_in import fan_in
 
 __all__ = ["PostgresConnector"]
@@ -25,6 +25,7 @@ __all__ = ["PostgresConnector"]
 _SNAPSHOT_ID = re.compile(r"^[0-9A-Fa-f]+-[0-9A-Fa-f]+(-[0-9]+)?$")
 
 # PostgreSQL type name -> (SQL rewrite, conversion, stored Arrow type or None = as delivered, note)
+# (array types are named with a leading underscore, as in pg_type)
 PG_TYPES: dict[str, tuple[str | None, str | None, pa.DataType | None, str | None]] = {
     "bpchar": (None, "rtrim", pa.string(),
                "char(n): trailing blanks trimmed, as PostgreSQL compares them"),
@@ -32,7 +33,37 @@ PG_TYPES: dict[str, tuple[str | None, str | None, pa.DataType | None, str | None
                  "interval as month_day_nano; polars reads it as a struct(months, days, ns)"),
     "money": ("numeric", "decimal_from_text", pa.decimal128(38, 2),
               "money as decimal(38,2), currency symbol dropped"),
+    # Values PostgreSQL has and Arrow does not ('24:00:00', 'infinity') raise UnsupportedType:
+    # a vectorized range check per batch, the values themselves pass untouched.
+    "time": (None, "pg_time", None, None),
+    "_time": (None, "pg_time", None, None),
+    "timestamp": (None, "pg_timestamp", None, None),
+    "_timestamp": (None, "pg_timestamp", None, None),
+    "timestamptz": (None, "pg_timestamp", None, None),
+    "_timestamptz": (None, "pg_timestamp", None, None),
+    "date": (None, "pg_date", None, None),
+    "_date": (None, "pg_date", None, None),
 }
+
+
+def _scaled(column: sa.ColumnElement, scale: int) -> sa.ColumnElement:
+    """numeric(p<=18, s) as the int8 value * 10^s; NaN (which int8 cannot hold) as a sentinel."""
+    return sa.case(
+        (column == sa.cast(sa.literal("NaN"), sa.Numeric),
+         sa.cast(sa.literal(NAN_SENTINEL), sa.BigInteger)),
+        else_=sa.cast(column * sa.literal_column(str(10**scale)), sa.BigInteger))
+
+
+def _adbc_reader(cursor: Any) -> Any:
+    """The result stream of an executed ADBC cursor, raising ADBC's own errors.
+
+    ``fetch_record_batch()`` returns the bare pyarrow reader, whose errors are plain
+    ``OSError``s with the message only; the driver manager's wrapping reader re-raises them as
+    ADBC errors carrying ``sqlstate`` and ``status_code`` (arrow-adbc issue 1523).
+    """
+    results = getattr(cursor, "_results", None)
+    reader = getattr(results, "reader", None)
+    return reader if reader is not None else cursor.fetch_record_batch()
 
 
 def _decimal_type(typmod: int) -> pa.DataType | None:
@@ -47,9 +78,10 @@ class PostgresConnector(Connector):
     transport: ClassVar[str] = "adbc"
     SQL_REWRITES: ClassVar[dict[str, Any]] = {
         "text": lambda column: sa.cast(column, sa.Text),
+        "text_array": lambda column: sa.cast(column, sa.ARRAY(sa.Text)),
         "numeric": lambda column: sa.cast(column, sa.Numeric),
-        **{f"scaled_{scale}": (lambda column, s=scale: sa.cast(
-            column * sa.literal_column(str(10**s)), sa.BigInteger)) for scale in range(19)},
+        **{f"scaled_{scale}": (lambda column, s=scale: _scaled(column, s))
+           for scale in range(19)},
     }
 
     def sqlalchemy_url(self) -> sa.URL:
@@ -68,10 +100,15 @@ class PostgresConnector(Connector):
         with self.engine.connect() as conn:
             return {name: max(int(n), 0) for name, n in conn.execute(query, {"schema": schema})}
 
+    def _connect(self, *, autocommit: bool) -> Any:
+        """An ADBC connection; failing to open one means the source is unavailable."""
+        with self.guard("connecting", connecting=True):
+            return adbc_pg.connect(self._libpq_uri(), autocommit=autocommit)
+
     def plan_columns(self, statement: sa.Select) -> list[ColumnPlan]:
         sql = self.compile(statement, literal=True).sql
         with self.guard("reading the result schema"), contextlib.closing(
-            adbc_pg.connect(self._libpq_uri())
+            self._connect(autocommit=False)
         ) as conn, conn.cursor() as cursor:
             schema = cursor.adbc_execute_schema(sql)
         return [self._plan(field) for field in schema]
@@ -82,8 +119,8 @@ class PostgresConnector(Connector):
         typmod = int(meta.get(b"POSTGRESQL:typmod", b"-1"))
         if pg_type == "numeric":
             decimal = _decimal_type(typmod)
-            if decimal is None:
-                return ColumnPlan(field.name, "numeric", pa.string(), convert="text",
+            if decimal is None:  # PostgreSQL's own text: 'NaN' and 'Infinity' as it prints them
+                return ColumnPlan(field.name, "numeric", pa.string(), rewrite="text",
                                   note="unbounded NUMERIC kept as exact decimal text; "
                                   "cast it to numeric(p,s) in sql= for a decimal column")
             source = f"numeric({decimal.precision},{decimal.scale})"
@@ -96,12 +133,15 @@ class PostgresConnector(Connector):
             return ColumnPlan(field.name, pg_type, arrow_type or field.type, rewrite=rewrite,
                               convert=convert, note=note)
         arrow_type = field.type
+        # ADBC delivers types it does not know as their binary COPY bytes ("opaque"): the
+        # server's text output function gives the exact, readable form instead.
         if isinstance(arrow_type, pa.OpaqueType):
-            return ColumnPlan(field.name, pg_type, pa.string(), convert="text",
+            return ColumnPlan(field.name, pg_type, pa.string(), rewrite="text",
                               note=f"PostgreSQL {pg_type} kept as its text form")
         if pa.types.is_list(arrow_type) and isinstance(arrow_type.value_type, pa.OpaqueType):
-            return ColumnPlan(field.name, pg_type, pa.list_(pa.string()), convert="cast",
-                              note=f"{pg_type} elements kept as text")
+            return ColumnPlan(field.name, pg_type, pa.list_(pa.string()), rewrite="text_array",
+                              note=f"{pg_type.removeprefix('_')}[] elements kept as their "
+                              "text form")
         return ColumnPlan(field.name, pg_type, arrow_type)
 
     # -- snapshot and reading -----------------------------------------------------------------
@@ -126,7 +166,7 @@ class PostgresConnector(Connector):
                   cancel: threading.Event) -> Iterator[pa.RecordBatch]:
         schema = target_schema(plan.columns)
         with self.guard("reading"), contextlib.closing(
-            adbc_pg.connect(self._libpq_uri(), autocommit=snapshot_id is None)
+            self._connect(autocommit=snapshot_id is None)
         ) as conn, conn.cursor() as cursor:
             if snapshot_id is not None:
                 if not _SNAPSHOT_ID.match(snapshot_id):
@@ -136,13 +176,13 @@ class PostgresConnector(Connector):
             cursor.adbc_statement.set_options(
                 **{"adbc.postgresql.batch_size_hint_bytes": str(16 << 20)})
             cursor.execute(sql)
-            reader = cursor.fetch_record_batch()
+            reader = _adbc_reader(cursor)
             try:
                 for batch in reader:
                     if cancel.is_set():
                         cursor.adbc_cancel()
                         return
-                    yield convert_batch(batch, plan.columns, schema)
+                    yield convert_batch(batch, plan.columns, schema, source=self.source.name)
             except BaseException:
                 with contextlib.suppress(Exception):
                     cursor.adbc_cancel()

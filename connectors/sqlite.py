@@ -69,5 +69,5 @@ class SQLiteConnector(GenericConnector):
                 for batch in cursor.fetch_record_batch():
                     if cancel.is_set():
                         return
-                    yield convert_batch(batch, plan.columns, schema)
+                    yield convert_batch(batch, plan.columns, schema, source=self.source.name)
             conn.rollback()

@@ -225,6 +225,12 @@ class Catalog:
                 user=user, token_sha256=hash_token(token), created=time.time()))
         return token
 
+    def revoke_token(self, user: str) -> bool:
+        """Forget ``user``'s token: every later call with it is refused."""
+        with self._tx() as conn:
+            return conn.execute(tokens_table.delete().where(tokens_table.c.user == user)
+                                ).rowcount > 0
+
     def user_for_token(self, token: str) -> str | None:
         query = sa.select(tokens_table.c.user).where(
             tokens_table.c.token_sha256 == hash_token(token))

@@ -3,6 +3,7 @@
     ldw server start [--foreground] [--config ldw.toml]
     ldw server stop | ldw server status
     ldw user add NAME          prints a new token once; only its hash is stored
+    ldw user revoke NAME       every later call with that token is refused
 """
 
 from __future__ import annotations
@@ -114,6 +115,17 @@ def cmd_user_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_user_revoke(args: argparse.Namespace) -> int:
+    from ldw.catalog import Catalog  # noqa: PLC0415
+
+    settings, _ = _settings(args)
+    catalog = Catalog(settings.catalog)
+    revoked = catalog.revoke_token(args.name)
+    catalog.close()
+    print(f"token of {args.name} revoked" if revoked else f"{args.name} has no token")
+    return 0 if revoked else 1
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ldw", description="ldw: a logical data warehouse")
     parser.add_argument("--config", help="ldw.toml (default: $LDW_CONFIG)")
@@ -133,7 +145,10 @@ def _parser() -> argparse.ArgumentParser:
     add = user_actions.add_parser("add", help="create a user token (printed once)")
     add.add_argument("name")
     add.set_defaults(func=cmd_user_add)
-    for sub in (start, stop, status, add):
+    revoke = user_actions.add_parser("revoke", help="revoke a user's token")
+    revoke.add_argument("name")
+    revoke.set_defaults(func=cmd_user_revoke)
+    for sub in (start, stop, status, add, revoke):
         sub.add_argument("--config", default=argparse.SUPPRESS, help="ldw.toml")
     return parser
 

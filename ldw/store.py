@@ -111,13 +111,15 @@ class Store:
         with self._lock:
             return self._used
 
-    def _reserve(self, nbytes: int, make_room: Callable[[int], int] | None, dataset: str) -> None:
+    def _reserve(self, nbytes: int, make_room: Callable[[int], int] | None, dataset: str,
+                 *, written: int) -> None:
         with self._lock:
             over = self._used + nbytes - self.memory_limit
             if over <= 0:
                 self._used += nbytes
                 return
-        if make_room is not None:
+        # spilling others cannot help a version larger than the whole memory tier
+        if make_room is not None and written + nbytes <= self.memory_limit:
             make_room(over)
         with self._lock:
             if self._used + nbytes <= self.memory_limit:
@@ -151,7 +153,7 @@ class Store:
                 for batch in batches:
                     if batch.schema != stored:
                         batch = batch.cast(stored)
-                    self._reserve(batch.nbytes, make_room, dataset)
+                    self._reserve(batch.nbytes, make_room, dataset, written=reserved)
                     reserved += batch.nbytes
                     writer.write_batch(batch)
                     rows += batch.num_rows

@@ -410,3 +410,158 @@ def test_sql_over_datasets_on_every_transport(server, table, shm_dir):
     empty = local.sql("SELECT id FROM events WHERE id < 0")
     assert empty.height == 0 and empty.columns == ["id"]
     inproc.close()
+
+
+def _flight_calls(fl, client, options, ticket: bytes) -> dict:
+    """Every Flight RPC once, with the given call options."""
+    descriptor = fl.FlightDescriptor.for_path("events")
+    schema = pa.schema([("x", pa.int64())])
+
+    def put():
+        writer, _ = client.do_put(descriptor, schema, options=options)
+        writer.write_table(pa.table({"x": [1]}))
+        writer.close()
+
+    def exchange():
+        writer, reader = client.do_exchange(descriptor, options=options)
+        writer.begin(schema)
+        writer.close()
+        reader.read_all()
+
+    return {
+        "do_action": lambda: list(client.do_action(fl.Action("datasets", b"{}"),
+                                                   options=options)),
+        "list_actions": lambda: list(client.list_actions(options=options)),
+        "do_get": lambda: client.do_get(fl.Ticket(ticket), options=options).read_all(),
+        "list_flights": lambda: list(client.list_flights(options=options)),
+        "get_flight_info": lambda: client.get_flight_info(descriptor, options=options),
+        "get_schema": lambda: client.get_schema(descriptor, options=options),
+        "do_put": put,
+        "do_exchange": exchange,
+    }
+
+
+def test_every_flight_method_refuses_missing_wrong_and_revoked_tokens(server, table):
+    import pyarrow.flight as fl
+    address = json.loads(_run("server", "status", "--json", config=server).stdout)["flight"]
+    token = _run("user", "add", "erin", config=server).stdout.split()[-1]
+    erin = ldw.connect(address, token=token)
+    erin.map("events", table).cache()
+    ticket = bytes.fromhex(erin._backend.call("attach", {"name": "events"})["ticket"])
+    client = fl.FlightClient(address.replace("grpc://", "grpc+tcp://"))
+    bearer = [(b"authorization", f"Bearer {token}".encode())]
+    assert list(client.list_actions(options=fl.FlightCallOptions(headers=bearer)))
+    _run("user", "revoke", "erin", config=server)
+    refusals = {
+        "none": fl.FlightCallOptions(),
+        "wrong": fl.FlightCallOptions(headers=[(b"authorization", b"Bearer ldw_wrong")]),
+        "revoked": fl.FlightCallOptions(headers=bearer),
+    }
+    for kind, options in refusals.items():
+        for method, call in _flight_calls(fl, client, options, ticket).items():
+            # get_schema surfaces the status as a plain OSError on the client side
+            with pytest.raises((fl.FlightUnauthenticatedError, OSError),
+                               match="ldw token is required"):
+                call()
+                pytest.fail(f"{method} with {kind} token was not refused")
+    with pytest.raises(ldw.AccessDenied):
+        erin.datasets()
+
+
+def test_flight_over_tls(tmp_path, table):
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    config = _write_config(tmp_path, listen="grpc+tls://localhost:0", tls_cert=cert,
+                           tls_key=key)
+    _run("server", "start", config=config)
+    try:
+        address = json.loads(_run("server", "status", "--json", config=config).stdout)["flight"]
+        assert address.startswith("grpc+tls://localhost:")
+        token = _run("user", "add", "fred", config=config).stdout.split()[-1]
+        wh = ldw.connect(address, token=token, tls_root_certs=cert)
+        assert wh.map("events", table).to_arrow().num_rows == ROWS
+        plain = address.replace("grpc+tls://", "grpc://")
+        with pytest.raises(ldw.LdwError):  # plaintext against a TLS port
+            ldw.connect(plain, token=token)
+    finally:
+        _run("server", "stop", config=config, check=False)
+        subprocess.run(["rm", "-rf", str(load_settings(str(config)).shm_dir)])
+
+
+def test_a_real_jupyter_kernel_restart_keeps_the_cache(server, table):
+    from jupyter_client.manager import start_new_kernel
+
+    def run(client, code: str) -> str:
+        reply_text: list[str] = []
+        reply = client.execute_interactive(
+            code, timeout=120,
+            output_hook=lambda msg: reply_text.append(msg["content"].get("text", ""))
+            if msg["msg_type"] == "stream" else None)
+        assert reply["content"]["status"] == "ok", reply["content"]
+        return "".join(reply_text).strip()
+
+    manager, client = start_new_kernel(kernel_name="python3")
+    try:
+        first = run(client, f"import ldw\nwh = ldw.connect(config={str(server)!r}, "
+                            f"autostart=False)\nds = wh.map('events', {table!r}).cache()\n"
+                            "print(ds.info()['version'])")
+        server_pid = _pid(server.parent)
+        manager.restart_kernel(now=True)
+        client.wait_for_ready(timeout=60)
+        second = run(client, f"import ldw\nwh = ldw.connect(config={str(server)!r}, "
+                             "autostart=False)\nds = wh.dataset('events')\n"
+                             "print(ds.info()['version'], ds.to_arrow().num_rows)")
+        assert second.split() == [first, str(ROWS)]
+        assert _pid(server.parent) == server_pid and _alive(server_pid)
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
+
+
+def test_capacity_of_a_few_hundred_mb_is_never_exceeded(tmp_path, pg_engine, pg_schema):
+    with pg_engine.begin() as conn:  # about 60 MB as Arrow
+        conn.exec_driver_sql(f"create table {pg_schema}.wide as select g::bigint as a, "
+                             "g::bigint * 3 as b, g::float8 / 7 as c from "
+                             "generate_series(1, 2500000) g")
+    cap = 150 * 2**20
+    config = _write_config(tmp_path, memory_limit=str(cap))
+    _run("server", "start", config=config)
+    shm = load_settings(str(config)).shm_dir
+    peak = [0]
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(FileNotFoundError):
+                peak[0] = max(peak[0], sum(p.stat().st_size for p in shm.rglob("*")
+                                           if p.is_file()))
+            time.sleep(0.005)
+
+    import contextlib
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        wh = ldw.connect(config=str(config), autostart=False)
+        pid = _pid(tmp_path)
+        ref = f"pg.{pg_schema}.wide"
+        for i in range(4):
+            wh.map(f"load{i}", ref, memory_only=(i == 2)).cache()
+        with pytest.raises(ldw.CapacityExceeded):
+            wh.map("toobig", sql=f"select a, b, c, a as d, b as e, c as f from {pg_schema}.wide "
+                   f"union all select a, b, c, a, b, c from {pg_schema}.wide",
+                   source="pg").cache()
+        states = dict(zip(wh.datasets()["name"], wh.datasets()["state"], strict=True))
+        assert _alive(pid)
+        # the failed load may have made room first (its size is unknown until it streams)
+        assert "spilled" in states.values() and states["toobig"] == "failed"
+        assert not list((tmp_path / "spill").rglob("load2/*"))  # memory-only never spilled
+        for i in (0, 1, 3):
+            assert wh.dataset(f"load{i}").to_arrow().num_rows == 2_500_000
+    finally:
+        stop.set()
+        watcher.join()
+        _run("server", "stop", config=config, check=False)
+        subprocess.run(["rm", "-rf", str(shm)])
+    assert peak[0] <= cap + 2 * 2**20, f"shared memory peaked at {peak[0] / 2**20:.1f} MiB"

@@ -72,3 +72,27 @@ def test_to_polars_is_zero_copy_over_the_mapped_file(lite):
     column = table.column("name").chunk(0)
     assert str(column.type) == "string_view"
     assert ds.to_polars()["name"].dtype == pl.String
+
+
+@pytest.mark.parametrize("source", ["lite", "lite_dbapi"])
+def test_a_failing_query_is_a_source_error_not_unavailable(lite, source):
+    """A query SQLite fails while stepping is SourceError: the file is still there."""
+    ds = lite.map("overflow", source=source,
+                  sql="select id, abs(-9223372036854775807 - id) as a from items")
+    with pytest.raises(ldw.SourceError, match=rf"^source '{source}'.*integer overflow") as info:
+        ds.to_arrow()
+    assert not isinstance(info.value, ldw.SourceUnavailable)
+    assert ds.state == "failed"
+
+
+@pytest.mark.parametrize("transport", ["adbc", "dbapi"])
+def test_an_unopenable_file_is_unavailable(tmp_path, shm_dir, transport):
+    """SQLITE_CANTOPEN (a missing directory) means the source cannot be reached."""
+    url = f"sqlite:///{tmp_path / 'missing' / 'x.db'}"
+    options = {"transport": "dbapi"} if transport == "dbapi" else {}
+    wh = make_warehouse(shm_dir, gone={"url": url, **options})
+    try:
+        with pytest.raises(ldw.SourceUnavailable, match="^source 'gone'"):
+            wh.map("t", "gone.t")
+    finally:
+        wh.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import socket
 import struct
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -21,6 +22,9 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
+from conftest import make_warehouse
+
+import ldw
 
 pytestmark = pytest.mark.mysql
 
@@ -93,9 +97,6 @@ def dec(text: str) -> tuple[Decimal, Decimal]:
 D65_30 = "9" * 35 + "." + "9" * 30
 D38_20 = "9" * 18 + "." + "9" * 20
 D28_10 = "9" * 18 + "." + "9" * 10
-TIME_BUG = ("generic path plans MySQL TIME as time64[us] and SQLAlchemy's TIME processor folds "
-            "the timedelta into a time of day: '-00:00:01.5' reads 23:59:58.5, '-01:00:00' reads "
-            "23:00:00, '838:59:59' reads 22:59:59 (silently wrong); expected duration[us]")
 TIME_MIN = td(838, 59, 59, sign=-1)
 TIME_MAX = td(838, 59, 59, 999999)
 UUIDS = ["00000000-0000-0000-0000-000000000000", "123e4567-e89b-12d3-a456-426614174000",
@@ -137,20 +138,13 @@ CASES = [
     Case("double", "double",
          # (no -0.0: MariaDB itself stores it as 0)
          same(1.7976931348623157e308, -2.2250738585072014e-308, 5e-324, 0.1),
-         pa.float64(),
-         xfail={"my_dbapi": "generic path now reads through SQLAlchemy result processors: "
-                            "mysql DOUBLE (asdecimal=True) arrives as Decimal rounded to 10 "
-                            "places (5e-324 -> Decimal('0E-10')) and pa.array(float64) fails: "
-                            "'Could not convert Decimal(...) ... tried to convert to double'"}),
+         pa.float64()),
     Case("bool", "bool", [(True, 1), (False, 0), (2, 2)], pa.int8(), dbapi_arrow=pa.int32()),
     Case("bit_8", "bit(8)", [(0b10000001, b"\x81"), (0, b"\x00"), (255, b"\xff")],
-         pa.binary(), note="BIT as big-endian bytes", dbapi_same_note=True, xfail={
-             "my_dbapi": "generic path has no Arrow type for BIT and reads CAST(v AS CHAR): "
-                         "bytes >= 0x80 become '?' (b'\\x81' and b'\\xff' both read '?')"}),
-    Case("bit_64", "bit(64)", [(2**64 - 1, b"\xff" * 8), (1, b"\x00" * 7 + b"\x01")],
-         pa.binary(), note="BIT as big-endian bytes", dbapi_same_note=True, xfail={
-             "my_dbapi": "generic path reads BIT as CAST(v AS CHAR) text: bytes >= 0x80 "
-                         "become '?'"}),
+         pa.binary(), note="BIT as big-endian bytes", dbapi_same_note=True),
+    Case("bit_64", "bit(64)", [(2**64 - 1, b"\xff" * 8), (1, b"\x00" * 7 + b"\x01"),
+                               (2**63, b"\x80" + b"\x00" * 7)],
+         pa.binary(), note="BIT as big-endian bytes", dbapi_same_note=True),
     Case("char_5", "char(5)", [("ab", "ab"), ("ab   ", "ab"), ("héllo", "héllo"), ("", "")],
          # MariaDB itself strips CHAR padding on read; the generic path also trims (and says so)
          pa.string(), dbapi_note="trailing blanks trimmed"),
@@ -165,13 +159,12 @@ CASES = [
     Case("time_6", "time(6)",
          [("-838:59:59", TIME_MIN), ("838:59:59.999999", TIME_MAX), ("00:00:00", td()),
           ("-00:00:01.5", td(seconds=1, microseconds=500000, sign=-1)),
-          ("23:59:59.000001", td(23, 59, 59, 1))],
-         pa.duration("us"), note="TIME is a signed duration", dbapi_same_note=True,
-         xfail={"my_dbapi": TIME_BUG}),
+          ("23:59:59.000001", td(23, 59, 59, 1)), ("-01:00:00", td(1, sign=-1)),
+          ("24:00:00", td(24)), ("-00:00:00.000001", td(microseconds=1, sign=-1))],
+         pa.duration("us"), note="TIME is a signed duration", dbapi_same_note=True),
     Case("time_0", "time", [("-838:59:59", TIME_MIN), ("838:59:59", td(838, 59, 59)),
-                            ("12:00:00", td(12))],
-         pa.duration("us"), note="TIME is a signed duration", dbapi_same_note=True,
-         xfail={"my_dbapi": TIME_BUG}),
+                            ("12:00:00", td(12)), ("-01:00:00", td(1, sign=-1))],
+         pa.duration("us"), note="TIME is a signed duration", dbapi_same_note=True),
     Case("datetime_6", "datetime(6)",
          same(dt.datetime(1000, 1, 1), dt.datetime(9999, 12, 31, 23, 59, 59, 999999),
               dt.datetime(2024, 1, 2, 3, 4, 5, 123456)), pa.timestamp("us")),
@@ -195,12 +188,8 @@ CASES = [
     Case("json", "json", [(json.dumps(DOC), Doc(DOC)), ("null", Doc(None)), ("[]", Doc([]))],
          pa.string(), equal=json_equal),  # MariaDB JSON is LONGTEXT with a json_valid check
     Case("enum", "enum('x','yé','')", same("x", "yé", ""), pa.string()),
-    Case("set", "set('a','b','c')", same("a,c", "", "a,b,c"), pa.string(), xfail={
-        "my_dbapi": "SQLAlchemy's SET result processor returns a Python set and the generic "
-                    "path plans string: 'Expected bytes, got a set object'"}),
-    Case("uuid", "uuid", same(*UUIDS), pa.string(), xfail={
-        "my_dbapi": "SQLAlchemy reflects MariaDB UUID as Uuid (as_uuid) and returns uuid.UUID; "
-                    "the generic path plans string: 'Expected bytes, got a UUID object'"}),
+    Case("set", "set('a','b','c')", same("a,c", "", "a,b,c", "b"), pa.string()),
+    Case("uuid", "uuid", same(*UUIDS), pa.string()),
 ]
 
 
@@ -292,3 +281,42 @@ def test_describe_names_mariadb_source_types(mysql_engine, mysql_db, mysql_wh):
     assert rows["j"]["arrow_type"] == "string"
     assert rows["w"]["arrow_type"] == "string"
     assert rows["i"]["arrow_type"] == "string"  # inet6: SQLAlchemy cannot reflect it
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_a_failing_query_is_a_source_error_not_unavailable(source, mysql_wh):
+    """A query the server fails mid-stream is SourceError: the source is still reachable."""
+    ds = mysql_wh.map("sub", source=source,
+                      sql="select seq, (select 1 union select seq) as r from seq_1_to_5000")
+    with pytest.raises(ldw.SourceError, match=rf"^source '{source}'.*more than 1 row") as info:
+        ds.to_arrow()
+    assert not isinstance(info.value, ldw.SourceUnavailable)
+
+
+@pytest.mark.parametrize("transport", ["connectorx", "dbapi"])
+def test_an_unreachable_source_is_unavailable(transport, shm_dir):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    options = {"transport": "dbapi"} if transport == "dbapi" else {}
+    wh = make_warehouse(shm_dir, gone={"url": f"mysql://root@127.0.0.1:{port}/test", **options})
+    try:
+        with pytest.raises(ldw.SourceUnavailable, match="^source 'gone'"):
+            wh.map("t", "gone.test.t")
+    finally:
+        wh.close()
+
+
+def test_unrepresentable_driver_values_raise_on_the_generic_path(mysql_engine, mysql_db,
+                                                                 mysql_wh):
+    """A zero DATE has no date32 value: PyMySQL hands over its text, and the read says so."""
+    with mysql_engine.begin() as conn:
+        conn.exec_driver_sql("set session sql_mode = ''")
+        conn.exec_driver_sql(f"create table {mysql_db}.t (id int primary key, v date)")
+        conn.exec_driver_sql(f"insert into {mysql_db}.t values (1, '2024-01-02'), "
+                             "(2, '0000-00-00'), (3, null)")
+        conn.exec_driver_sql("set session sql_mode = default")
+    ds = mysql_wh.map("zero", f"my_dbapi.{mysql_db}.t")
+    with pytest.raises(ldw.UnsupportedType,
+                       match=r"^source 'my_dbapi': column 'v' \(DATE\) holds '0000-00-00'"):
+        ds.to_arrow()

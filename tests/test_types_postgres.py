@@ -14,7 +14,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import socket
 import struct
+import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -22,6 +25,7 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
+from conftest import make_warehouse
 
 import ldw
 
@@ -184,21 +188,20 @@ CASES = [
          # the DBAPI path keeps PostgreSQL's own text form (IntervalStyle 'postgres')
          dbapi_expected=["1 year 2 mons 3 days 04:05:06.789", "-1 mons -2 days -00:00:00.000001",
                          "178000000 years", "2562047:00:00", "00:00:00", None]),
+    # the generic path reads the canonical text form (CAST(v AS text))
     Case("uuid", "uuid", same(*UUIDS), pa.uuid(),
-         dbapi_arrow=pa.string(), dbapi_expected=[str(u) for u in UUIDS] + [None],
-         xfail={"pg_dbapi": "generic DBAPI path plans uuid as string but the driver (via "
-                            "SQLAlchemy's Uuid) returns uuid.UUID: read fails with "
-                            "'Expected bytes, got a UUID object'"}),
-    Case("json", "json", [(json.dumps(DOC), Doc(DOC)), ("null", Doc(None)), ("[]", Doc([]))],
-         pa.json_(), equal=json_equal,
-         dbapi_arrow=pa.string(),
-         xfail={"pg_dbapi": "generic DBAPI path plans json as string but psycopg/SQLAlchemy "
-                            "return parsed objects: read fails with 'Expected bytes, got a dict'"}),
-    Case("jsonb", "jsonb", [(json.dumps(DOC), Doc(DOC)), ("[]", Doc([])), ('"x"', Doc("x"))],
-         pa.json_(), equal=json_equal,
-         dbapi_arrow=pa.string(),
-         xfail={"pg_dbapi": "generic DBAPI path plans jsonb as string but psycopg/SQLAlchemy "
-                            "return parsed objects: read fails with 'Expected bytes, got a dict'"}),
+         dbapi_arrow=pa.string(), dbapi_expected=[str(u) for u in UUIDS] + [None]),
+    # json: the document exactly as written, on both paths (the generic path reads the text,
+    # not SQLAlchemy's parsed objects)
+    Case("json", "json",
+         [(json.dumps(DOC), Doc(DOC)), ("null", Doc(None)), ("[]", Doc([])),
+          ('{"b": 1,  "a": [1.50, 1e2]}', '{"b": 1,  "a": [1.50, 1e2]}')],
+         pa.json_(), equal=lambda got, exp: got == exp if isinstance(exp, str) else json_equal(
+             got, exp)),
+    Case("jsonb", "jsonb", [(json.dumps(DOC), Doc(DOC)), ("[]", Doc([])), ('"x"', Doc("x")),
+                            ('{"b": 1,  "a": [1.50]}', '{"a": [1.50], "b": 1}')],
+         pa.json_(), equal=lambda got, exp: got == exp if isinstance(exp, str) else json_equal(
+             got, exp)),
     Case("int_array", "int[]", same([1, None, -I32], [], [None]), pa.list_(pa.int32()),
          dbapi_arrow=pa.string(), dbapi_note="kept as its text form",
          dbapi_expected=["{1,NULL,-2147483648}", "{}", "{NULL}", None]),
@@ -206,6 +209,19 @@ CASES = [
          pa.list_(pa.string()),
          dbapi_arrow=pa.string(), dbapi_note="kept as its text form",
          dbapi_expected=['{a,NULL,"b c",é😀,""}', "{}", None]),
+    # types ADBC does not know arrive as their binary COPY bytes: read as the server's text
+    # (CAST(inet AS text) always shows the netmask)
+    Case("inet", "inet", [("10.0.0.1/8", "10.0.0.1/8"), ("::1", "::1/128"),
+                          ("192.168.0.1", "192.168.0.1/32")], pa.string(),
+         note="PostgreSQL inet kept as its text form", dbapi_note="kept as its text form"),
+    Case("timetz", "timetz", same("12:00:00+02", "23:59:59.999999-05:30"), pa.string(),
+         note="PostgreSQL timetz kept as its text form",
+         dbapi_note="time with time zone kept as its text form"),
+    Case("numeric_array", "numeric[]",
+         [([Decimal("1.50"), Decimal("NaN"), None], ["1.50", "NaN", None]), ([], [])],
+         pa.list_(pa.string()), note="numeric[] elements kept as their text form",
+         dbapi_arrow=pa.string(), dbapi_note="kept as its text form",
+         dbapi_expected=["{1.50,NaN,NULL}", "{}", None]),
     Case("enum", "{schema}.mood", same("sad", "happy", "ünïcode 😀"), pa.string(),
          setup=["create type {schema}.mood as enum ('sad', 'happy', 'ünïcode 😀')"]),
 ]
@@ -280,77 +296,79 @@ def test_timestamptz_is_the_utc_instant(pg_engine, pg_schema, pg_wh):
             (instant - dt.datetime(1970, 1, 1, tzinfo=UTC)) // dt.timedelta(microseconds=1)]
 
 
-@pytest.mark.parametrize("source", [
-    pytest.param("pg", marks=pytest.mark.xfail(
-        strict=True, reason="ADBC path renders unbounded numeric NaN/Infinity as 'nan'/'inf'/"
-                            "'-inf' instead of PostgreSQL's 'NaN'/'Infinity'/'-Infinity'")),
-    "pg_dbapi"])
+@pytest.mark.parametrize("source", SOURCES)
 def test_unbounded_numeric_special_values_keep_postgres_text(source, pg_engine, pg_schema,
                                                              pg_wh):
-    _create(pg_engine, pg_schema, "t", "numeric", ["NaN", "Infinity", "-Infinity"])
+    _create(pg_engine, pg_schema, "t", "numeric", ["NaN", "Infinity", "-Infinity", "1.50"])
     table = pg_wh.map("special", f"{source}.{pg_schema}.t").to_arrow()
-    assert table.column("v").to_pylist() == ["NaN", "Infinity", "-Infinity"]
-
-
-NAN_BUG = {
-    ("numeric(10,2)", "pg"): "ADBC path, numeric(p<=18): the column travels as CAST(v * 10^s AS "
-                             "BIGINT) and the server fails 'cannot convert NaN to bigint'; it "
-                             "surfaces as SourceUnavailable (the Arrow stream reader raises an "
-                             "OSError subclass, which wrap_driver_error takes for 'unreachable')",
-    ("numeric(30,2)", "pg"): "ADBC path, numeric(p>18): NaN arrives in an arrow.opaque extension "
-                             "array; convert._decimal_from_text's error path calls "
-                             "match_substring_regex on it (no kernel: _storage() only unwraps "
-                             "pa.ExtensionType, not canonical pa.BaseExtensionType), and "
-                             "Connector.guard() would wrap UnsupportedType into SourceError anyway",
-    ("numeric(10,2)", "pg_dbapi"): "generic DBAPI path: pa.array() fails on Decimal('NaN'): "
-                                   "SourceError(\"The string 'NaN' is not a valid decimal128 "
-                                   "number\")",
-    ("numeric(30,2)", "pg_dbapi"): "generic DBAPI path: pa.array() fails on Decimal('NaN'): "
-                                   "SourceError(\"The string 'NaN' is not a valid decimal128 "
-                                   "number\")",
-}
+    assert table.column("v").to_pylist() == ["NaN", "Infinity", "-Infinity", "1.50"]
 
 
 @pytest.mark.parametrize(("sql_type", "source"), [
-    pytest.param(t, s, id=f"{t}-{s}", marks=pytest.mark.xfail(strict=True, reason=NAN_BUG[t, s]))
+    pytest.param(t, s, id=f"{t}-{s}")
     for t in ("numeric(10,2)", "numeric(30,2)") for s in SOURCES])
 def test_numeric_nan_raises_unsupported_type(sql_type, source, pg_engine, pg_schema, pg_wh):
+    """NaN has no decimal128 value: the read fails naming source, column, type and value."""
     _create(pg_engine, pg_schema, "t", sql_type, [Decimal("1.50"), Decimal("NaN"), None])
     ds = pg_wh.map("nan", f"{source}.{pg_schema}.t")
     precision = int(sql_type[8:10])
     assert ds.schema.field("v").type == pa.decimal128(precision, 2)
-    with pytest.raises(ldw.UnsupportedType, match=rf"'v'.*numeric\({precision},2\).*NaN"):
+    with pytest.raises(ldw.UnsupportedType,
+                       match=rf"^source '{source}': column 'v' \(numeric\({precision},2\)\) "
+                             r"holds NaN.*sql="):
         ds.to_arrow()
     assert ds.state == "failed"
 
 
-SPECIAL_BUG = {
-    ("time_24h", "pg"): "ADBC stores time '24:00:00' as time64 86400000000 us, outside "
-                        "Arrow's time64 range: it silently reads back as 00:00:00",
-    ("time_24h", "pg_dbapi"): "psycopg cannot parse '24:00:00': SourceError, not "
-                              "UnsupportedType",
-    ("timestamp_infinity", "pg"): "ADBC stores timestamp 'infinity' as a garbage int64 "
-                                  "(-9222425352054775809): the cached version cannot be "
-                                  "read (OverflowError: date value out of range)",
-    ("timestamp_infinity", "pg_dbapi"): "psycopg rejects 'infinity': SourceError, not "
-                                        "UnsupportedType",
+# kind -> (column type, a value Arrow's type for it cannot hold, a value it can)
+SPECIAL = {
+    "time_24h": ("time", "24:00:00", "23:59:59.999999"),
+    "timestamp_infinity": ("timestamp", "infinity", "2024-01-02 03:04:05"),
+    "timestamp_minus_infinity": ("timestamp", "-infinity", "0001-01-01 00:00:00"),
+    "timestamptz_infinity": ("timestamptz", "infinity", "2024-01-02 03:04:05+00"),
+    "date_infinity": ("date", "infinity", "9999-12-31"),
+    "date_minus_infinity": ("date", "-infinity", "0001-01-01"),
+}
+# On the ADBC path arrays of these types are lists of the same Arrow types (the generic path
+# reads arrays as PostgreSQL's text, which holds these values exactly).
+SPECIAL_ARRAYS = {
+    "time_array_24h": ("time[]", ["12:00:00", "24:00:00"], ["12:00:00"]),
+    "timestamp_array_infinity": ("timestamp[]", ["2024-01-01 00:00:00", "infinity"], []),
+    "date_array_minus_infinity": ("date[]", ["-infinity"], ["2024-01-01"]),
 }
 
 
-SPECIAL = {"time_24h": ("time", "24:00:00"), "timestamp_infinity": ("timestamp", "infinity")}
-
-
 @pytest.mark.parametrize(("kind", "source"), [
-    pytest.param(kind, source, id=f"{kind}-{source}",
-                 marks=pytest.mark.xfail(strict=True, reason=SPECIAL_BUG[kind, source]))
-    for kind in SPECIAL for source in SOURCES])
+    pytest.param(kind, source, id=f"{kind}-{source}") for kind in SPECIAL for source in SOURCES]
+    + [pytest.param(kind, "pg", id=f"{kind}-pg") for kind in SPECIAL_ARRAYS])
 def test_values_without_an_arrow_equivalent_raise(kind, source, pg_engine, pg_schema, pg_wh):
     """PostgreSQL values that the Arrow type cannot hold must raise, never come back changed."""
-    sql_type, value = SPECIAL[kind]
-    _create(pg_engine, pg_schema, "t", sql_type, [value])
+    sql_type, value, fine = SPECIAL.get(kind) or SPECIAL_ARRAYS[kind]
+    _create(pg_engine, pg_schema, "t", sql_type, [fine, value, None])
     ds = pg_wh.map("special", f"{source}.{pg_schema}.t")
-    with pytest.raises(ldw.UnsupportedType):
+    with pytest.raises(ldw.UnsupportedType, match=rf"^source '{source}': column 'v' .*sql="):
         ds.to_arrow().column("v").to_pylist()
+    assert ds.state == "failed"
+    # the same column without the offending row reads exactly
+    where = "id <> 1"
+    table = pg_wh.map("special_ok", f"{source}.{pg_schema}.t", where=where).to_arrow()
+    assert table.num_rows == 2
+
+
+@pytest.mark.parametrize(("sql_type", "value", "unix"), [
+    ("date", "0044-03-15 BC", -735_160),  # days since 1970-01-01 (as PostgreSQL counts)
+    ("timestamp", "10000-01-01 00:00:00", 253_402_300_800_000_000),  # microseconds
+])
+def test_values_python_cannot_hold(sql_type, value, unix, pg_engine, pg_schema, pg_wh):
+    """Arrow holds BC dates and year 10000; Python does not. ADBC reads them exactly; on the
+    generic path (values pass through Python) they raise UnsupportedType naming the value."""
+    _create(pg_engine, pg_schema, "t", sql_type, [value])
+    table = pg_wh.map("far", f"pg.{pg_schema}.t").to_arrow()
+    width = pa.int32() if sql_type == "date" else pa.int64()
+    assert table.column("v").cast(width).to_pylist() == [unix]
+    ds = pg_wh.map("far_dbapi", f"pg_dbapi.{pg_schema}.t")
+    with pytest.raises(ldw.UnsupportedType, match=rf"^source 'pg_dbapi': column 'v' .*{value}"):
+        ds.to_arrow()
 
 
 def test_interval_beyond_int64_nanoseconds_raises(pg_engine, pg_schema, pg_wh):
@@ -366,3 +384,58 @@ def test_polars_reads_interval_as_struct(pg_engine, pg_schema, pg_wh):
     _create(pg_engine, pg_schema, "t", "interval", ["1 mon 2 days 00:00:03"])
     frame = pg_wh.map("iv", f"pg.{pg_schema}.t").to_polars()
     assert frame["v"].to_list() == [{"months": 1, "days": 2, "nanoseconds": 3 * 10**9}]
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_a_failing_query_is_a_source_error_not_unavailable(source, pg_wh):
+    """A query the server fails mid-stream is SourceError: the source is still reachable."""
+    ds = pg_wh.map("div", source=source,
+                   sql="select i, 1 / (i - 150000) as q from generate_series(1, 200000) i")
+    with pytest.raises(ldw.SourceError, match=rf"^source '{source}'.*division by zero") as info:
+        ds.to_arrow()
+    assert not isinstance(info.value, ldw.SourceUnavailable)
+
+
+@pytest.mark.parametrize("transport", ["adbc", "dbapi"])
+def test_an_unreachable_source_is_unavailable(transport, shm_dir):
+    url = f"postgresql://postgres@127.0.0.1:{_closed_port()}/test"
+    wh = make_warehouse(shm_dir, gone={"url": url, "transport": transport})
+    try:
+        with pytest.raises(ldw.SourceUnavailable, match="^source 'gone'"):
+            wh.map("t", "gone.public.t")
+    finally:
+        wh.close()
+
+
+def test_a_terminated_backend_is_unavailable(pg_engine, pg_wh):
+    """The server ending the session mid-read (SQLSTATE 57P01) is SourceUnavailable."""
+    marker = f"ldw_term_{uuid.uuid4().hex[:8]}"
+    ds = pg_wh.map("slow", source="pg", sql=f"select i as {marker} from "
+                   "generate_series(1, 300000000) i where i % 100000000 = 0")
+
+    def terminate() -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with pg_engine.connect() as conn:
+                killed = conn.exec_driver_sql(
+                    "select count(pg_terminate_backend(pid)) from pg_stat_activity "
+                    "where query like %(p)s and pid <> pg_backend_pid() "
+                    "and query not like '%%pg_stat_activity%%'",
+                    {"p": f"%{marker}%"}).scalar_one()
+            if killed:
+                return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=terminate)
+    killer.start()
+    try:
+        with pytest.raises(ldw.SourceUnavailable, match="^source 'pg'.*terminating connection"):
+            ds.to_arrow()
+    finally:
+        killer.join()
