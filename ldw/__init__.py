@@ -52,3 +52,9 @@ def load_ipython_extension(ipython: object) -> None:
     from ldw.extension import load_ipython_extension as load  # noqa: PLC0415
 
     load(ipython)
+
+
+def unload_ipython_extension(ipython: object) -> None:
+    from ldw.extension import unload_ipython_extension as unload  # noqa: PLC0415
+
+    unload(ipython)
