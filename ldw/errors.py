@@ -16,6 +16,9 @@ keeps working for code that does not know ldw::
      +-- SourceError(RuntimeError)          the source rejected a query
      |    +-- SourceUnavailable(ConnectionError)   cannot reach / lost the source
      |    +-- SourceTimeout(TimeoutError)          the source did not answer in time
+     +-- ExportError(OSError)               an export could not be written or published
+     |    +-- ExportVerificationError           ldw.verify_export found a damaged export
+     +-- AuditUnavailable(OSError)          the audit log cannot be written: data calls refused
      +-- CapacityExceeded(MemoryError)      the cache cannot hold the data
      +-- DatasetLost(LookupError)           a memory-only version was lost; refresh() to reload
      +-- ServerUnavailable(ConnectionError) the ldw server cannot be reached or started
@@ -32,7 +35,10 @@ __all__ = [
     "CapacityExceeded",
     "Cancelled",
     "ConfigError",
+    "AuditUnavailable",
     "DatasetLost",
+    "ExportError",
+    "ExportVerificationError",
     "InvalidMapping",
     "LdwError",
     "PolicyViolation",
@@ -113,3 +119,19 @@ class DatasetLost(LdwError, LookupError):
 
 class ServerUnavailable(LdwError, ConnectionError):
     """The ldw server cannot be reached (or could not be started)."""
+
+
+class ExportError(LdwError, OSError):
+    """An export could not be written or published, or its target is not acceptable."""
+
+
+class ExportVerificationError(ExportError):
+    """:func:`ldw.verify_export` with ``strict=True`` found the export damaged."""
+
+    def __init__(self, message: str, problems: tuple = ()) -> None:
+        super().__init__(message)
+        self.problems = tuple(problems)
+
+
+class AuditUnavailable(LdwError, OSError):
+    """The audit record could not be written; the data-serving call was refused."""
