@@ -29,7 +29,7 @@ class Backend(Protocol):
     def call(self, op: str, args: dict[str, Any] | None = None, *,
              progress: ProgressCallback | None = None) -> Any: ...
 
-    def attach(self, name: str, *, progress: ProgressCallback | None = None
+    def attach(self, ref: dict[str, Any], *, progress: ProgressCallback | None = None
                ) -> tuple[dict[str, Any], pa.Table]: ...
 
     def stream(self, op: str, args: dict[str, Any]) -> pa.RecordBatchReader: ...
@@ -51,13 +51,11 @@ class InProcessBackend:
 
     def call(self, op: str, args: dict[str, Any] | None = None, *,
              progress: ProgressCallback | None = None) -> Any:
-        from ldw.service import OPS  # noqa: PLC0415
+        return self.service.call(self.user, op, dict(args or {}), progress)
 
-        return OPS[op](self.service, self.user, dict(args or {}), progress)
-
-    def attach(self, name: str, *, progress: ProgressCallback | None = None
+    def attach(self, ref: dict[str, Any], *, progress: ProgressCallback | None = None
                ) -> tuple[dict[str, Any], pa.Table]:
-        info, version = self.service.attach(self.user, {"name": name}, progress)
+        info, version = self.service.attach(self.user, dict(ref), progress)
         return info, self.engine.store.open(version)
 
     def stream(self, op: str, args: dict[str, Any]) -> pa.RecordBatchReader:

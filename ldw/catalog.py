@@ -58,8 +58,38 @@ tokens_table = sa.Table(
     "ldw_tokens", _meta,
     sa.Column("user", sa.String(128), primary_key=True),
     sa.Column("token_sha256", sa.String(64), nullable=False, unique=True),
+    sa.Column("roles", sa.Text, nullable=False, default="[]"),  # JSON list
     sa.Column("created", sa.Float, nullable=False),
 )
+
+grants_table = sa.Table(
+    "ldw_grants", _meta,
+    sa.Column("owner", sa.String(128), primary_key=True),
+    sa.Column("dataset", sa.String(128), primary_key=True),
+    sa.Column("kind", sa.String(8), primary_key=True),  # user | role
+    sa.Column("grantee", sa.String(128), primary_key=True),
+    sa.Column("created", sa.Float, nullable=False),
+)
+
+audit_table = sa.Table(
+    "ldw_audit", _meta,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("ts", sa.Float, nullable=False),
+    sa.Column("user", sa.String(128), nullable=False),
+    sa.Column("action", sa.String(32), nullable=False),
+    sa.Column("dataset", sa.String(260)),
+    sa.Column("outcome", sa.String(16), nullable=False),  # allow | deny | error
+    sa.Column("policy", sa.String(64)),
+    sa.Column("sql", sa.Text),
+    sa.Column("rows", sa.BigInteger),
+    sa.Column("bytes", sa.BigInteger),
+    sa.Column("detail", sa.Text),
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+)
+
+AUDIT_FIELDS = ("ts", "user", "action", "dataset", "outcome", "policy", "sql", "rows", "bytes",
+                "detail")
 
 
 @dataclass
@@ -216,14 +246,21 @@ class Catalog:
                 versions_table.c.version_id == version_id))
 
     # -- tokens -------------------------------------------------------------------------------
-    def new_token(self, user: str) -> str:
+    def new_token(self, user: str, roles: list[str] | None = None) -> str:
         """A fresh token for ``user`` (replacing any old one); only its hash is kept."""
         token = "ldw_" + secrets.token_urlsafe(32)
         with self._tx() as conn:
             conn.execute(tokens_table.delete().where(tokens_table.c.user == user))
             conn.execute(tokens_table.insert().values(
-                user=user, token_sha256=hash_token(token), created=time.time()))
+                user=user, token_sha256=hash_token(token), roles=json.dumps(roles or []),
+                created=time.time()))
         return token
+
+    def user_roles(self, user: str) -> list[str]:
+        query = sa.select(tokens_table.c.roles).where(tokens_table.c.user == user)
+        with self._tx() as conn:
+            found = conn.execute(query).scalar()
+        return json.loads(found) if found else []
 
     def revoke_token(self, user: str) -> bool:
         """Forget ``user``'s token: every later call with it is refused."""
@@ -236,3 +273,75 @@ class Catalog:
             tokens_table.c.token_sha256 == hash_token(token))
         with self._tx() as conn:
             return conn.execute(query).scalar()
+
+    # -- grants -------------------------------------------------------------------------------
+    def grant(self, owner: str, dataset: str, *, kind: str, grantee: str) -> None:
+        key = ((grants_table.c.owner == owner) & (grants_table.c.dataset == dataset)
+               & (grants_table.c.kind == kind) & (grants_table.c.grantee == grantee))
+        with self._tx() as conn:
+            if not conn.execute(sa.select(sa.func.count()).where(key)).scalar_one():
+                conn.execute(grants_table.insert().values(
+                    owner=owner, dataset=dataset, kind=kind, grantee=grantee,
+                    created=time.time()))
+
+    def revoke(self, owner: str, dataset: str, *, kind: str, grantee: str) -> bool:
+        with self._tx() as conn:
+            return conn.execute(grants_table.delete().where(
+                (grants_table.c.owner == owner) & (grants_table.c.dataset == dataset)
+                & (grants_table.c.kind == kind) & (grants_table.c.grantee == grantee)
+            )).rowcount > 0
+
+    def grants(self, owner: str, dataset: str) -> list[tuple[str, str]]:
+        query = sa.select(grants_table.c.kind, grants_table.c.grantee).where(
+            (grants_table.c.owner == owner) & (grants_table.c.dataset == dataset))
+        with self._tx() as conn:
+            return [(k, g) for k, g in conn.execute(query)]
+
+    def shared_with(self, user: str, roles: frozenset[str]) -> list[tuple[str, str]]:
+        """(owner, dataset) of everything shared with ``user`` or one of ``roles``."""
+        query = sa.select(grants_table.c.owner, grants_table.c.dataset).where(
+            ((grants_table.c.kind == "user") & (grants_table.c.grantee == user))
+            | ((grants_table.c.kind == "role") & grants_table.c.grantee.in_(sorted(roles))))
+        with self._tx() as conn:
+            return sorted({(o, d) for o, d in conn.execute(query)})
+
+    def drop_grants(self, owner: str, dataset: str) -> None:
+        with self._tx() as conn:
+            conn.execute(grants_table.delete().where(
+                (grants_table.c.owner == owner) & (grants_table.c.dataset == dataset)))
+
+    # -- audit --------------------------------------------------------------------------------
+    def append_audit(self, record: dict[str, Any]) -> None:
+        """Append one record to the hash chain (each hash covers the previous one)."""
+        values = {k: record.get(k) for k in AUDIT_FIELDS}
+        with self._tx() as conn:
+            prev = conn.execute(sa.select(audit_table.c.hash).order_by(
+                audit_table.c.seq.desc()).limit(1)).scalar() or "0" * 64
+            digest = audit_hash(prev, values)
+            conn.execute(audit_table.insert().values(**values, prev_hash=prev, hash=digest))
+
+    def audit(self, *, user: str | None = None, dataset: str | None = None,
+              limit: int = 100) -> list[dict[str, Any]]:
+        query = audit_table.select().order_by(audit_table.c.seq.desc()).limit(limit)
+        if user is not None:
+            query = query.where(audit_table.c.user == user)
+        if dataset is not None:
+            query = query.where(audit_table.c.dataset == dataset)
+        with self._tx() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def verify_audit(self) -> tuple[bool, int, int | None]:
+        """(intact, records checked, first broken seq) of the whole hash chain."""
+        prev, count = "0" * 64, 0
+        with self._tx() as conn:
+            for row in conn.execute(audit_table.select().order_by(audit_table.c.seq)):
+                values = {k: getattr(row, k) for k in AUDIT_FIELDS}
+                if row.prev_hash != prev or row.hash != audit_hash(prev, values):
+                    return False, count, row.seq
+                prev, count = row.hash, count + 1
+        return True, count, None
+
+
+def audit_hash(prev: str, values: dict[str, Any]) -> str:
+    canonical = json.dumps(values, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256((prev + canonical).encode()).hexdigest()

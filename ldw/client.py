@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -48,20 +49,30 @@ def _polars_ready(table: pa.Table) -> pa.Table:
 
 
 class Dataset:
-    """A handle to a mapped dataset: rows move only when it is read or cached."""
+    """A handle to a mapped dataset: rows move only when it is read or cached.
 
-    def __init__(self, warehouse: Warehouse, name: str) -> None:
+    ``owner`` is set for a dataset another user shared (``wh.attach("alice/orders")``).
+    """
+
+    def __init__(self, warehouse: Warehouse, name: str, owner: str | None = None) -> None:
         self._wh = warehouse
         self.name = name
+        self.owner = owner
+
+    @property
+    def _ref(self) -> dict[str, Any]:
+        return {"name": self.name, **({"owner": self.owner} if self.owner else {})}
 
     def __repr__(self) -> str:
         info = self.info()
         size = f", {info['rows']} rows" if info["rows"] is not None else ""
-        return f"<ldw.Dataset {self.name!r} {info['state']}{size} from {info['mapping']!r}>"
+        whose = f"{self.owner}/" if self.owner else ""
+        return (f"<ldw.Dataset {whose}{self.name!r} {info['state']}{size} "
+                f"from {info['mapping']!r}>")
 
     def _call(self, op: str, *, progress: ProgressCallback | None = None,
-              **args: Any) -> dict[str, Any]:
-        return self._wh._backend.call(op, {"name": self.name, **args}, progress=progress)
+              **args: Any) -> Any:
+        return self._wh._backend.call(op, {**self._ref, **args}, progress=progress)
 
     @property
     def schema(self) -> pa.Schema:
@@ -95,7 +106,7 @@ class Dataset:
 
     def to_arrow(self) -> pa.Table:
         """The data as a pyarrow Table memory-mapped from the cache (materializes if needed)."""
-        return self._wh._backend.attach(self.name, progress=self._wh._progress)[1]
+        return self._wh._backend.attach(self._ref, progress=self._wh._progress)[1]
 
     def to_polars(self) -> pl.DataFrame:
         """A polars DataFrame over the cached buffers (no copy where the types allow)."""
@@ -114,14 +125,14 @@ class Dataset:
         schema = pl.from_arrow(_polars_ready(self.schema.empty_table())).schema
 
         def is_cached() -> bool:
-            return backend.call("info", {"name": name})["version"] is not None
+            return backend.call("info", self._ref)["version"] is not None
 
         def scan_cached() -> pl.LazyFrame:
             return self.to_polars().lazy()
 
         def scan_source(columns: list[str] | None, predicate: pl.Expr | None,
                         n_rows: int | None) -> Iterator[pl.DataFrame]:
-            args: dict[str, Any] = {"name": name, "limit": n_rows}
+            args: dict[str, Any] = {**self._ref, "limit": n_rows}
             if columns is not None:
                 needed = list(columns)
                 if predicate is not None:
@@ -140,6 +151,33 @@ class Dataset:
     def info(self) -> dict[str, Any]:
         """State, size, version, lineage, the SQL sent to the source and type notes."""
         return self._call("info")
+
+    def share(self, user: str | None = None, *, role: str | None = None) -> list[str]:
+        """Let ``user`` (or everyone with ``role``) attach this dataset; returns the grants.
+
+        They get it only if their own policy gives them the same view of the source.
+        """
+        return self._call("share", user=user, role=role)
+
+    def unshare(self, user: str | None = None, *, role: str | None = None) -> list[str]:
+        """Revoke a share: the next attach, stream or query by that user is refused."""
+        return self._call("share", user=user, role=role, revoke=True)
+
+    def export(self, path: str | os.PathLike[str], *, partition_by: Sequence[str] | None = None,
+               compression: str = "zstd", overwrite: bool = False,
+               progress: ProgressCallback | None = None) -> Any:
+        """Write the cached data as Parquet (+ ``_ldw_manifest.json``), atomically.
+
+        Refused for memory-only data and where a policy says ``export = "deny"``.
+        """
+        from ldw.export import ExportedFile, ExportResult  # noqa: PLC0415
+
+        result = self._call("export", progress=progress, path=os.path.abspath(path),
+                            partition_by=list(partition_by) if partition_by else None,
+                            compression=compression, overwrite=overwrite)
+        return ExportResult(Path(result["path"]),
+                            tuple(ExportedFile(**f) for f in result["files"]), result["rows"],
+                            result["bytes"], result["seconds"], Path(result["manifest_path"]))
 
 
 class Warehouse:
@@ -205,6 +243,28 @@ class Warehouse:
         """A handle to one of my datasets, e.g. in a new session."""
         self._backend.call("info", {"name": name})
         return Dataset(self, name)
+
+    def attach(self, ref: str) -> Dataset:
+        """A handle to a dataset another user shared with me: ``"alice/orders"``."""
+        owner, _, name = ref.rpartition("/") if isinstance(ref, str) else ("", "", "")
+        if not owner or not name:
+            from ldw.errors import InvalidMapping  # noqa: PLC0415
+
+            raise InvalidMapping(f"attach takes OWNER/NAME, e.g. \"alice/orders\", not {ref!r}")
+        dataset = Dataset(self, name, owner=owner)
+        dataset.info()
+        return dataset
+
+    def audit(self, *, user: str | None = None, dataset: str | None = None,
+              limit: int = 100) -> pl.DataFrame:
+        """Audit records, newest first: who did what to which dataset, rows, bytes, outcome.
+        Users see their own records; the admin role sees everyone's."""
+        rows = self._backend.call("audit", {"user": user, "dataset": dataset, "limit": limit})
+        return pl.DataFrame(rows, schema={
+            "seq": pl.Int64, "ts": pl.Float64, "user": pl.String, "action": pl.String,
+            "dataset": pl.String, "outcome": pl.String, "policy": pl.String, "sql": pl.String,
+            "rows": pl.Int64, "bytes": pl.Int64, "detail": pl.String, "prev_hash": pl.String,
+            "hash": pl.String})
 
     def datasets(self) -> pl.DataFrame:
         """name, owner, mapping, state, rows, bytes, version, last_access, hits, ..."""

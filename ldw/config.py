@@ -112,6 +112,7 @@ class Settings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     ttl_sweep_seconds: float = 30.0
+    mask_key_file: Path = Path("~/.local/share/ldw/mask.key")
     policies: dict[str, Any] = field(default_factory=dict)
     users: dict[str, Any] = field(default_factory=dict)
     config_path: Path | None = None
@@ -161,6 +162,7 @@ _SERVER_DEFAULTS: dict[str, Any] = {
     "tls_cert": None,
     "tls_key": None,
     "ttl_sweep_seconds": 30,
+    "mask_key_file": "~/.local/share/ldw/mask.key",
 }
 
 
@@ -252,6 +254,7 @@ def load_settings(
         tls_cert=_expand(server["tls_cert"]) if server["tls_cert"] else None,
         tls_key=_expand(server["tls_key"]) if server["tls_key"] else None,
         ttl_sweep_seconds=float(server["ttl_sweep_seconds"]),
+        mask_key_file=_expand(server["mask_key_file"]),
         policies=data.get("policies", {}),
         users=data.get("users", {}),
         config_path=path,

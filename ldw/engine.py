@@ -30,10 +30,12 @@ from ldw.catalog import Catalog, DatasetRow, VersionRow
 from ldw.config import Settings, parse_duration
 from ldw.connectors import Connector, connector_for
 from ldw.connectors.convert import target_schema
-from ldw.errors import DatasetLost, InvalidMapping, UnknownDataset
+from ldw.errors import AccessDenied, DatasetLost, InvalidMapping, UnknownDataset
+from ldw.governance import Governance, combine_fingerprints, hash_array
 from ldw.planner import (
     MappedQuery,
     Mapping,
+    PolicyLookup,
     narrow,
     parse_table_ref,
     plan_mapping,
@@ -73,6 +75,9 @@ class DatasetRecord:
     last_access: float | None = None
     hits: int = 0
     bytes_served: int = 0
+    policy: str = ""  # fingerprint of the owner's effective policies when mapped
+    policy_tables: tuple[str, ...] = ()  # source.schema.table of every table read
+    export: str = "allow"
     source_sql: list[str] = field(default_factory=list)
     query: MappedQuery | None = field(default=None, repr=False)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -87,7 +92,9 @@ class DatasetRecord:
 
     @property
     def options(self) -> dict[str, Any]:
-        return {"ttl": self.ttl, "pin": self.pin, "memory_only": self.memory_only}
+        return {"ttl": self.ttl, "pin": self.pin, "memory_only": self.memory_only,
+                "policy": self.policy, "policy_tables": list(self.policy_tables),
+                "export": self.export}
 
     @property
     def notes(self) -> dict[str, str]:
@@ -96,6 +103,15 @@ class DatasetRecord:
     def expired(self) -> bool:
         return (self.version is not None and self.ttl is not None
                 and time.time() - self.version.created > self.ttl)
+
+
+def _schema_of(query: MappedQuery) -> pa.Schema:
+    """The stored schema: the planned Arrow types, hashed columns as hex strings."""
+    schema = target_schema(query.columns)
+    for name in query.hashed:
+        i = schema.get_field_index(name)
+        schema = schema.set(i, schema.field(i).with_type(pa.string()))
+    return schema
 
 
 def _mapping_from_json(data: dict[str, Any]) -> Mapping:
@@ -119,6 +135,9 @@ class Engine:
             memory_root, disk_root = memory_root / private, disk_root / private
         self.store = Store(memory_root, disk_root, memory_limit=settings.memory_limit)
         self.catalog = Catalog("sqlite://" if ephemeral else settings.catalog)
+        self.governance = Governance(settings.policies, settings.users,
+                                     mask_key_path=settings.mask_key_file)
+        self.governance.extra_roles = self.catalog.user_roles
         self._connectors: dict[str, Connector] = {}
         self._records: dict[str, DatasetRecord] = {}
         self._lock = threading.RLock()
@@ -170,7 +189,10 @@ class Engine:
         return DatasetRecord(row.owner, _mapping_from_json(row.mapping), row.schema,
                              ttl=options.get("ttl"), pin=bool(options.get("pin")),
                              memory_only=bool(options.get("memory_only")), state=row.state,
-                             error=row.error, created=row.created)
+                             error=row.error, created=row.created,
+                             policy=options.get("policy", ""),
+                             policy_tables=tuple(options.get("policy_tables", ())),
+                             export=options.get("export", "allow"))
 
     # -- sources ------------------------------------------------------------------------------
     def connector(self, source: str) -> Connector:
@@ -189,14 +211,35 @@ class Engine:
             for s in self.settings.sources.values()
         ]
 
-    def tables(self, source: str, schema: str | None) -> list[dict[str, Any]]:
-        return self.connector(source).tables(schema)
+    def policy_lookup(self, user: str, source: str) -> PolicyLookup:
+        """The user's effective policy per (schema, table) of ``source``, for the planner."""
+        return lambda schema, table: self.governance.effective(
+            user, f"{source}.{schema}.{table}")
 
-    def describe(self, ref: str) -> list[dict[str, Any]]:
+    def tables(self, user: str, source: str, schema: str | None) -> list[dict[str, Any]]:
+        """Tables the user may read; row estimates hidden where rows are filtered for them."""
+        rows = self.connector(source).tables(schema)
+        if not self.governance.enforced:
+            return rows
+        visible = []
+        for row in rows:
+            try:
+                policy = self.governance.effective(user, f"{source}.{row['schema']}."
+                                                         f"{row['table']}")
+            except AccessDenied:
+                continue
+            if policy.row_filters or policy.max_rows is not None:
+                row = {**row, "rows": None}
+            visible.append(row)
+        return visible
+
+    def describe(self, user: str, ref: str) -> list[dict[str, Any]]:
         source, schema, table = parse_table_ref(ref)
         connector = self.connector(source)
-        query = plan_mapping(connector, Mapping("describe", source, schema, table))
+        query = plan_mapping(connector, Mapping("describe", source, schema, table),
+                             self.policy_lookup(user, source))
         reflected = {c.name: c for c in connector.reflect(schema, table).columns}
+        policy = query.policies[0] if query.policies else None
         rows = []
         for plan in query.columns:
             row = plan.as_row()
@@ -206,7 +249,9 @@ class Engine:
                     row["source_type"] = str(column.type.compile(
                         dialect=connector.engine.dialect))
                 row["nullable"] = bool(column.nullable)
-            row["policy_tags"] = []
+            if plan.name in query.hashed:
+                row["arrow_type"] = "string"
+            row["policy_tags"] = policy.tags(plan.name) if policy is not None else []
             rows.append(row)
         return rows
 
@@ -235,10 +280,16 @@ class Engine:
             mapping, columns=tuple(columns) if columns is not None else None, where=where,
             limit=limit, partition_on=partition_on,
             partitions=partitions if partitions is not None else (2 if partition_on else 1))
-        query = plan_mapping(self.connector(mapping.source), mapping)
-        record = DatasetRecord(owner, mapping, target_schema(query.columns),
+        query = plan_mapping(self.connector(mapping.source), mapping,
+                             self.policy_lookup(owner, mapping.source))
+        record = DatasetRecord(owner, mapping, _schema_of(query),
                                ttl=parse_duration(ttl), pin=bool(pin),
-                               memory_only=bool(memory_only), query=query)
+                               memory_only=bool(memory_only)
+                               or any(p.memory_only for p in query.policies),
+                               query=query, policy=combine_fingerprints(query.policies),
+                               policy_tables=tuple(p.table for p in query.policies),
+                               export="deny" if any(p.export == "deny" for p in query.policies)
+                               else "allow")
         with self._lock:
             old = self._records.get(record.key)
             mapping_json = dataclasses.asdict(mapping)
@@ -247,6 +298,8 @@ class Engine:
             self._records[record.key] = record
         if old is not None and old.version is not None:
             self._drop_version(old.version)
+        if old is not None:
+            self.catalog.drop_grants(owner, name)  # a new definition is not what was shared
         return record
 
     def dataset(self, owner: str, name: str) -> DatasetRecord:
@@ -267,8 +320,61 @@ class Engine:
     def query(self, record: DatasetRecord) -> MappedQuery:
         """The record's plan against its source (planned again after a restart)."""
         if record.query is None:
-            record.query = plan_mapping(self.connector(record.mapping.source), record.mapping)
+            record.query = plan_mapping(self.connector(record.mapping.source), record.mapping,
+                                        self.policy_lookup(record.owner, record.mapping.source))
         return record.query
+
+    # -- access ---------------------------------------------------------------------------------
+    def current_policy(self, user: str, record: DatasetRecord) -> str:
+        """Fingerprint of ``user``'s effective policies on the record's tables, now
+        (AccessDenied if a grant or role that allowed them is gone)."""
+        return combine_fingerprints(self.governance.effective(user, table)
+                                    for table in record.policy_tables)
+
+    def readable(self, user: str, owner: str, name: str) -> DatasetRecord:
+        """The record, if ``user`` may read it now; raises AccessDenied/UnknownDataset."""
+        record = self.dataset(owner, name)
+        if user != owner:
+            roles = self.governance.roles(user)
+            grants = self.catalog.grants(owner, name)
+            if ("user", user) not in grants and not any(
+                    kind == "role" and grantee in roles for kind, grantee in grants):
+                raise UnknownDataset(f"no dataset {owner}/{name} is shared with you")
+            if self.current_policy(user, record) != record.policy:
+                raise AccessDenied(
+                    f"{owner}/{name} was made under a policy that differs from yours (other "
+                    "row filters or masks); map the table yourself to get your own view")
+            return record
+        policy = self.current_policy(owner, record)
+        if policy != record.policy:  # the owner's policy changed: the old bytes must go
+            log.info("policy of %s changed: replanning", record.key)
+            with record.lock:
+                if record.version is not None:
+                    self._drop_version(record.version)
+                record.version, record.state, record.query = None, "mapped", None
+                record.policy = policy
+                query = self.query(record)
+                record.schema = _schema_of(query)
+                record.memory_only = record.memory_only or any(
+                    p.memory_only for p in query.policies)
+                record.export = "deny" if any(p.export == "deny" for p in query.policies) \
+                    else "allow"
+            self.catalog.put_dataset(owner, name, mapping=dataclasses.asdict(record.mapping),
+                                     options=record.options, schema=record.schema)
+        return record
+
+    def share(self, owner: str, name: str, *, user: str | None = None,
+              role: str | None = None, revoke: bool = False) -> list[tuple[str, str]]:
+        self.dataset(owner, name)
+        if (user is None) == (role is None):
+            raise InvalidMapping("share with exactly one of user= or role=")
+        kind, grantee = ("user", user) if user is not None else ("role", role)
+        check_name(grantee, f"{kind} name")
+        if revoke:
+            self.catalog.revoke(owner, name, kind=kind, grantee=grantee)
+        else:
+            self.catalog.grant(owner, name, kind=kind, grantee=grantee)
+        return self.catalog.grants(owner, name)
 
     def _run(self, record: DatasetRecord, progress: Callable[[Progress], None] | None) -> Version:
         connector = self.connector(record.mapping.source)
@@ -280,8 +386,9 @@ class Engine:
             self.query_log.extend((record.mapping.source, q.sql) for q in plan.queries)
             cancel = threading.Event()
             batches = connector.stream(plan, cancel, snapshot)
+            masked = self._hash_masked(batches, query)
             try:
-                return self.store.write(record.key, record.schema, batches, progress=progress,
+                return self.store.write(record.key, record.schema, masked, progress=progress,
                                         make_room=lambda n: self.make_room(n, record))
             except BaseException:
                 cancel.set()
@@ -322,6 +429,21 @@ class Engine:
         if previous is not None:
             self._drop_version(previous)
         return version
+
+    def _hash_masked(self, batches: Iterator[pa.RecordBatch], query: MappedQuery
+                     ) -> Iterator[pa.RecordBatch]:
+        """Apply keyed-hash masks: each masked column is rebuilt into fresh buffers."""
+        if not query.hashed:
+            yield from batches
+            return
+        key = self.governance.mask_key
+        for batch in batches:
+            arrays, fields = list(batch.columns), list(batch.schema)
+            for i, field_ in enumerate(fields):
+                if field_.name in query.hashed:
+                    arrays[i] = hash_array(arrays[i], key)
+                    fields[i] = field_.with_type(pa.string())
+            yield pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
 
     def _drop_version(self, version: Version) -> None:
         self.store.delete(version)
@@ -406,21 +528,26 @@ class Engine:
 
     def scan(self, owner: str, name: str, *, columns: Sequence[str] | None = None,
              predicate: sa.ColumnElement | None = None, limit: int | None = None
-             ) -> Iterator[pa.RecordBatch]:
-        """Stream from the source with pushdown (a lazy read of an uncached dataset)."""
+             ) -> tuple[list[str], Iterator[pa.RecordBatch]]:
+        """Stream from the source with pushdown (a lazy read of an uncached dataset): the SQL
+        sent and the batches."""
         record = self.dataset(owner, name)
         connector = self.connector(record.mapping.source)
         query = narrow(self.query(record), columns=columns, predicate=predicate, limit=limit)
         plan = single_plan(connector, query)
         self.query_log.extend((record.mapping.source, q.sql) for q in plan.queries)
-        cancel = threading.Event()
-        stream = connector.stream(plan, cancel)
-        try:
-            yield from stream
-        finally:
-            if not cancel.is_set():
-                cancel.set()
-            stream.close()
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            cancel = threading.Event()
+            stream = connector.stream(plan, cancel)
+            try:
+                yield from self._hash_masked(stream, query)
+            finally:
+                if not cancel.is_set():
+                    cancel.set()
+                stream.close()
+
+        return [q.sql for q in plan.queries], batches()
 
     def sql_engine(self) -> Any:
         """The sandboxed DuckDB engine for SQL over datasets, created on first use."""

@@ -139,7 +139,7 @@ class FlightEndpoint(fl.FlightServerBase):
 
     def _run_action(self, user: str, op: str, args: dict[str, Any]) -> Iterator[bytes]:
         """Run the operation in a worker, streaming its progress frames as they happen."""
-        from ldw.service import OPS, STREAM_OPS  # noqa: PLC0415
+        from ldw.service import STREAM_OPS  # noqa: PLC0415
 
         service = self.owner.service
         events: queue.Queue = queue.Queue(maxsize=256)
@@ -158,10 +158,8 @@ class FlightEndpoint(fl.FlightServerBase):
                 elif op in STREAM_OPS:
                     reader = service.stream(user, op, args)
                     result = {"ticket": self._issue(user, lambda: fl.RecordBatchStream(reader))}
-                elif op in OPS:
-                    result = OPS[op](service, user, args, progress)
                 else:
-                    raise InvalidMapping(f"unknown action {op!r}; see list_actions")
+                    result = service.call(user, op, args, progress)
                 events.put({"ok": True, "result": result})
             except Exception as exc:
                 if not isinstance(exc, LdwError):
@@ -259,9 +257,10 @@ class FlightBackend:
         except fl.FlightError as exc:
             raise _decode_flight_error(exc) from None
 
-    def attach(self, name: str, *, progress: Callable[[Progress], None] | None = None
+    def attach(self, ref: dict[str, Any], *,
+               progress: Callable[[Progress], None] | None = None
                ) -> tuple[dict[str, Any], pa.Table]:
-        info = self.call("attach", {"name": name}, progress=progress)
+        info = self.call("attach", dict(ref), progress=progress)
         return info, self._get(info.pop("ticket")).read_all()
 
     def stream(self, op: str, args: dict[str, Any]) -> pa.RecordBatchReader:

@@ -8,7 +8,7 @@ the same snapshot the partitions read.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import sqlalchemy as sa
@@ -16,7 +16,8 @@ import sqlglot
 from sqlglot import exp
 
 from ldw.connectors import ColumnPlan, Connector, ReadPlan, SourceQuery
-from ldw.errors import InvalidMapping, UnknownTable
+from ldw.errors import ConfigError, InvalidMapping, PolicyViolation, UnknownTable
+from ldw.governance import EffectivePolicy, sql_mask
 from ldw.predicates import parse_where, sqlglot_dialect, validate_select_sql
 
 __all__ = ["Mapping", "MappedQuery", "parse_table_ref", "plan_mapping"]
@@ -53,6 +54,11 @@ class MappedQuery:
     columns: list[ColumnPlan]
     lookup: dict[str, sa.ColumnElement]  # source-side column by result name, for predicates
     tables: list[tuple[str | None, str, str | None]] = field(default_factory=list)
+    policies: list[EffectivePolicy] = field(default_factory=list)  # of every table read
+    hashed: frozenset[str] = frozenset()  # result columns masked by keyed hash, in Arrow
+
+
+PolicyLookup = Callable[[str, str], EffectivePolicy]  # (schema, table) -> the user's view
 
 
 def parse_table_ref(ref: str) -> tuple[str, str | None, str]:
@@ -89,16 +95,90 @@ def _sql_tables(sql: str, dialect: str | None) -> list[tuple[str | None, str, st
             if t.name not in ctes]
 
 
-def _base(connector: Connector, mapping: Mapping) -> tuple[sa.Select, dict, list]:
+def _policy_relation(connector: Connector, table: sa.Table, policy: EffectivePolicy | None
+                     ) -> sa.Table | sa.Subquery:
+    """The table as the user may see it: row filters, row limit and SQL masks applied."""
+    if policy is None or not policy.restricts_rows_or_values:
+        return table
     dialect = connector.source.dialect
+    unknown = set(policy.masks) - set(table.c.keys())
+    if unknown:
+        raise ConfigError(f"the policy for {policy.table} masks column(s) {sorted(unknown)} "
+                          f"that the table does not have; fix [policies] in ldw.toml")
+    columns = []
+    for column in table.c:
+        mask = policy.masks.get(column.name)
+        masked = sql_mask(column, mask, dialect) if mask is not None else None
+        columns.append(masked.label(column.name) if masked is not None else column)
+    view = sa.select(*columns)
+    raw = {k: table.c[k] for k in table.c.keys()}
+    for text in policy.row_filters:
+        try:
+            view = view.where(parse_where(text, raw, dialect=dialect))
+        except (InvalidMapping, UnknownTable) as exc:
+            raise ConfigError(f"the row filter of the policy for {policy.table} is invalid: "
+                              f"{exc}") from None
+    if policy.max_rows is not None:
+        view = view.limit(policy.max_rows)
+    return view.subquery("ldw_policy")
+
+
+def _policy_sql(connector: Connector, sql: str, source: str, default_schema: str | None,
+                policy_for: PolicyLookup | None) -> tuple[str, list[EffectivePolicy]]:
+    """Replace every table the query reads by its policy view; deny tables the user may not
+    read. Hash masks need the raw column in Arrow, so such tables are refused here."""
+    dialect = sqlglot_dialect(connector.source.dialect)
+    tree = sqlglot.parse_one(sql, read=dialect)
+    ctes = {cte.alias for cte in tree.find_all(exp.CTE)}
+    policies = []
+    for node in list(tree.find_all(exp.Table)):
+        if node.name in ctes and not node.db:
+            continue
+        schema = node.db or default_schema
+        policy = policy_for(schema, node.name) if policy_for else None
+        if policy is None:
+            continue
+        policies.append(policy)
+        if not policy.restricts_rows_or_values:
+            continue
+        hashed = [c for c, m in policy.masks.items() if m.kind == "hash"]
+        if hashed:
+            raise PolicyViolation(
+                f"sql= cannot read {policy.table}: column(s) {hashed} are masked by a keyed hash, "
+                "which ldw applies after reading; map the table itself instead")
+        view = _policy_relation(connector, connector.reflect(node.db or None, node.name),
+                                policy)
+        text = connector.compile(sa.select(*view.c), literal=True).sql
+        replacement = exp.Subquery(this=sqlglot.parse_one(text, read=dialect),
+                                   alias=exp.TableAlias(this=exp.to_identifier(
+                                       node.alias or node.name)))
+        node.replace(replacement)
+    return tree.sql(dialect=dialect), policies
+
+
+def _base(connector: Connector, mapping: Mapping, policy_for: PolicyLookup | None
+          ) -> tuple[sa.Select, dict, list, list[EffectivePolicy], frozenset[str]]:
+    dialect = connector.source.dialect
+    hashed: frozenset[str] = frozenset()
     if mapping.table:
         table = connector.reflect(mapping.schema, mapping.table)
-        names = _check_columns(mapping.columns, list(table.c.keys()), mapping.ref)
-        select = sa.select(*[table.c[n] for n in names])
-        lookup = {k: table.c[k] for k in table.c.keys()}
+        policy = None
+        if policy_for is not None:
+            policy = policy_for(mapping.schema or connector.default_schema(), mapping.table)
+        policies = [policy] if policy is not None else []
+        relation = _policy_relation(connector, table, policy)
+        names = _check_columns(mapping.columns, list(relation.c.keys()), mapping.ref)
+        select = sa.select(*[relation.c[n] for n in names])
+        masked_by_hash = {c for c, m in (policy.masks if policy else {}).items()
+                          if m.kind == "hash"}
+        hashed = frozenset(n for n in names if n in masked_by_hash)
+        # a hashed column's raw values must not be filtered on: that would reveal them
+        lookup = {k: relation.c[k] for k in relation.c.keys() if k not in masked_by_hash}
         tables = [(mapping.schema, mapping.table, None)]
     else:
         sql = validate_select_sql(mapping.sql, dialect=dialect)
+        default = connector.default_schema() if policy_for is not None else None
+        sql, policies = _policy_sql(connector, sql, mapping.source, default, policy_for)
         names = connector.result_names(sql)
         if len(set(names)) != len(names):
             raise InvalidMapping(f"sql returns duplicate column names {names}; alias them")
@@ -106,14 +186,19 @@ def _base(connector: Connector, mapping: Mapping) -> tuple[sa.Select, dict, list
         chosen = _check_columns(mapping.columns, names, "the query")
         select = sa.select(*[sub.c[n] for n in chosen])
         lookup = {n: sub.c[n] for n in names}
-        tables = _sql_tables(sql, sqlglot_dialect(dialect))
+        tables = _sql_tables(mapping.sql, sqlglot_dialect(dialect))
     if mapping.where is not None:
         select = select.where(parse_where(mapping.where, lookup, dialect=dialect))
-    return select, lookup, tables
+    return select, lookup, tables, policies, hashed
 
 
-def plan_mapping(connector: Connector, mapping: Mapping) -> MappedQuery:
-    """Validate a mapping against the source and plan its columns; no rows move."""
+def plan_mapping(connector: Connector, mapping: Mapping,
+                 policy_for: PolicyLookup | None = None) -> MappedQuery:
+    """Validate a mapping against the source and plan its columns; no rows move.
+
+    ``policy_for`` gives the requesting user's effective policy per table read (it raises
+    ``AccessDenied`` for tables they may not read); it is compiled into the SQL here.
+    """
     if mapping.limit is not None and (not isinstance(mapping.limit, int) or mapping.limit < 0):
         raise InvalidMapping(f"limit must be a non-negative integer, not {mapping.limit!r}")
     if not isinstance(mapping.partitions, int) or mapping.partitions < 1:
@@ -122,15 +207,15 @@ def plan_mapping(connector: Connector, mapping: Mapping) -> MappedQuery:
         raise InvalidMapping("partitions > 1 needs partition_on=COLUMN to split the rows by")
     if mapping.partition_on is not None and mapping.limit is not None:
         raise InvalidMapping("limit and partition_on cannot be combined; drop one of them")
-    select, lookup, tables = _base(connector, mapping)
+    select, lookup, tables, policies, hashed = _base(connector, mapping, policy_for)
     if mapping.partition_on is not None and mapping.partition_on not in lookup:
         raise UnknownTable(f"partition_on column {mapping.partition_on!r} is not in "
-                           f"{mapping.ref}; columns are: {list(lookup)}")
+                           f"{mapping.ref} (or is masked); columns are: {list(lookup)}")
     if mapping.limit is not None:
         select = select.limit(mapping.limit)
     plans = connector.plan_columns(select)
     select = connector.apply_rewrites(select, plans)
-    return MappedQuery(mapping, select, plans, lookup, tables)
+    return MappedQuery(mapping, select, plans, lookup, tables, policies, hashed)
 
 
 def narrow(query: MappedQuery, *, columns: Sequence[str] | None = None,

@@ -33,7 +33,7 @@ import pyarrow as pa
 from ldw.config import Settings
 from ldw.engine import Engine
 from ldw.errors import AccessDenied, InvalidMapping, LdwError, ServerUnavailable
-from ldw.service import OPS, STREAM_OPS, Service
+from ldw.service import STREAM_OPS, Service
 from ldw.store import Progress
 from ldw.wire import MAX_REQUEST, encode_error, frame, progress_to_json
 
@@ -135,11 +135,9 @@ class _UnixHandler(socketserver.BaseRequestHandler):
             with sock.makefile("wb") as out, pa.ipc.new_stream(out, reader.schema) as writer:
                 for batch in reader:
                     writer.write_batch(batch)
-        elif op in OPS:
-            result = OPS[op](service, user, args, progress)
-            sock.sendall(frame({"ok": True, "result": result}))
         else:
-            raise InvalidMapping(f"unknown operation {op!r}; known: {sorted(OPS)}")
+            result = service.call(user, op, args, progress)
+            sock.sendall(frame({"ok": True, "result": result}))
 
 
 class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):

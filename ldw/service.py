@@ -1,23 +1,36 @@
 """The operations a client may ask of an engine, as one table of JSON-in, JSON-out functions.
 
-The in-process client, the local Unix-socket server and the Flight server all dispatch through
-:class:`Service`, so they cannot drift apart. Arguments are checked by name (unknown ones are
-rejected); results are JSON-able except for ``attach`` (a cached version) and ``scan`` (record
-batches), which each transport delivers its own way.
+The in-process client, the local Unix-socket server and the Flight server all go through
+:meth:`Service.call`, :meth:`Service.attach` and :meth:`Service.stream`, so access checks and
+auditing cannot drift apart between transports. Arguments are checked by name (unknown ones are
+rejected); results are JSON-able except for ``attach`` (a cached version) and the streams
+(record batches), which each transport delivers its own way.
+
+Auditing fails closed: a data-serving call whose audit record cannot be written is refused,
+and every denial is recorded.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pyarrow as pa
 
 from ldw.engine import DatasetRecord, Engine
-from ldw.errors import InvalidMapping, LdwError
+from ldw.errors import (
+    AccessDenied,
+    AuditUnavailable,
+    InvalidMapping,
+    LdwError,
+    PolicyViolation,
+    UnknownDataset,
+)
 from ldw.lazy import polars_predicate_to_sql
 from ldw.store import Version
 from ldw.wire import encode_schema
@@ -25,6 +38,8 @@ from ldw.wire import encode_schema
 __all__ = ["OPS", "STREAM_OPS", "Service"]
 
 log = logging.getLogger("ldw.service")
+
+ADMIN_ROLE = "admin"  # may read every user's audit records
 
 
 def _arg(args: dict[str, Any], name: str, kind: type | tuple, *, required: bool = False) -> Any:
@@ -38,6 +53,19 @@ def _arg(args: dict[str, Any], name: str, kind: type | tuple, *, required: bool 
     return value
 
 
+def _only(args: dict[str, Any], op: str, allowed: set[str]) -> None:
+    unknown = set(args) - allowed
+    if unknown:
+        raise InvalidMapping(f"{op}() got unknown argument(s) {sorted(unknown)}")
+
+
+def _target(user: str, args: dict[str, Any]) -> tuple[str, str]:
+    """(owner, name) a call is about: the caller's own dataset unless ``owner`` says whose."""
+    name = _arg(args, "name", str, required=True)
+    owner = _arg(args, "owner", str) or user
+    return owner, name
+
+
 class Service:
     """Runs one request of one user against an engine."""
 
@@ -46,10 +74,82 @@ class Service:
         self.engine = engine
         self.describe_server = describe_server or (lambda: {"mode": "in-process"})
 
+    # -- entry points -------------------------------------------------------------------------
+    def call(self, user: str, op: str, args: dict[str, Any],
+             progress: Callable | None = None) -> Any:
+        if op not in OPS:
+            raise InvalidMapping(f"unknown operation {op!r}; known: {sorted(OPS)}")
+        with self._denials_audited(user, op, args):
+            return OPS[op](self, user, args, progress)
+
+    def attach(self, user: str, args: dict, progress: Callable | None) -> tuple[dict, Version]:
+        """Make sure a version is cached; return its info and the version to hand over."""
+        with self._denials_audited(user, "attach", args):
+            owner, name = _target(user, args)
+            self.engine.readable(user, owner, name)
+            version = self.engine.attach(owner, name, progress=progress)
+            record = self.engine.dataset(owner, name)
+            self.audit(user, "attach", record, rows=version.rows, nbytes=version.bytes,
+                       sql=record.source_sql)
+            return self.info(record), version
+
+    def stream(self, user: str, op: str, args: dict) -> pa.RecordBatchReader:
+        """A data operation whose result is record batches: ``scan`` or ``sql``."""
+        with self._denials_audited(user, op, args):
+            if op == "scan":
+                return self._scan(user, args)
+            if op == "sql":
+                return self._sql(user, args)
+        raise InvalidMapping(f"unknown data operation {op!r}; known: {sorted(STREAM_OPS)}")
+
+    # -- audit --------------------------------------------------------------------------------
+    def audit(self, user: str, action: str, record: DatasetRecord | None = None, *,
+              dataset: str | None = None, outcome: str = "allow", sql: Any = None,
+              rows: int | None = None, nbytes: int | None = None,
+              detail: str | None = None) -> None:
+        """Append one audit record; refuse the call (AuditUnavailable) if that fails."""
+        if isinstance(sql, list | tuple):
+            sql = "\n".join(sql)
+        entry = {"ts": time.time(), "user": user, "action": action,
+                 "dataset": record.key if record is not None else dataset,
+                 "outcome": outcome, "policy": record.policy if record is not None else None,
+                 "sql": sql, "rows": rows, "bytes": nbytes, "detail": detail}
+        try:
+            self.engine.catalog.append_audit(entry)
+        except Exception:
+            log.exception("audit record could not be written")
+            raise AuditUnavailable(
+                "the audit log cannot be written, so ldw refuses this call; tell the ldw "
+                "administrator (the server log has the cause)") from None
+
+    class _Denials:
+        def __init__(self, service: Service, user: str, op: str, args: dict) -> None:
+            self.service, self.user, self.op, self.args = service, user, op, args
+
+        def __enter__(self) -> None:
+            return None
+
+        def __exit__(self, kind: type | None, exc: BaseException | None, tb: Any) -> bool:
+            if isinstance(exc, AccessDenied | PolicyViolation):
+                name = self.args.get("name") or self.args.get("table")
+                owner = self.args.get("owner") or self.user
+                dataset = f"{owner}/{name}" if self.args.get("name") else name
+                self.service.audit(self.user, self.op, dataset=dataset, outcome="deny",
+                                   detail=str(exc))
+            return False
+
+    def _denials_audited(self, user: str, op: str, args: dict) -> Service._Denials:
+        return Service._Denials(self, user, op, args)
+
+    # -- descriptions -------------------------------------------------------------------------
     def info(self, record: DatasetRecord) -> dict[str, Any]:
         version = record.version
         try:
-            columns = [p.as_row() for p in self.engine.query(record).columns]
+            query = self.engine.query(record)
+            columns = [p.as_row() for p in query.columns]
+            for row in columns:
+                if row["name"] in query.hashed:
+                    row["arrow_type"], row["note"] = "string", "masked: keyed hash (hex)"
         except LdwError:  # source down after a restart: the stored schema still answers
             columns = [{"name": f.name, "source_type": "", "arrow_type": str(f.type),
                         "nullable": f.nullable, "note": ""} for f in record.schema]
@@ -72,6 +172,10 @@ class Service:
             "ttl": record.ttl,
             "pinned": record.pin,
             "memory_only": record.memory_only,
+            "export": record.export,
+            "policy": record.policy,
+            "shared_with": [f"{k}:{g}" for k, g in self.engine.catalog.grants(
+                record.owner, record.name)],
             "hits": record.hits,
             "bytes_served": record.bytes_served,
             "last_access": record.last_access,
@@ -92,67 +196,130 @@ class Service:
         return self.engine.sources()
 
     def op_tables(self, user: str, args: dict, progress: Callable | None) -> Any:
-        return self.engine.tables(_arg(args, "source", str, required=True),
+        return self.engine.tables(user, _arg(args, "source", str, required=True),
                                   _arg(args, "schema", str))
 
     def op_describe(self, user: str, args: dict, progress: Callable | None) -> Any:
-        return self.engine.describe(_arg(args, "table", str, required=True))
+        return self.engine.describe(user, _arg(args, "table", str, required=True))
 
     def op_map(self, user: str, args: dict, progress: Callable | None) -> Any:
-        unknown = set(args) - {"name", "table", "sql", "source", "columns", "where", "limit",
-                               "partition_on", "partitions", "ttl", "pin", "memory_only"}
-        if unknown:
-            raise InvalidMapping(f"map() got unknown argument(s) {sorted(unknown)}")
+        _only(args, "map", {"name", "table", "sql", "source", "columns", "where", "limit",
+                            "partition_on", "partitions", "ttl", "pin", "memory_only"})
         record = self.engine.map(user, **args)
+        self.audit(user, "map", record, detail=record.mapping.ref)
         return self.info(record)
 
     def op_info(self, user: str, args: dict, progress: Callable | None) -> Any:
-        return self.info(self.engine.dataset(user, _arg(args, "name", str, required=True)))
+        owner, name = _target(user, args)
+        return self.info(self.engine.readable(user, owner, name))
+
+    def _own(self, user: str, args: dict, op: str) -> DatasetRecord:
+        owner, name = _target(user, args)
+        if owner != user:
+            raise AccessDenied(f"only {owner} can {op} {owner}/{name}")
+        return self.engine.readable(user, owner, name)
 
     def op_cache(self, user: str, args: dict, progress: Callable | None) -> Any:
-        name = _arg(args, "name", str, required=True)
-        self.engine.materialize(user, name, progress=progress,
-                                refresh=bool(args.get("refresh")))
-        return self.info(self.engine.dataset(user, name))
+        _only(args, "cache", {"name", "owner", "refresh"})
+        record = self._own(user, args, "cache")
+        version = self.engine.materialize(user, record.name, progress=progress,
+                                          refresh=bool(args.get("refresh")))
+        self.audit(user, "materialize", record, sql=record.source_sql, rows=version.rows,
+                   nbytes=version.bytes)
+        return self.info(record)
 
     def op_evict(self, user: str, args: dict, progress: Callable | None) -> Any:
-        name = _arg(args, "name", str, required=True)
-        self.engine.evict(user, name)
-        return self.info(self.engine.dataset(user, name))
+        record = self._own(user, args, "evict")
+        self.engine.evict(user, record.name)
+        return self.info(record)
 
     def op_set_options(self, user: str, args: dict, progress: Callable | None) -> Any:
-        name = _arg(args, "name", str, required=True)
-        record = self.engine.set_options(user, name, pin=args.get("pin"),
+        _only(args, "set_options", {"name", "owner", "pin", "ttl"})
+        record = self._own(user, args, "change")
+        record = self.engine.set_options(user, record.name, pin=args.get("pin"),
                                          ttl=_arg(args, "ttl", (str, int, float)))
         return self.info(record)
 
+    def op_share(self, user: str, args: dict, progress: Callable | None) -> Any:
+        _only(args, "share", {"name", "owner", "user", "role", "revoke"})
+        record = self._own(user, args, "share")
+        revoke = bool(args.get("revoke"))
+        grants = self.engine.share(user, record.name, user=_arg(args, "user", str),
+                                   role=_arg(args, "role", str), revoke=revoke)
+        who = args.get("user") or f"role {args.get('role')}"
+        self.audit(user, "revoke" if revoke else "share", record, detail=f"with {who}")
+        return [f"{k}:{g}" for k, g in grants]
+
     def op_datasets(self, user: str, args: dict, progress: Callable | None) -> Any:
-        return [self.listing(r) for r in self.engine.datasets(user)]
+        mine = [self.listing(r) for r in self.engine.datasets(user)]
+        shared = []
+        for owner, name in self.engine.catalog.shared_with(user,
+                                                          self.engine.governance.roles(user)):
+            if owner != user:
+                try:
+                    shared.append(self.listing(self.engine.dataset(owner, name)))
+                except UnknownDataset:
+                    continue
+        return mine + shared
 
     def op_status(self, user: str, args: dict, progress: Callable | None) -> Any:
-        return {**self.describe_server(), "user": user, **self.engine.status()}
+        return {**self.describe_server(), "user": user,
+                "roles": sorted(self.engine.governance.roles(user)),
+                "governed": self.engine.governance.enforced, **self.engine.status()}
 
-    # -- data operations ----------------------------------------------------------------------
-    def attach(self, user: str, args: dict, progress: Callable | None) -> tuple[dict, Version]:
-        """Make sure a version is cached; return its info and the version to hand over."""
-        name = _arg(args, "name", str, required=True)
-        version = self.engine.attach(user, name, progress=progress)
-        return self.info(self.engine.dataset(user, name)), version
+    def op_audit(self, user: str, args: dict, progress: Callable | None) -> Any:
+        _only(args, "audit", {"user", "dataset", "limit"})
+        wanted = _arg(args, "user", str)
+        if self.engine.governance.enforced and ADMIN_ROLE not in \
+                self.engine.governance.roles(user):
+            if wanted not in (None, user):
+                raise AccessDenied(f"only the {ADMIN_ROLE!r} role may read other users' audit "
+                                   "records")
+            wanted = user
+        limit = _arg(args, "limit", int) or 100
+        return self.engine.catalog.audit(user=wanted, dataset=_arg(args, "dataset", str),
+                                         limit=min(max(limit, 1), 10_000))
 
-    def stream(self, user: str, op: str, args: dict) -> pa.RecordBatchReader:
-        """A data operation whose result is record batches: ``scan`` or ``sql``."""
-        if op == "scan":
-            return self._scan(user, args)
-        if op == "sql":
-            return self._sql(user, args)
-        raise InvalidMapping(f"unknown data operation {op!r}; known: {sorted(STREAM_OPS)}")
+    def op_export(self, user: str, args: dict, progress: Callable | None) -> Any:
+        _only(args, "export", {"name", "owner", "path", "partition_by", "compression",
+                               "overwrite"})
+        from ldw.export import export_table  # noqa: PLC0415
 
+        owner, name = _target(user, args)
+        record = self.engine.readable(user, owner, name)
+        if record.memory_only:
+            raise PolicyViolation(f"{record.key} is memory-only: it may not be written to "
+                                  "disk, so it cannot be exported")
+        if record.export == "deny":
+            raise PolicyViolation(f"the policy of {', '.join(record.policy_tables)} denies "
+                                  "export")
+        path = Path(_arg(args, "path", str, required=True))
+        if not path.is_absolute():
+            raise InvalidMapping("export path must be absolute (the client resolves it)")
+        version = self.engine.attach(owner, name)
+        partition_by = _arg(args, "partition_by", list)
+        self.audit(user, "export", record, sql=record.source_sql, rows=version.rows,
+                   nbytes=version.bytes, detail=str(path))
+        manifest = {"source": record.mapping.source, "mapping": record.mapping.ref,
+                    "sql": list(record.source_sql), "snapshot": version.version_id,
+                    "policy": record.policy, "exported_by": user, "owner": owner,
+                    "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        result = export_table(self.engine.store.open(version), path, manifest=manifest,
+                              partition_by=partition_by,
+                              compression=_arg(args, "compression", str) or "zstd",
+                              overwrite=bool(args.get("overwrite")), progress=progress)
+        return {"path": str(result.path), "files": [f.as_json() for f in result.files],
+                "rows": result.rows, "bytes": result.bytes, "seconds": result.seconds,
+                "manifest_path": str(result.manifest_path)}
+
+    # -- data streams ---------------------------------------------------------------------------
     def _scan(self, user: str, args: dict) -> pa.RecordBatchReader:
         """Stream an uncached dataset from its source, pushing down what translates exactly."""
-        name = _arg(args, "name", str, required=True)
+        _only(args, "scan", {"name", "owner", "columns", "limit", "predicate"})
+        owner, name = _target(user, args)
         columns = _arg(args, "columns", list)
         limit = _arg(args, "limit", int)
-        record = self.engine.dataset(user, name)
+        record = self.engine.readable(user, owner, name)
         sql_predicate, complete = None, True
         text = _arg(args, "predicate", str)
         if text is not None:
@@ -163,8 +330,9 @@ class Service:
             else:
                 sql_predicate, complete = polars_predicate_to_sql(
                     predicate, self.engine.query(record).lookup)
-        batches = self.engine.scan(user, name, columns=columns, predicate=sql_predicate,
-                                   limit=limit if complete else None)
+        sql, batches = self.engine.scan(owner, name, columns=columns, predicate=sql_predicate,
+                                        limit=limit if complete else None)
+        self.audit(user, "scan", record, sql=sql)
         first = next(batches, None)
         if first is None:
             fields = [f for f in record.schema if columns is None or f.name in columns]
@@ -172,13 +340,23 @@ class Service:
         return pa.RecordBatchReader.from_batches(first.schema, _chain(first, batches))
 
     def _sql(self, user: str, args: dict) -> pa.RecordBatchReader:
-        """SQL over the caller's datasets, each read zero-copy from its cached version."""
+        """SQL over datasets the caller may read (``"alice/orders"`` for a shared one), each
+        read zero-copy from its cached version."""
         from ldw.sql import referenced_datasets  # noqa: PLC0415 - DuckDB loads on first use
 
+        _only(args, "sql", {"query"})
         query = _arg(args, "query", str, required=True)
         names = referenced_datasets(query)  # validated before any dataset is touched
-        tables = {name: self.engine.open(user, name) for name in names}
-        return self.engine.sql_engine().run(query, tables).to_reader()
+        tables = {}
+        for name in names:
+            owner, _, own_name = name.rpartition("/")
+            record = self.engine.readable(user, owner or user, own_name)
+            tables[name] = self.engine.store.open(self.engine.attach(record.owner,
+                                                                     record.name))
+        result = self.engine.sql_engine().run(query, tables)
+        self.audit(user, "sql", dataset=",".join(names), sql=query, rows=result.num_rows,
+                   nbytes=result.nbytes)
+        return result.to_reader()
 
 
 def _chain(first: pa.RecordBatch, rest: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -186,8 +364,8 @@ def _chain(first: pa.RecordBatch, rest: Iterator[pa.RecordBatch]) -> Iterator[pa
     yield from rest
 
 
-STREAM_OPS = frozenset({"scan", "sql"})
 OPS: dict[str, Callable[[Service, str, dict, Callable | None], Any]] = {
     name.removeprefix("op_"): getattr(Service, name)
     for name in dir(Service) if name.startswith("op_")
 }
+STREAM_OPS = frozenset({"scan", "sql"})

@@ -144,9 +144,9 @@ class LocalBackend:
         finally:
             conn.close()
 
-    def attach(self, name: str, *, progress: ProgressCallback | None = None
+    def attach(self, ref: dict[str, Any], *, progress: ProgressCallback | None = None
                ) -> tuple[dict[str, Any], pa.Table]:
-        conn = self._open("attach", {"name": name})
+        conn = self._open("attach", dict(ref))
         try:
             info = self._result(conn, progress)
             if not conn.fds:
