@@ -3,10 +3,13 @@
 from ldw.client import Dataset, Warehouse, connect
 from ldw.errors import (
     AccessDenied,
+    AuditUnavailable,
     Cancelled,
     CapacityExceeded,
     ConfigError,
     DatasetLost,
+    ExportError,
+    ExportVerificationError,
     InvalidMapping,
     LdwError,
     PolicyViolation,
@@ -21,15 +24,25 @@ from ldw.errors import (
 )
 from ldw.store import Progress
 
+
+def verify_export(path: object, *, strict: bool = False) -> object:
+    """Check an export against its manifest (see :func:`ldw.export.verify_export`)."""
+    from ldw.export import verify_export as verify  # noqa: PLC0415 - keeps import light
+
+    return verify(path, strict=strict)
+
 __version__ = "0.1.0"
 
 __all__ = [
     "AccessDenied",
+    "AuditUnavailable",
     "Cancelled",
     "CapacityExceeded",
     "ConfigError",
     "Dataset",
     "DatasetLost",
+    "ExportError",
+    "ExportVerificationError",
     "InvalidMapping",
     "LdwError",
     "PolicyViolation",
@@ -44,6 +57,7 @@ __all__ = [
     "UnsupportedType",
     "Warehouse",
     "connect",
+    "verify_export",
 ]
 
 

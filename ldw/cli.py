@@ -2,8 +2,10 @@
 
     ldw server start [--foreground] [--config ldw.toml]
     ldw server stop | ldw server status
-    ldw user add NAME          prints a new token once; only its hash is stored
-    ldw user revoke NAME       every later call with that token is refused
+    ldw user add NAME [--role R]...   prints a new token once; only its hash is stored
+    ldw user revoke NAME              every later call with that token is refused
+    ldw audit [--user U] [--dataset OWNER/NAME] [--last N] [--verify]
+    ldw export NAME PATH [--partition-by COL]... | ldw verify PATH
 """
 
 from __future__ import annotations
@@ -107,8 +109,10 @@ def cmd_user_add(args: argparse.Namespace) -> int:
 
     settings, _ = _settings(args)
     check_name(args.name, "user name")
+    for role in args.role:
+        check_name(role, "role name")
     catalog = Catalog(settings.catalog)
-    token = catalog.new_token(args.name)
+    token = catalog.new_token(args.name, args.role)
     catalog.close()
     print(f"token for {args.name} (shown once; only its hash is stored):")
     print(token)
@@ -124,6 +128,56 @@ def cmd_user_revoke(args: argparse.Namespace) -> int:
     catalog.close()
     print(f"token of {args.name} revoked" if revoked else f"{args.name} has no token")
     return 0 if revoked else 1
+
+
+def _local(settings: Settings) -> Any:
+    from ldw.client import Warehouse  # noqa: PLC0415
+    from ldw.unix import LocalBackend  # noqa: PLC0415
+
+    return Warehouse(LocalBackend.connect(settings, autostart=False))
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    settings, _ = _settings(args)
+    if args.verify:
+        from ldw.catalog import Catalog  # noqa: PLC0415
+
+        catalog = Catalog(settings.catalog)
+        intact, checked, broken = catalog.verify_audit()
+        catalog.close()
+        if intact:
+            print(f"audit log intact: {checked} records, hash chain verified")
+            return 0
+        print(f"audit log BROKEN at record {broken} (after {checked} good records)")
+        return 1
+    frame = _local(settings).audit(user=args.user, dataset=args.dataset, limit=args.last)
+    for row in frame.iter_rows(named=True):
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["ts"]))
+        size = f" rows={row['rows']}" if row["rows"] is not None else ""
+        print(f"{row['seq']:>6} {when} {row['user']:<12} {row['action']:<12} "
+              f"{row['outcome']:<6} {row['dataset'] or '-'}{size} {row['detail'] or ''}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    settings, _ = _settings(args)
+    result = _local(settings).dataset(args.name).export(
+        args.path, partition_by=args.partition_by or None, overwrite=args.overwrite)
+    print(f"exported {result.rows:,} rows in {len(result.files)} file(s), "
+          f"{_mib(result.bytes)}, to {result.path} ({result.seconds:.2f}s)")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from ldw.export import verify_export  # noqa: PLC0415
+
+    result = verify_export(args.path)
+    if result.ok:
+        print(f"ok: {result.files_checked} file(s), {result.rows:,} rows match the manifest")
+        return 0
+    for problem in result.problems:
+        print(problem)
+    return 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -144,11 +198,27 @@ def _parser() -> argparse.ArgumentParser:
     user_actions = user.add_subparsers(dest="action", required=True)
     add = user_actions.add_parser("add", help="create a user token (printed once)")
     add.add_argument("name")
+    add.add_argument("--role", action="append", default=[], help="a role (repeatable)")
     add.set_defaults(func=cmd_user_add)
     revoke = user_actions.add_parser("revoke", help="revoke a user's token")
     revoke.add_argument("name")
     revoke.set_defaults(func=cmd_user_revoke)
-    for sub in (start, stop, status, add, revoke):
+    audit = verbs.add_parser("audit", help="read (or --verify) the audit log")
+    audit.add_argument("--user")
+    audit.add_argument("--dataset", help="OWNER/NAME")
+    audit.add_argument("--last", type=int, default=50)
+    audit.add_argument("--verify", action="store_true", help="check the hash chain")
+    audit.set_defaults(func=cmd_audit)
+    export = verbs.add_parser("export", help="export a dataset to Parquet")
+    export.add_argument("name")
+    export.add_argument("path")
+    export.add_argument("--partition-by", action="append", default=[])
+    export.add_argument("--overwrite", action="store_true")
+    export.set_defaults(func=cmd_export)
+    verify = verbs.add_parser("verify", help="check an export against its manifest")
+    verify.add_argument("path")
+    verify.set_defaults(func=cmd_verify)
+    for sub in (start, stop, status, add, revoke, audit, export):
         sub.add_argument("--config", default=argparse.SUPPRESS, help="ldw.toml")
     return parser
 

@@ -100,3 +100,57 @@ def mysql_wh(mysql_engine: sa.Engine, shm_dir: str) -> Iterator[ldw.Warehouse]:
                         my_dbapi={"url": MYSQL_URL, "transport": "dbapi"})
     yield wh
     wh.close()
+
+
+class ServerHandle:
+    """A real ldw server for one test: its own state, shared memory, spill dir and catalog."""
+
+    def __init__(self, folder, *, extra_toml: str = "", **server: object) -> None:
+        import json
+        from pathlib import Path
+
+        self.folder = Path(folder)
+        self.shm = Path("/dev/shm") / f"ldw-test-{uuid.uuid4().hex[:8]}"
+        settings = {"state_dir": self.folder / "state", "shm_dir": self.shm,
+                    "spill_dir": self.folder / "spill",
+                    "catalog": f"sqlite:///{self.folder / 'catalog.db'}",
+                    "mask_key_file": self.folder / "mask.key",
+                    "listen": "grpc://127.0.0.1:0", "memory_limit": "1GiB", **server}
+        lines = ["[server]"] + [f"{k} = {json.dumps(str(v))}" for k, v in settings.items()]
+        lines += ["[sources.pg]", f"url = {json.dumps(POSTGRES_URL)}",
+                  "[sources.my]", f"url = {json.dumps(MYSQL_URL)}", extra_toml]
+        self.config = self.folder / "ldw.toml"
+        self.config.write_text("\n".join(lines) + "\n")
+
+    def cli(self, *args: str, check: bool = True):
+        import subprocess
+        import sys
+
+        return subprocess.run([sys.executable, "-m", "ldw.cli", "--config", str(self.config),
+                               *args], capture_output=True, text=True, timeout=120, check=check)
+
+    def start(self) -> ServerHandle:
+        self.cli("server", "start")
+        return self
+
+    def stop(self) -> None:
+        import shutil
+
+        self.cli("server", "stop", check=False)
+        shutil.rmtree(self.shm, ignore_errors=True)
+
+    @property
+    def flight(self) -> str:
+        import json
+
+        return json.loads(self.cli("server", "status", "--json").stdout)["flight"]
+
+    def token(self, user: str, *roles: str) -> str:
+        args = [a for role in roles for a in ("--role", role)]
+        return self.cli("user", "add", user, *args).stdout.split()[-1]
+
+    def local(self) -> ldw.Warehouse:
+        return ldw.connect(config=str(self.config), autostart=False)
+
+    def remote(self, user: str, *roles: str) -> ldw.Warehouse:
+        return ldw.connect(self.flight, token=self.token(user, *roles))

@@ -6,7 +6,8 @@ import sys
 import ldw
 
 PUBLIC = {
-    "AccessDenied", "Cancelled", "CapacityExceeded", "ConfigError", "Dataset", "DatasetLost",
+    "AccessDenied", "AuditUnavailable", "Cancelled", "ExportError", "ExportVerificationError",
+    "verify_export", "CapacityExceeded", "ConfigError", "Dataset", "DatasetLost",
     "InvalidMapping", "LdwError", "PolicyViolation", "Progress", "ServerUnavailable",
     "SourceError", "SourceTimeout", "SourceUnavailable", "UnknownDataset", "UnknownSource",
     "UnknownTable", "UnsupportedType", "Warehouse", "connect",
