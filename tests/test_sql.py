@@ -515,3 +515,30 @@ def test_tpch_query_matches_postgres(number: int, tpch_arrow: dict[str, pa.Table
     actual = list(zip(*(column.to_pylist() for column in result.columns), strict=True))
     difference = tpch.compare_results(expected, actual, order_by=tpch.order_by_columns(text))
     assert difference is None, f"Q{number}: {difference}"
+
+
+@pytest.fixture(scope="session")
+def tpch_wh(tpch_pg: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ldw.Warehouse]:
+    """The SF0.1 tables mapped from PostgreSQL through ldw's own connector and cached."""
+    shm = tmp_path_factory.mktemp("tpch-shm")
+    wh = ldw.connect(in_process=True, config={"sources": {"pg": {"url": POSTGRES_URL}}},
+                     shm_dir=str(shm), spill_dir=f"{shm}-spill", memory_limit="4GiB")
+    for table in tpch.TABLES:
+        wh.map(table, f"pg.{tpch_pg}.{table}").cache()
+    yield wh
+    wh.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("number", tpch.NUMBERS, ids=[f"q{n:02d}" for n in tpch.NUMBERS])
+def test_tpch_through_wh_sql_over_cached_datasets(number: int, tpch_wh: ldw.Warehouse,
+                                                  pg_conn: psycopg.Connection) -> None:
+    text = tpch.query(number)
+    result = tpch_wh.sql(text)
+    with pg_conn.cursor() as cur:
+        cur.execute(text)
+        expected = cur.fetchall()
+    assert result.height > 0
+    difference = tpch.compare_results(expected, result.rows(),
+                                      order_by=tpch.order_by_columns(text))
+    assert difference is None, f"Q{number}: {difference}"
