@@ -270,14 +270,19 @@ class Warehouse:
         """name, owner, mapping, state, rows, bytes, version, last_access, hits, ..."""
         return pl.DataFrame(self._backend.call("datasets"), schema=_LISTING_SCHEMA)
 
-    def sql(self, query: str) -> pl.DataFrame:
-        """Run SQL (DuckDB dialect) over my datasets, referenced by name; uncached ones are
-        materialized first. Only a single read-only query over datasets is accepted.
+    def sql(self, query: str, *, name: str | None = None) -> Any:
+        """Run SQL (DuckDB dialect) over my datasets, referenced by name (``"alice/orders"``
+        for a shared one); uncached ones are materialized first. Only a single read-only
+        query over datasets is accepted. Returns a polars DataFrame, or with ``name`` a new
+        cached :class:`Dataset` whose lineage is the query (recomputed if lost).
 
         >>> wh.sql("SELECT o_orderstatus, count(*) AS n FROM orders GROUP BY 1")  # doctest: +SKIP
         """
-        reader = self._backend.stream("sql", {"query": query})
-        return pl.from_arrow(_polars_ready(reader.read_all()), rechunk=False)
+        reader = self._backend.stream("sql", {"query": query, "name": name})
+        table = reader.read_all()
+        if name is not None:
+            return Dataset(self, name)
+        return pl.from_arrow(_polars_ready(table), rechunk=False)
 
     def status(self) -> dict[str, Any]:
         """Capacity, memory used, datasets, per-dataset hits and bytes served."""

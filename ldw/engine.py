@@ -42,11 +42,13 @@ from ldw.planner import (
     read_plan,
     single_plan,
 )
-from ldw.store import DISK, MEMORY, Progress, Store, Version
+from ldw.store import DISK, MEMORY, Progress, Store, Version, storage_schema
 
 __all__ = ["DatasetRecord", "Engine"]
 
 log = logging.getLogger("ldw.engine")
+
+DERIVED = "@datasets"  # the pseudo-source of datasets defined by SQL over other datasets
 
 _NAME_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 
@@ -95,6 +97,10 @@ class DatasetRecord:
         return {"ttl": self.ttl, "pin": self.pin, "memory_only": self.memory_only,
                 "policy": self.policy, "policy_tables": list(self.policy_tables),
                 "export": self.export}
+
+    @property
+    def derived(self) -> bool:
+        return self.mapping.source == DERIVED
 
     @property
     def notes(self) -> dict[str, str]:
@@ -302,6 +308,43 @@ class Engine:
             self.catalog.drop_grants(owner, name)  # a new definition is not what was shared
         return record
 
+    def _input(self, owner: str, ref: str) -> DatasetRecord:
+        """A dataset a derived one reads: ``name`` (the owner's) or ``other/name`` (shared)."""
+        other, _, name = ref.rpartition("/")
+        return self.readable(owner, other or owner, name)
+
+    def map_derived(self, owner: str, name: str, query: str, *,
+                    ttl: str | float | None = None, pin: bool = False) -> DatasetRecord:
+        """A dataset defined by SQL over other datasets: its lineage is the query."""
+        from ldw.sql import referenced_datasets  # noqa: PLC0415
+
+        check_name(name)
+        names = referenced_datasets(query)
+        inputs = [self._input(owner, ref) for ref in names]
+        if any(r.key == f"{owner}/{name}" for r in inputs):
+            raise InvalidMapping(f"dataset {name!r} cannot be defined over itself")
+        empty = {ref: storage_schema(r.schema).empty_table() for ref, r in zip(names, inputs,
+                                                                             strict=True)}
+        schema = self.sql_engine().run(query, empty).schema  # no rows move
+        tables = tuple(sorted({t for r in inputs for t in r.policy_tables}))
+        record = DatasetRecord(owner, Mapping(name, DERIVED, sql=query), schema,
+                               ttl=parse_duration(ttl), pin=bool(pin),
+                               memory_only=any(r.memory_only for r in inputs),
+                               policy_tables=tables,
+                               export="deny" if any(r.export == "deny" for r in inputs)
+                               else "allow")
+        record.policy = self.current_policy(owner, record)
+        with self._lock:
+            old = self._records.get(record.key)
+            self.catalog.put_dataset(owner, name, mapping=dataclasses.asdict(record.mapping),
+                                     options=record.options, schema=record.schema)
+            self._records[record.key] = record
+        if old is not None:
+            if old.version is not None:
+                self._drop_version(old.version)
+            self.catalog.drop_grants(owner, name)
+        return record
+
     def dataset(self, owner: str, name: str) -> DatasetRecord:
         with self._lock:
             record = self._records.get(f"{owner}/{name}")
@@ -317,8 +360,11 @@ class Engine:
         with self._lock:
             return [r for r in self._records.values() if owner is None or r.owner == owner]
 
-    def query(self, record: DatasetRecord) -> MappedQuery:
-        """The record's plan against its source (planned again after a restart)."""
+    def query(self, record: DatasetRecord) -> MappedQuery | None:
+        """The record's plan against its source (planned again after a restart); None for a
+        derived dataset, which has no source query."""
+        if record.derived:
+            return None
         if record.query is None:
             record.query = plan_mapping(self.connector(record.mapping.source), record.mapping,
                                         self.policy_lookup(record.owner, record.mapping.source))
@@ -354,11 +400,12 @@ class Engine:
                 record.version, record.state, record.query = None, "mapped", None
                 record.policy = policy
                 query = self.query(record)
-                record.schema = _schema_of(query)
-                record.memory_only = record.memory_only or any(
-                    p.memory_only for p in query.policies)
-                record.export = "deny" if any(p.export == "deny" for p in query.policies) \
-                    else "allow"
+                if query is not None:
+                    record.schema = _schema_of(query)
+                    record.memory_only = record.memory_only or any(
+                        p.memory_only for p in query.policies)
+                    record.export = "deny" if any(p.export == "deny" for p in query.policies) \
+                        else "allow"
             self.catalog.put_dataset(owner, name, mapping=dataclasses.asdict(record.mapping),
                                      options=record.options, schema=record.schema)
         return record
@@ -376,7 +423,23 @@ class Engine:
             self.catalog.grant(owner, name, kind=kind, grantee=grantee)
         return self.catalog.grants(owner, name)
 
+    def _run_derived(self, record: DatasetRecord,
+                     progress: Callable[[Progress], None] | None) -> Version:
+        from ldw.sql import referenced_datasets  # noqa: PLC0415
+
+        query = record.mapping.sql or ""
+        tables = {}
+        for ref in referenced_datasets(query):
+            source = self._input(record.owner, ref)  # access is checked again, now
+            tables[ref] = self.store.open(self.attach(source.owner, source.name))
+        result = self.sql_engine().run(query, tables)
+        record.source_sql = [query]
+        return self.store.write(record.key, record.schema, result.to_batches(),
+                                progress=progress, make_room=lambda n: self.make_room(n, record))
+
     def _run(self, record: DatasetRecord, progress: Callable[[Progress], None] | None) -> Version:
+        if record.derived:
+            return self._run_derived(record, progress)
         connector = self.connector(record.mapping.source)
         query = self.query(record)
         partitioned = record.mapping.partition_on is not None and record.mapping.partitions > 1
@@ -532,6 +595,11 @@ class Engine:
         """Stream from the source with pushdown (a lazy read of an uncached dataset): the SQL
         sent and the batches."""
         record = self.dataset(owner, name)
+        if record.derived:  # no source to push into: read the cached result
+            table = self.store.open(self.attach(owner, name))
+            if columns is not None:
+                table = table.select(list(columns))
+            return [record.mapping.sql or ""], iter(table.to_batches())
         connector = self.connector(record.mapping.source)
         query = narrow(self.query(record), columns=columns, predicate=predicate, limit=limit)
         plan = single_plan(connector, query)

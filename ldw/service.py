@@ -146,6 +146,8 @@ class Service:
         version = record.version
         try:
             query = self.engine.query(record)
+            if query is None:  # derived: SQL over datasets
+                raise LdwError("no source plan")
             columns = [p.as_row() for p in query.columns]
             for row in columns:
                 if row["name"] in query.hashed:
@@ -328,8 +330,9 @@ class Service:
             except Exception:  # another polars version: no pushdown, the client filters
                 sql_predicate, complete = None, False
             else:
-                sql_predicate, complete = polars_predicate_to_sql(
-                    predicate, self.engine.query(record).lookup)
+                query = self.engine.query(record)
+                sql_predicate, complete = (None, False) if query is None else \
+                    polars_predicate_to_sql(predicate, query.lookup)
         sql, batches = self.engine.scan(owner, name, columns=columns, predicate=sql_predicate,
                                         limit=limit if complete else None)
         self.audit(user, "scan", record, sql=sql)
@@ -344,8 +347,14 @@ class Service:
         read zero-copy from its cached version."""
         from ldw.sql import referenced_datasets  # noqa: PLC0415 - DuckDB loads on first use
 
-        _only(args, "sql", {"query"})
+        _only(args, "sql", {"query", "name"})
         query = _arg(args, "query", str, required=True)
+        if args.get("name") is not None:  # a new dataset whose lineage is this query
+            record = self.engine.map_derived(user, _arg(args, "name", str), query)
+            self.audit(user, "map", record, sql=query)
+            version = self.engine.attach(user, record.name)
+            self.audit(user, "sql", record, sql=query, rows=version.rows, nbytes=version.bytes)
+            return pa.RecordBatchReader.from_batches(record.schema, iter(()))  # data stays
         names = referenced_datasets(query)  # validated before any dataset is touched
         tables = {}
         for name in names:

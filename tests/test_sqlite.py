@@ -96,3 +96,22 @@ def test_an_unopenable_file_is_unavailable(tmp_path, shm_dir, transport):
             wh.map("t", "gone.t")
     finally:
         wh.close()
+
+
+def test_sql_result_as_a_dataset_with_lineage(lite):
+    lite.map("items", "lite.items")
+    query = "SELECT name, price * 2 AS doubled FROM items WHERE price > 400 ORDER BY name"
+    expected = lite.sql(query)
+    derived = lite.sql(query, name="pricey")
+    assert isinstance(derived, ldw.Dataset) and derived.state == "cached"
+    assert derived.to_polars().equals(expected)
+    assert derived.info()["source_sql"] == [query]
+    version = derived.info()["version"]
+    lite.dataset("items").evict()
+    derived.evict()
+    assert derived.to_polars().equals(expected)          # recomputed from its lineage
+    assert derived.info()["version"] != version
+    assert derived.lazy().filter(pl.col("doubled") > 990).collect().height == 10
+    assert lite.sql("SELECT count(*) AS n FROM pricey")["n"].item() == expected.height
+    with pytest.raises(ldw.InvalidMapping):
+        lite.sql("SELECT * FROM pricey", name="pricey")
