@@ -21,7 +21,7 @@ import pyarrow as pa
 from ldw.backend import Backend
 from ldw.lazy import scan_dataset
 from ldw.store import Progress
-from ldw.wire import decode_schema
+from ldw.wire import decode_schema, encode_value
 
 __all__ = ["Dataset", "Warehouse", "connect"]
 
@@ -216,6 +216,16 @@ class Warehouse:
         return pl.DataFrame(rows, schema={
             "schema": pl.String, "table": pl.String, "kind": pl.String, "rows": pl.Int64})
 
+    def schemas(self, source: str) -> list[str]:
+        """Schema names of a source (those holding tables you may read, with policies)."""
+        return self._backend.call("schemas", {"source": source})
+
+    def preview(self, table: str, n: int = 10) -> pl.DataFrame:
+        """The first ``n`` rows of ``"src.schema.table"`` as your policy shows them; no dataset
+        is created and nothing is cached."""
+        reader = self._backend.stream("preview", {"table": table, "limit": n})
+        return pl.from_arrow(_polars_ready(reader.read_all()), rechunk=False)
+
     def describe(self, table: str) -> pl.DataFrame:
         """Columns of ``"src.schema.table"``: source type, Arrow type, nullable, notes."""
         rows = self._backend.call("describe", {"table": table})
@@ -227,16 +237,19 @@ class Warehouse:
             source: str | None = None, columns: Sequence[str] | None = None,
             where: str | None = None, limit: int | None = None, partition_on: str | None = None,
             partitions: int | None = None, ttl: str | float | None = None, pin: bool = False,
-            memory_only: bool = False) -> Dataset:
+            memory_only: bool = False, params: dict[str, Any] | None = None) -> Dataset:
         """Map a table (``"src.schema.table"``) or a query (``sql=``, ``source=``) as a dataset.
 
         The schema is known at once; no rows move until the dataset is read or cached.
+        ``where`` may use ``:name`` placeholders whose values come from ``params`` (bound, never
+        pasted into SQL).
         """
         self._backend.call("map", {
             "name": name, "table": table, "sql": sql, "source": source,
             "columns": list(columns) if columns is not None and not isinstance(columns, str)
             else columns, "where": where, "limit": limit, "partition_on": partition_on,
-            "partitions": partitions, "ttl": ttl, "pin": pin, "memory_only": memory_only})
+            "partitions": partitions, "ttl": ttl, "pin": pin, "memory_only": memory_only,
+            "params": {k: encode_value(v) for k, v in params.items()} if params else None})
         return Dataset(self, name)
 
     def dataset(self, name: str) -> Dataset:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fnmatch
 import logging
 import shutil
 import threading
@@ -36,6 +37,8 @@ from ldw.planner import (
     MappedQuery,
     Mapping,
     PolicyLookup,
+    mapping_from_json,
+    mapping_to_json,
     narrow,
     parse_table_ref,
     plan_mapping,
@@ -120,11 +123,6 @@ def _schema_of(query: MappedQuery) -> pa.Schema:
     return schema
 
 
-def _mapping_from_json(data: dict[str, Any]) -> Mapping:
-    columns = data.get("columns")
-    return Mapping(**{**data, "columns": tuple(columns) if columns is not None else None})
-
-
 class Engine:
     """Owns the connectors, the catalog, the dataset registry and the store.
 
@@ -192,7 +190,7 @@ class Engine:
 
     def _record_from_row(self, row: DatasetRow) -> DatasetRecord:
         options = row.options
-        return DatasetRecord(row.owner, _mapping_from_json(row.mapping), row.schema,
+        return DatasetRecord(row.owner, mapping_from_json(row.mapping), row.schema,
                              ttl=options.get("ttl"), pin=bool(options.get("pin")),
                              memory_only=bool(options.get("memory_only")), state=row.state,
                              error=row.error, created=row.created,
@@ -239,6 +237,29 @@ class Engine:
             visible.append(row)
         return visible
 
+    def schemas(self, user: str, source: str) -> list[str]:
+        """Schemas of a source; with policies, only those holding a table the user may read."""
+        names = self.connector(source).schemas()
+        if not self.governance.enforced:
+            return names
+        patterns = [p.pattern for p in self.governance.policies
+                    if p.allow_roles is None or p.allow_roles & self.governance.roles(user)]
+        return [n for n in names if any(
+            fnmatch.fnmatchcase(f"{source}.{n}.x", p.rsplit(".", 1)[0] + ".x")
+            for p in patterns)]
+
+    def preview(self, user: str, ref: str, limit: int) -> tuple[list[str], Iterator]:
+        """The first ``limit`` rows of a source table through the user's policy."""
+        source, schema, table = parse_table_ref(ref)
+        connector = self.connector(source)
+        query = plan_mapping(connector, Mapping("preview", source, schema, table, limit=limit),
+                             self.policy_lookup(user, source))
+        plan = single_plan(connector, query)
+        self.query_log.extend((source, q.sql) for q in plan.queries)
+        cancel = threading.Event()
+        return [q.sql for q in plan.queries], self._hash_masked(
+            connector.stream(plan, cancel), query)
+
     def describe(self, user: str, ref: str) -> list[dict[str, Any]]:
         source, schema, table = parse_table_ref(ref)
         connector = self.connector(source)
@@ -266,8 +287,11 @@ class Engine:
             source: str | None = None, columns: Sequence[str] | None = None,
             where: str | None = None, limit: int | None = None, partition_on: str | None = None,
             partitions: int | None = None, ttl: str | float | None = None, pin: bool = False,
-            memory_only: bool = False) -> DatasetRecord:
+            memory_only: bool = False, params: dict[str, Any] | None = None) -> DatasetRecord:
         check_name(name)
+        if params is not None and (not isinstance(params, dict) or not all(
+                isinstance(k, str) for k in params)):
+            raise InvalidMapping("params must be a dict of parameter name -> value")
         if (table is None) == (sql is None):
             raise InvalidMapping("map needs either a table (\"src.schema.table\") or sql=... ")
         if sql is not None:
@@ -285,7 +309,8 @@ class Engine:
         mapping = dataclasses.replace(
             mapping, columns=tuple(columns) if columns is not None else None, where=where,
             limit=limit, partition_on=partition_on,
-            partitions=partitions if partitions is not None else (2 if partition_on else 1))
+            partitions=partitions if partitions is not None else (2 if partition_on else 1),
+            params=tuple(sorted((params or {}).items())))
         query = plan_mapping(self.connector(mapping.source), mapping,
                              self.policy_lookup(owner, mapping.source))
         record = DatasetRecord(owner, mapping, _schema_of(query),
@@ -298,7 +323,7 @@ class Engine:
                                else "allow")
         with self._lock:
             old = self._records.get(record.key)
-            mapping_json = dataclasses.asdict(mapping)
+            mapping_json = mapping_to_json(mapping)
             self.catalog.put_dataset(owner, name, mapping=mapping_json, options=record.options,
                                      schema=record.schema)
             self._records[record.key] = record
@@ -336,7 +361,7 @@ class Engine:
         record.policy = self.current_policy(owner, record)
         with self._lock:
             old = self._records.get(record.key)
-            self.catalog.put_dataset(owner, name, mapping=dataclasses.asdict(record.mapping),
+            self.catalog.put_dataset(owner, name, mapping=mapping_to_json(record.mapping),
                                      options=record.options, schema=record.schema)
             self._records[record.key] = record
         if old is not None:
@@ -406,7 +431,7 @@ class Engine:
                         p.memory_only for p in query.policies)
                     record.export = "deny" if any(p.export == "deny" for p in query.policies) \
                         else "allow"
-            self.catalog.put_dataset(owner, name, mapping=dataclasses.asdict(record.mapping),
+            self.catalog.put_dataset(owner, name, mapping=mapping_to_json(record.mapping),
                                      options=record.options, schema=record.schema)
         return record
 

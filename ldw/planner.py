@@ -7,9 +7,11 @@ the same snapshot the partitions read.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import sqlalchemy as sa
 import sqlglot
@@ -19,8 +21,10 @@ from ldw.connectors import ColumnPlan, Connector, ReadPlan, SourceQuery
 from ldw.errors import ConfigError, InvalidMapping, PolicyViolation, UnknownTable
 from ldw.governance import EffectivePolicy, sql_mask
 from ldw.predicates import parse_where, sqlglot_dialect, validate_select_sql
+from ldw.wire import decode_value, encode_value
 
-__all__ = ["Mapping", "MappedQuery", "parse_table_ref", "plan_mapping"]
+__all__ = ["Mapping", "MappedQuery", "mapping_from_json", "mapping_to_json", "parse_table_ref",
+           "plan_mapping"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,7 @@ class Mapping:
     limit: int | None = None
     partition_on: str | None = None
     partitions: int = 1
+    params: tuple[tuple[str, Any], ...] = ()  # values bound to :name in ``where``
 
     @property
     def ref(self) -> str:
@@ -59,6 +64,20 @@ class MappedQuery:
 
 
 PolicyLookup = Callable[[str, str], EffectivePolicy]  # (schema, table) -> the user's view
+
+
+def mapping_to_json(mapping: Mapping) -> dict[str, Any]:
+    """The mapping as JSON for the catalog (its lineage); bound values keep their types."""
+    data = dataclasses.asdict(mapping)
+    data["params"] = {k: encode_value(v) for k, v in mapping.params}
+    return data
+
+
+def mapping_from_json(data: dict[str, Any]) -> Mapping:
+    columns = data.get("columns")
+    params = tuple((k, decode_value(v)) for k, v in (data.get("params") or {}).items())
+    return Mapping(**{**data, "columns": tuple(columns) if columns is not None else None,
+                      "params": params})
 
 
 def parse_table_ref(ref: str) -> tuple[str, str | None, str]:
@@ -188,7 +207,8 @@ def _base(connector: Connector, mapping: Mapping, policy_for: PolicyLookup | Non
         lookup = {n: sub.c[n] for n in names}
         tables = _sql_tables(mapping.sql, sqlglot_dialect(dialect))
     if mapping.where is not None:
-        select = select.where(parse_where(mapping.where, lookup, dialect=dialect))
+        select = select.where(parse_where(mapping.where, lookup, dialect=dialect,
+                                          params=dict(mapping.params)))
     return select, lookup, tables, policies, hashed
 
 

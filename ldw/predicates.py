@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import sqlalchemy as sa
 import sqlglot
@@ -96,9 +97,14 @@ def _parse_one(text: str, dialect: str | None, kind: str) -> exp.Expression:
     return statements[0]
 
 
+_PARAM_TYPES = (str, int, float, bool, decimal.Decimal, dt.date, dt.datetime, dt.time)
+
+
 class _Translator:
-    def __init__(self, text: str, columns: Mapping[str, sa.ColumnElement]) -> None:
+    def __init__(self, text: str, columns: Mapping[str, sa.ColumnElement],
+                 params: Mapping[str, Any] | None = None) -> None:
         self.text = text
+        self.params = dict(params or {})
         self.columns = {key: columns[key] for key in columns.keys()}
         self.folded = {}
         for name in self.columns:
@@ -141,7 +147,22 @@ class _Translator:
             return sa.literal(value, _CASTS[target](node.to))
         return sa.cast(self.build(inner), _CASTS[target](node.to))
 
+    def placeholder(self, node: exp.Placeholder) -> sa.ColumnElement:
+        name = node.name
+        if not name:
+            raise _invalid(self.text, "parameters are named: write :name and pass params=")
+        if name not in self.params:
+            raise _invalid(self.text, f"parameter :{name} has no value; pass "
+                           f"params={{{name!r}: ...}}")
+        value = self.params[name]
+        if value is not None and not isinstance(value, _PARAM_TYPES):
+            raise _invalid(self.text, f"parameter :{name} is a {type(value).__name__}; "
+                           "use a string, number, bool, date, datetime or None")
+        return sa.literal(value) if value is not None else sa.null()
+
     def build(self, node: exp.Expression) -> sa.ColumnElement:
+        if isinstance(node, exp.Placeholder):
+            return self.placeholder(node)
         if isinstance(node, exp.Paren):
             return sa.Grouping(self.build(node.this))
         if isinstance(node, exp.Column):
@@ -194,8 +215,11 @@ class _Translator:
 
 
 def parse_where(text: str, columns: Mapping[str, sa.ColumnElement], *,
-                dialect: str | None = None) -> sa.ColumnElement:
+                dialect: str | None = None,
+                params: Mapping[str, Any] | None = None) -> sa.ColumnElement:
     """Validate ``text`` as one boolean expression over ``columns``; return it as SQLAlchemy.
+
+    ``:name`` placeholders take their values from ``params`` as bound values, never as text.
 
     >>> import sqlalchemy as sa
     >>> t = sa.table("t", sa.column("a"))
@@ -210,7 +234,7 @@ def parse_where(text: str, columns: Mapping[str, sa.ColumnElement], *,
     node = tree
     while isinstance(node, exp.Paren):
         node = node.this
-    translated = _Translator(text, columns).build(tree)
+    translated = _Translator(text, columns, params).build(tree)
     if not isinstance(node, _BOOLEAN_NODES) and not (
         isinstance(node, exp.Column) and isinstance(translated.type, sa.Boolean)
     ):

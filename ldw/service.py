@@ -33,7 +33,7 @@ from ldw.errors import (
 )
 from ldw.lazy import polars_predicate_to_sql
 from ldw.store import Version
-from ldw.wire import encode_schema
+from ldw.wire import decode_value, encode_schema
 
 __all__ = ["OPS", "STREAM_OPS", "Service"]
 
@@ -94,12 +94,14 @@ class Service:
             return self.info(record), version
 
     def stream(self, user: str, op: str, args: dict) -> pa.RecordBatchReader:
-        """A data operation whose result is record batches: ``scan`` or ``sql``."""
+        """A data operation whose result is record batches: ``scan``, ``sql`` or ``preview``."""
         with self._denials_audited(user, op, args):
             if op == "scan":
                 return self._scan(user, args)
             if op == "sql":
                 return self._sql(user, args)
+            if op == "preview":
+                return self._preview(user, args)
         raise InvalidMapping(f"unknown data operation {op!r}; known: {sorted(STREAM_OPS)}")
 
     # -- audit --------------------------------------------------------------------------------
@@ -201,12 +203,19 @@ class Service:
         return self.engine.tables(user, _arg(args, "source", str, required=True),
                                   _arg(args, "schema", str))
 
+    def op_schemas(self, user: str, args: dict, progress: Callable | None) -> Any:
+        return self.engine.schemas(user, _arg(args, "source", str, required=True))
+
     def op_describe(self, user: str, args: dict, progress: Callable | None) -> Any:
         return self.engine.describe(user, _arg(args, "table", str, required=True))
 
     def op_map(self, user: str, args: dict, progress: Callable | None) -> Any:
         _only(args, "map", {"name", "table", "sql", "source", "columns", "where", "limit",
-                            "partition_on", "partitions", "ttl", "pin", "memory_only"})
+                            "partition_on", "partitions", "ttl", "pin", "memory_only",
+                            "params"})
+        params = _arg(args, "params", dict)
+        if params is not None:
+            args = {**args, "params": {k: decode_value(v) for k, v in params.items()}}
         record = self.engine.map(user, **args)
         self.audit(user, "map", record, detail=record.mapping.ref)
         return self.info(record)
@@ -342,6 +351,19 @@ class Service:
             return pa.RecordBatchReader.from_batches(pa.schema(fields), iter(()))
         return pa.RecordBatchReader.from_batches(first.schema, _chain(first, batches))
 
+    def _preview(self, user: str, args: dict) -> pa.RecordBatchReader:
+        """The first rows of a source table as the user may see them; no dataset is made."""
+        _only(args, "preview", {"table", "limit"})
+        table = _arg(args, "table", str, required=True)
+        limit = min(max(_arg(args, "limit", int) or 10, 0), 10_000)
+        sql, batches = self.engine.preview(user, table, limit)
+        rows = list(batches)
+        self.audit(user, "preview", dataset=table, sql=sql,
+                   rows=sum(b.num_rows for b in rows))
+        if not rows:
+            return pa.RecordBatchReader.from_batches(pa.schema([]), iter(()))
+        return pa.RecordBatchReader.from_batches(rows[0].schema, iter(rows))
+
     def _sql(self, user: str, args: dict) -> pa.RecordBatchReader:
         """SQL over datasets the caller may read (``"alice/orders"`` for a shared one), each
         read zero-copy from its cached version."""
@@ -377,4 +399,4 @@ OPS: dict[str, Callable[[Service, str, dict, Callable | None], Any]] = {
     name.removeprefix("op_"): getattr(Service, name)
     for name in dir(Service) if name.startswith("op_")
 }
-STREAM_OPS = frozenset({"scan", "sql"})
+STREAM_OPS = frozenset({"scan", "sql", "preview"})

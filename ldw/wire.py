@@ -8,6 +8,8 @@ as the same class; anything else becomes a plain ``LdwError`` (details stay in t
 from __future__ import annotations
 
 import base64
+import datetime as dt
+import decimal
 import json
 from typing import Any
 
@@ -16,8 +18,8 @@ import pyarrow as pa
 from ldw import errors
 from ldw.store import Progress
 
-__all__ = ["MAX_REQUEST", "decode_error", "decode_schema", "encode_error", "encode_schema",
-           "frame", "progress_from_json", "progress_to_json"]
+__all__ = ["MAX_REQUEST", "decode_error", "decode_schema", "decode_value", "encode_error",
+           "encode_schema", "encode_value", "frame", "progress_from_json", "progress_to_json"]
 
 MAX_REQUEST = 1 << 20  # bytes of one JSON request; larger ones are refused unread
 
@@ -57,3 +59,30 @@ def decode_error(data: dict[str, Any]) -> errors.LdwError:
     if not (isinstance(cls, type) and issubclass(cls, errors.LdwError)):
         cls = errors.LdwError
     return cls(str(data.get("message", "")))
+
+
+def encode_value(value: Any) -> Any:
+    """A bound parameter as JSON: dates, times and decimals keep their type in a tagged form."""
+    if isinstance(value, dt.datetime):
+        return {"$datetime": value.isoformat()}
+    if isinstance(value, dt.date):
+        return {"$date": value.isoformat()}
+    if isinstance(value, dt.time):
+        return {"$time": value.isoformat()}
+    if isinstance(value, decimal.Decimal):
+        return {"$decimal": str(value)}
+    return value
+
+
+def decode_value(value: Any) -> Any:
+    if isinstance(value, dict) and len(value) == 1:
+        (tag, text), = value.items()
+        kinds = {"$datetime": dt.datetime.fromisoformat, "$date": dt.date.fromisoformat,
+                 "$time": dt.time.fromisoformat, "$decimal": decimal.Decimal}
+        if tag in kinds and isinstance(text, str):
+            try:
+                return kinds[tag](text)
+            except (ValueError, ArithmeticError):
+                raise errors.InvalidMapping(f"parameter value {text!r} is not a valid "
+                                            f"{tag[1:]}") from None
+    return value

@@ -231,3 +231,26 @@ def test_generic_dbapi_path_matches(pg_wh, orders):
     fast = pg_wh.map("fast", orders).to_polars().sort("id")
     slow = pg_wh.map("slow", "pg_dbapi" + orders[2:]).to_polars().sort("id")
     assert fast.equals(slow)
+
+
+def test_bound_parameters_schemas_and_preview(pg_wh, orders, pg_schema):
+    import datetime as dt
+    ds = pg_wh.map("p", orders, where="id < :top AND id >= :bottom",
+                   params={"top": 10, "bottom": 3})
+    assert sorted(ds.to_polars()["id"].to_list()) == list(range(3, 10))
+    sql = ds.info()["source_sql"][0]
+    assert "10" in sql and ":top" not in sql
+    with pytest.raises(ldw.SourceError, match="invalid input syntax"):  # a value, never SQL
+        pg_wh.map("t", orders, where="id = :v", params={"v": "1 OR 1=1"})
+    with pytest.raises(ldw.InvalidMapping, match=":missing"):
+        pg_wh.map("m", orders, where="id = :missing", params={})
+    with pytest.raises(ldw.InvalidMapping):
+        pg_wh.map("m", orders, where="id = :v", params={"v": [1, 2]})
+    dated = pg_wh.map("d", sql="select current_date as today", source="pg",
+                      where="today >= :since", params={"since": dt.date(2000, 1, 1)})
+    assert dated.to_polars().height == 1
+    assert pg_schema in pg_wh.schemas("pg")
+    head = pg_wh.preview(orders, 3)
+    assert head.height == 3
+    assert "p" in pg_wh.datasets()["name"].to_list() and "preview" not in \
+        pg_wh.datasets()["name"].to_list()
