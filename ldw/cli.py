@@ -6,6 +6,7 @@
     ldw user revoke NAME              every later call with that token is refused
     ldw audit [--user U] [--dataset OWNER/NAME] [--last N] [--verify]
     ldw export NAME PATH [--partition-by COL]... | ldw verify PATH
+    ldw demo [--scale 0.1] [--keep]   TPC-H in SQLite -> cache -> attach, SQL, export
 """
 
 from __future__ import annotations
@@ -224,6 +225,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["demo"]:  # the demo has its own flags
+        from ldw.demo import main as demo  # noqa: PLC0415
+
+        return demo(argv[1:])
     args = _parser().parse_args(argv)
     try:
         return args.func(args)

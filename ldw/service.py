@@ -132,7 +132,10 @@ class Service:
             return None
 
         def __exit__(self, kind: type | None, exc: BaseException | None, tb: Any) -> bool:
-            if isinstance(exc, AccessDenied | PolicyViolation):
+            refused = isinstance(exc, AccessDenied | PolicyViolation) or (
+                isinstance(exc, UnknownDataset) and self.args.get("owner") not in
+                (None, self.user))  # another user's dataset that is not shared with them
+            if refused:
                 name = self.args.get("name") or self.args.get("table")
                 owner = self.args.get("owner") or self.user
                 dataset = f"{owner}/{name}" if self.args.get("name") else name

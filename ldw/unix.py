@@ -25,12 +25,21 @@ from ldw.errors import ServerUnavailable
 from ldw.store import Progress, open_fd
 from ldw.wire import decode_error, frame, progress_from_json
 
-__all__ = ["LocalBackend", "start_server"]
+__all__ = ["LocalBackend", "socket_path", "start_server"]
 
 ProgressCallback = Callable[[Progress], None]
 
 _ENV_KEYS = ("shm_dir", "spill_dir", "state_dir", "memory_limit", "catalog", "listen",
              "backend", "batch_rows", "tls_cert", "tls_key", "ttl_sweep_seconds")
+
+
+def socket_path(settings: Settings) -> Path:
+    """Where the server of ``settings`` listens; the same as :func:`ldw.server.socket_path`.
+
+    Spelled out here because importing :mod:`ldw.server` pulls in the engine, the connectors
+    and SQLAlchemy (about 0.2 s), which a client that only attaches never needs.
+    """
+    return settings.state_dir / "ldw.sock"
 
 
 class _Connection:
@@ -68,12 +77,16 @@ class _Connection:
         return json.loads(line)
 
     def read(self, size: int = -1) -> bytes:
-        """File-like read for the Arrow IPC stream that may follow the final frame."""
-        if not self.buffer:
+        """File-like read for the Arrow IPC stream after the final frame: exactly ``size``
+        bytes (everything left if negative), fewer only at the end of the stream."""
+        while size < 0 or len(self.buffer) < size:
             try:
-                chunk = self.sock.recv(1 << 20 if size < 0 else max(size, 1 << 16))
+                chunk = self.sock.recv(1 << 20 if size < 0 else max(size - len(self.buffer),
+                                                                    1 << 16))
             except OSError as exc:
                 raise ServerUnavailable(f"lost the ldw server mid-stream: {exc}") from exc
+            if not chunk:
+                break
             self.buffer += chunk
         n = len(self.buffer) if size < 0 else min(size, len(self.buffer))
         out = bytes(self.buffer[:n])
@@ -105,8 +118,6 @@ class LocalBackend:
     @classmethod
     def connect(cls, settings: Settings, *, config: Any = None,
                 overrides: dict[str, Any] | None = None, autostart: bool = True) -> LocalBackend:
-        from ldw.server import socket_path  # noqa: PLC0415 - a path, no server code runs
-
         path = socket_path(settings)
         try:
             return cls(path)
@@ -179,8 +190,6 @@ def _closing(reader: pa.RecordBatchReader, conn: _Connection) -> Iterator[pa.Rec
 def start_server(settings: Settings, *, config: Any = None, overrides: dict[str, Any],
                  wait: float = 60.0) -> int:
     """Start the local server detached (own session: it outlives us); return its pid."""
-    from ldw.server import socket_path  # noqa: PLC0415
-
     settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     log_path = settings.state_dir / "server.log"
     env = dict(os.environ)

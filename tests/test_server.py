@@ -17,6 +17,7 @@ import time
 import uuid
 from pathlib import Path
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
@@ -565,3 +566,13 @@ def test_capacity_of_a_few_hundred_mb_is_never_exceeded(tmp_path, pg_engine, pg_
         _run("server", "stop", config=config, check=False)
         subprocess.run(["rm", "-rf", str(shm)])
     assert peak[0] <= cap + 2 * 2**20, f"shared memory peaked at {peak[0] / 2**20:.1f} MiB"
+
+
+def test_large_streams_over_the_socket_arrive_whole(server, table):
+    wh = ldw.connect(config=str(server), autostart=False)
+    ds = wh.map("events", table)
+    lazy = ds.lazy().collect()                 # an uncached scan streamed over the socket
+    assert lazy.height == ROWS
+    result = wh.sql("SELECT * FROM events")    # a large SQL result streamed back
+    assert result.height == ROWS
+    assert result["id"].cast(pl.Int64).sum() == ROWS * (ROWS + 1) // 2
