@@ -151,6 +151,9 @@ class Browser:
             frame = self.warehouse.tables(source)
             default = frame["schema"][0] if frame.height else None
             self.schema.options = self._schemas(source, default)
+            if default is None and self.schema.options:
+                default = self.schema.options[0]  # wh.schemas() lists the default first
+                frame = self.warehouse.tables(source, schema=default)
             if self.schema.value == (default or ""):
                 self._show_tables(frame)
             else:

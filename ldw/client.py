@@ -217,7 +217,8 @@ class Warehouse:
             "schema": pl.String, "table": pl.String, "kind": pl.String, "rows": pl.Int64})
 
     def schemas(self, source: str) -> list[str]:
-        """Schema names of a source (those holding tables you may read, with policies)."""
+        """Schema names of a source, its default schema first (with policies, only those
+        holding tables you may read)."""
         return self._backend.call("schemas", {"source": source})
 
     def preview(self, table: str, n: int = 10) -> pl.DataFrame:

@@ -238,8 +238,11 @@ class Engine:
         return visible
 
     def schemas(self, user: str, source: str) -> list[str]:
-        """Schemas of a source; with policies, only those holding a table the user may read."""
-        names = self.connector(source).schemas()
+        """Schemas of a source, its default schema first; with policies, only those holding a
+        table the user may read."""
+        connector = self.connector(source)
+        default = connector.default_schema()
+        names = sorted(connector.schemas(), key=lambda n: (n != default, n))
         if not self.governance.enforced:
             return names
         patterns = [p.pattern for p in self.governance.policies
