@@ -186,6 +186,37 @@ class FlightEndpoint(fl.FlightServerBase):
         return entry[2]()
 
 
+    # -- what ldw does not offer: refused plainly (no Python traceback reaches a client) -----
+    def _unsupported(self, what: str) -> fl.FlightError:
+        return fl.FlightServerError(json.dumps(encode_error(InvalidMapping(
+            f"ldw does not {what}; use the actions (list_actions) and their tickets"))))
+
+    def do_put(self, context: fl.ServerCallContext, descriptor: fl.FlightDescriptor,
+               reader: fl.MetadataRecordBatchReader, writer: fl.FlightMetadataWriter) -> None:
+        self._user(context)
+        raise self._unsupported("accept uploaded data")
+
+    def do_exchange(self, context: fl.ServerCallContext, descriptor: fl.FlightDescriptor,
+                    reader: fl.MetadataRecordBatchReader,
+                    writer: fl.MetadataRecordBatchWriter) -> None:
+        self._user(context)
+        raise self._unsupported("exchange data")
+
+    def list_flights(self, context: fl.ServerCallContext, criteria: bytes) -> Iterator:
+        self._user(context)
+        return iter(())
+
+    def get_flight_info(self, context: fl.ServerCallContext,
+                        descriptor: fl.FlightDescriptor) -> fl.FlightInfo:
+        self._user(context)
+        raise self._unsupported("describe flights by descriptor")
+
+    def get_schema(self, context: fl.ServerCallContext,
+                   descriptor: fl.FlightDescriptor) -> fl.SchemaResult:
+        self._user(context)
+        raise self._unsupported("describe schemas by descriptor")
+
+
 def _chain(head: list, rest: Iterator) -> Iterator:
     yield from head
     yield from rest

@@ -35,15 +35,12 @@ from ldw.engine import Engine
 from ldw.errors import AccessDenied, InvalidMapping, LdwError, ServerUnavailable
 from ldw.service import STREAM_OPS, Service
 from ldw.store import Progress
+from ldw.unix import socket_path
 from ldw.wire import MAX_REQUEST, encode_error, frame, progress_to_json
 
 __all__ = ["Server", "running_pid", "serve", "socket_path"]
 
 log = logging.getLogger("ldw.server")
-
-
-def socket_path(settings: Settings) -> Path:
-    return settings.state_dir / "ldw.sock"
 
 
 def pid_path(settings: Settings) -> Path:
@@ -102,14 +99,20 @@ class _UnixHandler(socketserver.BaseRequestHandler):
 
     def handle(self) -> None:
         sock: socket.socket = self.request
-        sock.settimeout(self.server.owner.request_timeout)
+        owner = self.server.owner
+        sock.settimeout(owner.read_timeout)  # an idle or trickling client is dropped soon
         try:
             pid, uid, user = peer_user(sock)
-            self.server.owner.authorize_local(uid, user)
+            owner.authorize_local(uid, user)
             request = _read_request(sock)
+            # the answer may take a long materialization; a client that stops reading what
+            # we send is dropped after send_timeout
+            sock.settimeout(owner.send_timeout)
             self.dispatch(sock, user, request["op"], request.get("args", {}))
         except (BrokenPipeError, ConnectionResetError):
             log.info("client went away")
+        except TimeoutError:
+            log.info("client idle or not reading: connection dropped")
         except Exception as exc:  # one frame per failure; internals only in the log
             if not isinstance(exc, LdwError):
                 log.exception("request failed")
@@ -143,12 +146,36 @@ class _UnixHandler(socketserver.BaseRequestHandler):
 class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     owner: Server
+    max_connections = 256
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._slots = threading.BoundedSemaphore(self.max_connections)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Bound the connections served at once; beyond that a client is told to retry."""
+        if not self._slots.acquire(blocking=False):
+            with contextlib.suppress(OSError):
+                request.sendall(frame({"ok": False, "error": {
+                    "type": "ServerUnavailable",
+                    "message": f"the ldw server is serving {self.max_connections} connections; "
+                               "retry shortly"}}))
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class Server:
     """The server process's owner object: engine, Unix socket, Flight endpoint, pid lock."""
 
-    request_timeout = 3600.0  # a materialization may take long; an idle client does not hold us
+    read_timeout = 10.0    # seconds a client has to send its request
+    send_timeout = 120.0   # seconds a client may stall while we send (or compute) its answer
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings

@@ -112,8 +112,17 @@ class LocalBackend:
         self.path = path
         self.timeout = timeout
         self.user = _user()
-        status = self.call("status")
-        self.where = f"local server (pid {status['pid']})"
+        self._where: str | None = None
+        # Is anyone listening? Connecting says so without a request and its round trip (the
+        # server reads an empty request and drops it); the first call answers the rest.
+        _Connection(path, timeout).close()
+
+    @property
+    def where(self) -> str:
+        """"local server (pid N)", asked of the server the first time it is needed."""
+        if self._where is None:
+            self._where = f"local server (pid {self.call('status')['pid']})"
+        return self._where
 
     @classmethod
     def connect(cls, settings: Settings, *, config: Any = None,
@@ -211,12 +220,12 @@ def start_server(settings: Settings, *, config: Any = None, overrides: dict[str,
             tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
             if path.exists():  # another client started it first: fine
                 with contextlib.suppress(ServerUnavailable):
-                    LocalBackend(path)
+                    LocalBackend(path).call("status")
                     return -1
             raise ServerUnavailable("the ldw server failed to start: " + " | ".join(tail)
                                     + f" (full log: {log_path})")
         with contextlib.suppress(ServerUnavailable, OSError):
-            LocalBackend(path)
+            LocalBackend(path).call("status")  # answering, not only listening
             return process.pid
         time.sleep(0.05)
     raise ServerUnavailable(f"the ldw server did not answer within {wait:.0f}s; see {log_path}")
