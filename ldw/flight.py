@@ -151,9 +151,14 @@ class FlightEndpoint(fl.FlightServerBase):
             try:
                 if op == "attach":
                     info, version = service.attach(user, args, progress)
-                    store = self.owner.engine.store
-                    info["ticket"] = self._issue(user, lambda: fl.RecordBatchStream(
-                        store.open(version)))
+                    table = self.owner.engine.store.open(version)
+                    engine, owner, name = self.owner.engine, info["owner"], info["name"]
+
+                    def still_allowed() -> None:  # a revoked share or role ends the stream
+                        engine.readable(user, owner, name)
+
+                    info["ticket"] = self._issue(user, lambda: fl.GeneratorStream(
+                        table.schema, _checked(table.to_batches(), still_allowed)))
                     result = info
                 elif op in STREAM_OPS:
                     reader = service.stream(user, op, args)
@@ -215,6 +220,16 @@ class FlightEndpoint(fl.FlightServerBase):
                    descriptor: fl.FlightDescriptor) -> fl.SchemaResult:
         self._user(context)
         raise self._unsupported("describe schemas by descriptor")
+
+
+def _checked(batches: list, check: Callable[[], None]) -> Iterator:
+    """The batches, re-checking access before each one; a refusal ends the stream."""
+    for batch in batches:
+        try:
+            check()
+        except LdwError as exc:
+            raise _flight_error(exc) from None
+        yield batch
 
 
 def _chain(head: list, rest: Iterator) -> Iterator:
@@ -292,7 +307,11 @@ class FlightBackend:
                progress: Callable[[Progress], None] | None = None
                ) -> tuple[dict[str, Any], pa.Table]:
         info = self.call("attach", dict(ref), progress=progress)
-        return info, self._get(info.pop("ticket")).read_all()
+        reader = self._get(info.pop("ticket"))
+        try:
+            return info, reader.read_all()
+        except fl.FlightError as exc:  # e.g. the share was revoked mid-stream
+            raise _decode_flight_error(exc) from None
 
     def stream(self, op: str, args: dict[str, Any]) -> pa.RecordBatchReader:
         return self._get(self.call(op, args)["ticket"]).to_reader()

@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.flight as fl
 import pyarrow.parquet as pq
 import pytest
 from conftest import ServerHandle
@@ -401,3 +402,27 @@ def test_policies_are_validated_when_the_server_starts(tmp_path):
     done = server.cli("server", "start", "--foreground", check=False)
     assert done.returncode == 2 and "mask = one of" in done.stderr
     assert not Path(server.folder / "state" / "ldw.sock").exists()
+
+
+@pytest.mark.postgres
+def test_revoking_a_share_stops_an_open_flight_stream(tmp_path, pg_engine, pg_schema):
+    with pg_engine.begin() as conn:
+        conn.exec_driver_sql(f"create table {pg_schema}.wide as select g::bigint as a, "
+                             "g::float8 as b from generate_series(1, 6000000) g")
+    server = ServerHandle(tmp_path).start()
+    try:
+        alice = server.remote("alice")
+        carol = server.remote("carol")
+        ds = alice.map("w", f"pg.{pg_schema}.wide").cache()   # 96 MB in ~10 batches
+        ds.share("carol")
+        backend = carol._backend
+        ticket = backend.call("attach", {"owner": alice._backend.user, "name": "w"})["ticket"]
+        reader = backend._get(ticket)
+        received = reader.read_chunk().data.num_rows
+        ds.unshare("carol")
+        with pytest.raises(fl.FlightServerError, match="is shared with you"):
+            while True:
+                received += reader.read_chunk().data.num_rows
+        assert received < 6_000_000
+    finally:
+        server.stop()
