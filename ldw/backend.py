@@ -7,12 +7,13 @@ the client API above them is one piece of code whatever the transport.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import pyarrow as pa
 
-from ldw.store import Progress
+from ldw.store import Progress, open_fd
 
 if TYPE_CHECKING:
     from ldw.engine import Engine
@@ -55,8 +56,11 @@ class InProcessBackend:
 
     def attach(self, ref: dict[str, Any], *, progress: ProgressCallback | None = None
                ) -> tuple[dict[str, Any], pa.Table]:
-        info, version = self.service.attach(self.user, dict(ref), progress)
-        return info, self.engine.store.open(version)
+        info, fd = self.service.attach(self.user, dict(ref), progress)
+        try:
+            return info, open_fd(fd)
+        finally:
+            os.close(fd)
 
     def stream(self, op: str, args: dict[str, Any]) -> pa.RecordBatchReader:
         return self.service.stream(self.user, op, args)

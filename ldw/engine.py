@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import fnmatch
 import logging
+import os
 import shutil
 import threading
 import time
@@ -31,7 +32,7 @@ from ldw.catalog import Catalog, DatasetRow, VersionRow
 from ldw.config import Settings, parse_duration
 from ldw.connectors import Connector, connector_for
 from ldw.connectors.convert import target_schema
-from ldw.errors import AccessDenied, DatasetLost, InvalidMapping, UnknownDataset
+from ldw.errors import AccessDenied, DatasetLost, InvalidMapping, LdwError, UnknownDataset
 from ldw.governance import Governance, combine_fingerprints, hash_array
 from ldw.planner import (
     MappedQuery,
@@ -45,7 +46,7 @@ from ldw.planner import (
     read_plan,
     single_plan,
 )
-from ldw.store import DISK, MEMORY, Progress, Store, Version, storage_schema
+from ldw.store import DISK, MEMORY, Progress, Store, Version, open_fd, storage_schema
 
 __all__ = ["DatasetRecord", "Engine"]
 
@@ -459,7 +460,7 @@ class Engine:
         tables = {}
         for ref in referenced_datasets(query):
             source = self._input(record.owner, ref)  # access is checked again, now
-            tables[ref] = self.store.open(self.attach(source.owner, source.name))
+            tables[ref] = self.open(source.owner, source.name)
         result = self.sql_engine().run(query, tables)
         record.source_sql = [query]
         return self.store.write(record.key, record.schema, result.to_batches(),
@@ -584,9 +585,26 @@ class Engine:
         record.last_access = time.time()
         return version
 
+    def open_current(self, owner: str, name: str, *,
+                     progress: Callable[[Progress], None] | None = None) -> tuple[Version, int]:
+        """The current version and a read-only descriptor to its file. A version replaced in
+        between (a refresh, a spill) is looked up again, so a reader never meets a vanished
+        file; once open, the descriptor keeps the bytes whatever happens to the file."""
+        for _ in range(16):
+            version = self.attach(owner, name, progress=progress)
+            try:
+                return version, self.store.open_readonly(version)
+            except FileNotFoundError:
+                continue
+        raise LdwError(f"dataset {name!r} kept changing while it was being opened; retry")
+
     def open(self, owner: str, name: str) -> pa.Table:
         """The cached table, memory-mapped; materialized first if needed."""
-        return self.store.open(self.attach(owner, name))
+        _, fd = self.open_current(owner, name)
+        try:
+            return open_fd(fd)
+        finally:
+            os.close(fd)
 
     def evict(self, owner: str, name: str, *, reason: str = "evicted") -> None:
         with self._lock:
@@ -624,7 +642,7 @@ class Engine:
         sent and the batches."""
         record = self.dataset(owner, name)
         if record.derived:  # no source to push into: read the cached result
-            table = self.store.open(self.attach(owner, name))
+            table = self.open(owner, name)
             if columns is not None:
                 table = table.select(list(columns))
             return [record.mapping.sql or ""], iter(table.to_batches())

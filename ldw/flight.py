@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.flight as fl
 
 from ldw.errors import AccessDenied, ConfigError, InvalidMapping, LdwError, ServerUnavailable
-from ldw.store import Progress
+from ldw.store import Progress, open_fd
 from ldw.wire import MAX_REQUEST, decode_error, encode_error, progress_from_json, progress_to_json
 
 if TYPE_CHECKING:
@@ -150,8 +150,11 @@ class FlightEndpoint(fl.FlightServerBase):
         def work() -> None:
             try:
                 if op == "attach":
-                    info, version = service.attach(user, args, progress)
-                    table = self.owner.engine.store.open(version)
+                    info, fd = service.attach(user, args, progress)
+                    try:
+                        table = open_fd(fd)
+                    finally:
+                        os.close(fd)
                     engine, owner, name = self.owner.engine, info["owner"], info["name"]
 
                     def still_allowed() -> None:  # a revoked share or role ends the stream

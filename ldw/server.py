@@ -126,8 +126,7 @@ class _UnixHandler(socketserver.BaseRequestHandler):
             sock.sendall(frame({"progress": progress_to_json(event)}))  # raises if gone
 
         if op == "attach":
-            info, version = service.attach(user, args, progress)
-            fd = self.server.owner.engine.store.open_readonly(version)
+            info, fd = service.attach(user, args, progress)
             try:
                 socket.send_fds(sock, [frame({"ok": True, "result": info})], [fd])
             finally:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,7 +33,7 @@ from ldw.errors import (
     UnknownDataset,
 )
 from ldw.lazy import polars_predicate_to_sql
-from ldw.store import Version
+from ldw.store import open_fd
 from ldw.wire import decode_value, encode_schema
 
 __all__ = ["OPS", "STREAM_OPS", "Service"]
@@ -82,16 +83,23 @@ class Service:
         with self._denials_audited(user, op, args):
             return OPS[op](self, user, args, progress)
 
-    def attach(self, user: str, args: dict, progress: Callable | None) -> tuple[dict, Version]:
-        """Make sure a version is cached; return its info and the version to hand over."""
+    def attach(self, user: str, args: dict, progress: Callable | None) -> tuple[dict, int]:
+        """Make sure a version is cached; return its info and a read-only descriptor of it
+        (the caller closes it)."""
         with self._denials_audited(user, "attach", args):
             owner, name = _target(user, args)
             self.engine.readable(user, owner, name)
-            version = self.engine.attach(owner, name, progress=progress)
-            record = self.engine.dataset(owner, name)
-            self.audit(user, "attach", record, rows=version.rows, nbytes=version.bytes,
-                       sql=record.source_sql)
-            return self.info(record), version
+            version, fd = self.engine.open_current(owner, name, progress=progress)
+            try:
+                record = self.engine.dataset(owner, name)
+                self.audit(user, "attach", record, rows=version.rows, nbytes=version.bytes,
+                           sql=record.source_sql)
+                info = self.info(record)
+            except BaseException:
+                os.close(fd)
+                raise
+            return {**info, "version": version.version_id, "rows": version.rows,
+                    "bytes": version.bytes}, fd
 
     def stream(self, user: str, op: str, args: dict) -> pa.RecordBatchReader:
         """A data operation whose result is record batches: ``scan``, ``sql`` or ``preview``."""
@@ -310,7 +318,11 @@ class Service:
         path = Path(_arg(args, "path", str, required=True))
         if not path.is_absolute():
             raise InvalidMapping("export path must be absolute (the client resolves it)")
-        version = self.engine.attach(owner, name)
+        version, fd = self.engine.open_current(owner, name)
+        try:
+            table = open_fd(fd)
+        finally:
+            os.close(fd)
         partition_by = _arg(args, "partition_by", list)
         self.audit(user, "export", record, sql=record.source_sql, rows=version.rows,
                    nbytes=version.bytes, detail=str(path))
@@ -318,7 +330,7 @@ class Service:
                     "sql": list(record.source_sql), "snapshot": version.version_id,
                     "policy": record.policy, "exported_by": user, "owner": owner,
                     "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        result = export_table(self.engine.store.open(version), path, manifest=manifest,
+        result = export_table(table, path, manifest=manifest,
                               partition_by=partition_by,
                               compression=_arg(args, "compression", str) or "zstd",
                               overwrite=bool(args.get("overwrite")), progress=progress)
@@ -385,8 +397,7 @@ class Service:
         for name in names:
             owner, _, own_name = name.rpartition("/")
             record = self.engine.readable(user, owner or user, own_name)
-            tables[name] = self.engine.store.open(self.engine.attach(record.owner,
-                                                                     record.name))
+            tables[name] = self.engine.open(record.owner, record.name)
         result = self.engine.sql_engine().run(query, tables)
         self.audit(user, "sql", dataset=",".join(names), sql=query, rows=result.num_rows,
                    nbytes=result.nbytes)
