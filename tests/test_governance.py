@@ -261,7 +261,8 @@ def test_no_grant_means_access_denied_on_every_path_and_it_is_audited(governed, 
     mine.share("dave")
     checks = {
         "map": lambda: dave.map("c", ref),
-        "describe (preview)": lambda: dave.describe(ref),
+        "describe": lambda: dave.describe(ref),
+        "preview": lambda: dave.preview(ref),
         "map sql": lambda: dave.map("q", sql=f"select * from {pg_customer}.customer",
                                     source="pg"),
         "attach": lambda: dave.attach("alice/c").to_arrow(),
@@ -279,7 +280,7 @@ def test_no_grant_means_access_denied_on_every_path_and_it_is_audited(governed, 
     denials = local.audit(user="dave", limit=50).filter(
         ldw.client.pl.col("outcome") == "deny")
     assert denials.height >= 4
-    assert set(denials["action"].to_list()) >= {"map", "describe", "info", "sql"}  # info: attach
+    assert set(denials["action"].to_list()) >= {"map", "describe", "preview", "info", "sql"}
     with pytest.raises(ldw.AccessDenied):
         dave.audit(user="alice")                               # only admins read others'
     assert dave.audit()["user"].unique().to_list() == ["dave"]
@@ -301,19 +302,25 @@ def test_memory_only_and_export_deny_policies(governed, pg_customer, tmp_path):
 
 
 @pytest.mark.postgres
-def test_injection_is_inert(governed, pg_customer, pg_engine):
-    ref = f"pg.{pg_customer}.customer"
+@pytest.mark.mysql
+@pytest.mark.parametrize("source", ["pg", "my"])
+def test_injection_is_inert(governed, source, pg_customer, my_customer, pg_engine,
+                            mysql_engine):
+    schema = pg_customer if source == "pg" else my_customer
+    ref = f"{source}.{schema}.customer"
     alice = governed.remote("alice", "analyst")
     attempts = [
         dict(name="x", table=ref, where="1=1; DROP TABLE customer"),
         dict(name="x", table=ref, where="region = 'EMEA') OR ('1'='1"),
+        dict(name="x", table=ref, where="region = 'EMEA' UNION SELECT * FROM customer"),
         dict(name="x", table=ref, columns=["id; drop table customer"]),
         dict(name="x'; drop table customer; --", table=ref),
-        dict(name="x", sql=f"select * from {pg_customer}.customer; drop table "
-                           f"{pg_customer}.customer", source="pg"),
-        dict(name="x", sql=f"select * from {pg_customer}.customer union select * from "
-                           f"{pg_customer}.customer where 1=0 or pg_sleep(1) is null",
-             source="pg"),
+        dict(name="x", table=f"{source}.{schema}.customer; drop table customer"),
+        dict(name="x", sql=f"select * from {schema}.customer; drop table {schema}.customer",
+             source=source),
+        dict(name="x", sql=f"select * from {schema}.customer where 1=0 or "
+                           f"{'pg_sleep(1)' if source == 'pg' else 'sleep(1)'} is null",
+             source=source),
     ]
     for attempt in attempts:
         with pytest.raises(ldw.LdwError):
@@ -323,12 +330,14 @@ def test_injection_is_inert(governed, pg_customer, pg_engine):
     assert set(widened["region"].to_pylist()) == {"EMEA"}   # a valid predicate cannot widen
     ok = alice.map("ok", ref, where="region = 'APAC' OR id < 3").to_arrow()
     assert set(ok["region"].to_pylist()) == {"EMEA"}   # the row filter is ANDed in, not ORed
+    bound = alice.map("b", ref, where="name = :n", params={"n": "x' OR '1'='1"}).to_arrow()
+    assert bound.num_rows == 0                          # a bound value stays a value
     for evil in ("bob'; --", "a b", "../x", "x" * 200):
         with pytest.raises(ldw.InvalidMapping):
             alice.dataset("ok").share(evil)
-    with pg_engine.connect() as conn:
-        assert conn.exec_driver_sql(f"select count(*) from {pg_customer}.customer"
-                                    ).scalar() == ROWS
+    engine = pg_engine if source == "pg" else mysql_engine
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql(f"select count(*) from {schema}.customer").scalar() == ROWS
 
 
 def test_audit_is_hash_chained_and_fails_closed(tmp_path, pg_engine):
