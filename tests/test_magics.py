@@ -259,26 +259,25 @@ def test_line_is_not_expanded_against_python_variables(shell, magics, pg_config,
         ran = run(shell, f"%ldw map o = pg.{pg_schema}.orders --where \"status = '{text}'\"")
         assert ran.error is None, ran.stderr
         assert shell.user_ns["o"].to_polars().height == 0
-    message = usage_error(shell, f"%ldw map o = pg.{pg_schema}.orders --where 'id = :who'")
-    assert ":who" in message and "cannot bind parameters" in message
+    shell.user_ns["who"] = "ab' OR '1'='1"  # bound as a value: matches nothing
+    ran = run(shell, f"%ldw map o = pg.{pg_schema}.orders --where \"status = :who\"")
+    assert ran.error is None, ran.stderr
+    assert shell.user_ns["o"].to_polars().height == 0
+    shell.user_ns["who"] = "ab"
+    run(shell, f"%ldw map o = pg.{pg_schema}.orders --where \"status = :who\"")
+    assert shell.user_ns["o"].to_polars().height == 2500
 
 
-def test_parameters_are_bound_once_the_api_takes_them(shell, magics, lite_config, monkeypatch):
-    """With a ``params=`` argument on ``Warehouse.map``, ``:name`` values are passed, not pasted."""
-    seen = {}
-    original = ldw.Warehouse.map
-
-    def map_with_params(self, name, table=None, *, params=None, where=None, **kwargs):
-        seen.update(params or {}, where=where)  # routing only: the core cannot bind yet
-        return original(self, name, table, **kwargs)
-
-    monkeypatch.setattr(ldw.Warehouse, "map", map_with_params)
+def test_parameters_are_bound_values(shell, magics, lite_config):
+    """``:name`` takes the value of a notebook variable as a bound parameter, never as text."""
     connect(shell, lite_config)
     shell.user_ns.update(lo=100, hi="x'; drop table items; --")
     ran = run(shell, "%ldw map it = lite.items --where 'price > :lo AND name <> :hi'")
     assert ran.error is None, ran.stderr
-    assert seen == {"lo": 100, "hi": "x'; drop table items; --",
-                    "where": "price > :lo AND name <> :hi"}
+    filtered = shell.user_ns["it"].to_polars()
+    assert filtered.height > 0 and filtered["price"].min() > 100
+    run(shell, "%ldw map everything = lite.items")
+    assert shell.user_ns["everything"].to_polars().height > filtered.height  # table intact
     assert "no such Python variable" in usage_error(
         shell, "%ldw map it = lite.items --where 'price > :undefined_here'")
 
@@ -485,10 +484,6 @@ def _active_queries(pg_engine, pattern: str) -> int:
 
 
 @pytest.mark.postgres
-@pytest.mark.xfail(strict=True, reason=(
-    "core: a SIGINT that arrives while the ADBC reader is inside a batch stays pending until "
-    "the batch (16 MB hint) is complete, so the source query runs on; read on a worker "
-    "thread and cancel from the waiting one"))
 def test_sigint_mid_read_cancels_the_source_query(shell, magics, pg_config, pg_schema,
                                                   pg_engine):
     """A real SIGINT (what 'interrupt kernel' sends) two seconds into a six-second read."""
