@@ -25,7 +25,8 @@ from ldw.config import SourceConfig
 from ldw.errors import LdwError, SourceError, SourceUnavailable, UnknownTable
 from ldw.secrets import redact
 
-__all__ = ["ColumnPlan", "Connector", "ReadPlan", "SourceQuery", "wrap_driver_error"]
+__all__ = ["CANCEL_BY_TAG", "ColumnPlan", "Connector", "ReadPlan", "SourceQuery",
+           "wrap_driver_error"]
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,20 @@ _UNREACHABLE_WORDS = (
 )
 
 
+# How to cancel a running query from another connection, per SQLAlchemy backend: the query that
+# finds the queries carrying a read's tag (bound ``pattern``; never our own connection) and the
+# statement that cancels one by its id (an int, formatted in).
+_MYSQL_CANCEL = ("select id from information_schema.processlist "
+                 "where info like :pattern and id <> connection_id()", "KILL QUERY {id}")
+CANCEL_BY_TAG: dict[str, tuple[str, str]] = {
+    "postgresql": ("select pid from pg_stat_activity "
+                   "where query like :pattern and pid <> pg_backend_pid()",
+                   "select pg_cancel_backend({id})"),
+    "mysql": _MYSQL_CANCEL,
+    "mariadb": _MYSQL_CANCEL,
+}
+
+
 def _dbapi_class_names(exc: BaseException) -> set[str]:
     return {cls.__name__ for cls in type(exc).__mro__}
 
@@ -129,6 +144,20 @@ def _unreachable(exc: BaseException) -> bool | None:
         # or losing the connection, is what OperationalError means there.
         return "OperationalError" in names or "InterfaceError" in names
     return None
+
+
+def _interrupted_in_driver(exc: BaseException) -> bool:
+    """Whether ``exc`` is a driver's answer to a SIGINT it caught itself.
+
+    ADBC installs its own SIGINT handler around blocking calls made on the main thread; it cancels
+    the statement, which then fails with status CANCELLED instead of raising KeyboardInterrupt.
+    On worker threads ADBC leaves SIGINT alone: a CANCELLED there is someone's cancel request.
+    (The main thread's ADBC calls are schema probes, which a statement timeout, also CANCELLED
+    on PostgreSQL, does not end; reads run on workers.)
+    """
+    status = getattr(exc, "status_code", None)
+    return (getattr(status, "name", None) == "CANCELLED"
+            and threading.current_thread() is threading.main_thread())
 
 
 def wrap_driver_error(source: SourceConfig, exc: BaseException, action: str, *,
@@ -205,6 +234,8 @@ class Connector:
         except BaseException as exc:  # drivers raise Rust panics (BaseException) too
             if isinstance(exc, SystemExit | GeneratorExit):
                 raise
+            if _interrupted_in_driver(exc):
+                raise KeyboardInterrupt from exc
             raise wrap_driver_error(self.source, exc, action, connecting=connecting) from None
 
     def close(self) -> None:
@@ -312,9 +343,28 @@ class Connector:
         yield
 
     # -- reading -----------------------------------------------------------------------------
-    def stream(self, plan: ReadPlan, cancel: threading.Event) -> Iterator[pa.RecordBatch]:
-        """Yield driver record batches for every query of ``plan`` from one snapshot."""
+    def stream(self, plan: ReadPlan, cancel: threading.Event,
+               snapshot: sa.Connection | None = None) -> Iterator[pa.RecordBatch]:
+        """Yield driver record batches for every query of ``plan`` from one snapshot.
+
+        The driver runs on worker threads (``fan_in``), so the caller waits interruptibly: a
+        KeyboardInterrupt while waiting, or closing the generator early, cancels the source
+        queries before it returns (the KeyboardInterrupt is re-raised as it is); ``cancel`` set
+        by another thread while the caller waits raises ``Cancelled``.
+        """
         raise NotImplementedError
 
     def cancel_tagged(self, tag: str) -> None:
-        """Cancel queries on the source that carry ``tag`` (best effort, own connection)."""
+        """Cancel queries on the source that carry ``tag`` (best effort, own connection).
+
+        Every query of a read carries its ``/* ldw:... */`` tag, so the source's own list of
+        running queries finds them; how to find and cancel one is per-dialect data
+        (``CANCEL_BY_TAG``). Dialects without an entry cancel nothing.
+        """
+        statements = CANCEL_BY_TAG.get(self.source.url.get_backend_name())
+        if statements is None or not tag:
+            return
+        find, kill = statements
+        with contextlib.suppress(Exception), self.engine.connect() as conn:
+            for (query_id,) in conn.execute(sa.text(find), {"pattern": f"%{tag}%"}).all():
+                conn.exec_driver_sql(kill.format(id=int(query_id)))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import decimal
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -28,7 +28,7 @@ from sqlalchemy.engine import Engine
 
 from .base import ColumnPlan, Connector, ReadPlan
 from .convert import convert_batch, target_schema, unsupported_value
-from .fan_in import fan_in
+from .fan_in import Interrupt, fan_in
 
 __all__ = ["GenericConnector", "Unloadable", "arrow_type_for"]
 
@@ -131,6 +131,19 @@ def _psycopg_setup(dbapi_connection: Any, _record: Any) -> None:
 # DBAPI driver name -> set-up run on each new connection.
 DRIVER_SETUP = {"psycopg": _psycopg_setup}
 
+
+def _psycopg_cancel(connection: Any) -> None:
+    connection.cancel_safe(timeout=5.0)
+
+
+def _no_cancel() -> None:
+    raise NotImplementedError("the DBAPI driver cannot cancel a query from another thread")
+
+
+# DBAPI driver name -> its thread-safe cancel of a connection's running query. Drivers without
+# one (PyMySQL) are cancelled by the read's tag (Connector.cancel_tagged: KILL QUERY).
+DRIVER_CANCEL: dict[str, Callable[[Any], None]] = {"psycopg": _psycopg_cancel}
+
 _ARRAY_ERRORS = (pa.ArrowException, TypeError, ValueError, OverflowError)
 
 
@@ -222,17 +235,17 @@ class GenericConnector(Connector):
             conn.close()
 
     def _read_one(self, query, plan: ReadPlan, conn: sa.Connection,
-                  cancel: threading.Event) -> Iterator[pa.RecordBatch]:
+                  interrupt: Interrupt) -> Iterator[pa.RecordBatch]:
         schema = target_schema(plan.columns)
         source = self.source.name
+        if interrupt.requested:
+            return
         with self.guard("reading"):
             # Through SQLAlchemy, so its result processors turn driver values into Python ones.
             result = conn.execute(query.statement) if query.statement is not None \
                 else conn.exec_driver_sql(query.sql, query.params)
             try:
-                while rows := result.fetchmany(self.batch_rows):
-                    if cancel.is_set():
-                        return
+                while not interrupt.requested and (rows := result.fetchmany(self.batch_rows)):
                     columns = list(zip(*rows, strict=True))
                     batch = pa.RecordBatch.from_arrays(
                         [self._array(values, column, field) for values, column, field in
@@ -251,13 +264,31 @@ class GenericConnector(Connector):
                 "filter those rows out in where= or map it with sql= and a cast "
                 "(e.g. CAST(v AS text))") from None
 
+    def _cancel_hook(self, conn: sa.Connection) -> Callable[[], object]:
+        """The DBAPI driver's own thread-safe cancel of ``conn``'s running query, if it has one;
+        otherwise the read's tag (cancel_tagged) is the way."""
+        cancel = DRIVER_CANCEL.get(self.engine.dialect.driver)
+        raw = conn.connection.dbapi_connection
+        return (lambda: cancel(raw)) if cancel is not None else _no_cancel
+
+    def _produce(self, plan: ReadPlan, snapshot: sa.Connection | None, queries: list,
+                 interrupt: Interrupt) -> Iterator[pa.RecordBatch]:
+        """``queries`` in turn on one connection (a worker thread of ``fan_in``)."""
+        with contextlib.ExitStack() as stack:
+            conn = snapshot
+            if conn is None:
+                with self.guard("connecting", connecting=True):
+                    conn = stack.enter_context(self.engine.connect())
+            stack.enter_context(interrupt.hook(self._cancel_hook(conn)))
+            for query in queries:
+                yield from self._read_one(query, plan, conn, interrupt)
+
     def stream(self, plan: ReadPlan, cancel: threading.Event,
                snapshot: sa.Connection | None = None) -> Iterator[pa.RecordBatch]:
         if snapshot is not None:  # one connection: partitions in turn, all in its snapshot
-            for query in plan.queries:
-                yield from self._read_one(query, plan, snapshot, cancel)
-            return
-        def produce(query):
-            with self.engine.connect() as conn:
-                yield from self._read_one(query, plan, conn, cancel)
-        yield from fan_in([lambda q=q: produce(q) for q in plan.queries], cancel)
+            groups = [plan.queries]
+        else:
+            groups = [[query] for query in plan.queries]
+        producers = [(lambda interrupt, g=group: self._produce(plan, snapshot, g, interrupt))
+                     for group in groups]
+        yield from fan_in(producers, cancel, fallback=lambda: self.cancel_tagged(plan.tag))

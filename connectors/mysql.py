@@ -25,6 +25,7 @@ from pymysql.constants import FIELD_TYPE, FLAG
 
 from .base import ColumnPlan, Connector, ReadPlan
 from .convert import convert_batch, target_schema
+from .fan_in import Interrupt, fan_in
 
 __all__ = ["MySQLConnector"]
 
@@ -184,29 +185,18 @@ class MySQLConnector(Connector):
 
     def stream(self, plan: ReadPlan, cancel: threading.Event,
                snapshot: sa.Connection | None = None) -> Iterator[pa.RecordBatch]:
-        schema = target_schema(plan.columns)
-        queries = [q.sql for q in plan.queries]
         setup = list(_SESSION_SETUP)
         started = threading.Event()
         releaser = None
         if snapshot is not None and snapshot.info.get("ldw_locked"):
             setup.append(_SNAPSHOT_START)
             releaser = threading.Thread(target=self._release_when_started,
-                                        args=(snapshot, len(queries), started), daemon=True)
+                                        args=(snapshot, len(plan.queries), started), daemon=True)
             releaser.start()
         try:
-            with self.guard("reading"):
-                reader = cx.read_sql(self._cx_url(), queries if len(queries) > 1 else queries[0],
-                                     return_type="arrow_stream", batch_size=self.batch_rows,
-                                     pre_execution_query=setup)
-                for batch in reader:
-                    if cancel.is_set():
-                        return
-                    yield convert_batch(batch, plan.columns, schema, source=self.source.name)
-        except BaseException:
-            if plan.tag:
-                self.cancel_tagged(plan.tag)
-            raise
+            # ConnectorX runs every partition itself: one producer, cancelled by KILL QUERY.
+            yield from fan_in([lambda interrupt: self._read(plan, setup, interrupt)], cancel,
+                              fallback=lambda: self.cancel_tagged(plan.tag))
         finally:
             started.set()
             if releaser is not None:
@@ -215,9 +205,29 @@ class MySQLConnector(Connector):
                 # threads at once loses its socket).
                 releaser.join()
 
-    def cancel_tagged(self, tag: str) -> None:
-        find = sa.text("select id from information_schema.processlist "
-                       "where info like :pattern and id <> connection_id()")
-        with contextlib.suppress(Exception), self.engine.connect() as conn:
-            for (thread_id,) in conn.execute(find, {"pattern": f"%{tag}%"}).all():
-                conn.exec_driver_sql(f"KILL QUERY {int(thread_id)}")
+    def _read(self, plan: ReadPlan, setup: list[str],
+              interrupt: Interrupt) -> Iterator[pa.RecordBatch]:
+        """Every query of ``plan`` through ConnectorX (a worker thread of ``fan_in``).
+
+        ConnectorX holds the GIL while it waits for its next batch (connector-x issue 564), so
+        no other thread runs until that batch arrives: once the read is cancelled the worker
+        never asks it for another one.
+        """
+        schema = target_schema(plan.columns)
+        queries = [q.sql for q in plan.queries]
+        try:
+            with self.guard("reading"):
+                reader = cx.read_sql(self._cx_url(), queries if len(queries) > 1 else queries[0],
+                                     return_type="arrow_stream", batch_size=self.batch_rows,
+                                     pre_execution_query=setup)
+                batches = iter(reader)
+                while not interrupt.requested:
+                    batch = next(batches, None)
+                    if batch is None:
+                        return
+                    yield convert_batch(batch, plan.columns, schema, source=self.source.name)
+        except Exception:
+            # A failed partition leaves ConnectorX's other partition queries running.
+            if plan.tag and len(queries) > 1 and not interrupt.requested:
+                self.cancel_tagged(plan.tag)
+            raise

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from .base import ColumnPlan, Connector, ReadPlan
 from .convert import NAN_SENTINEL, convert_batch, target_schema
-from .fan_in import fan_in
+from .fan_in import Interrupt, fan_in
 
 __all__ = ["PostgresConnector"]
 
@@ -163,11 +163,12 @@ class PostgresConnector(Connector):
             conn.close()
 
     def _read_one(self, sql: str, snapshot_id: str | None, plan: ReadPlan,
-                  cancel: threading.Event) -> Iterator[pa.RecordBatch]:
+                  interrupt: Interrupt) -> Iterator[pa.RecordBatch]:
+        """One partition on its own ADBC connection (a worker thread of ``fan_in``)."""
         schema = target_schema(plan.columns)
         with self.guard("reading"), contextlib.closing(
             self._connect(autocommit=snapshot_id is None)
-        ) as conn, conn.cursor() as cursor:
+        ) as conn, conn.cursor() as cursor, interrupt.hook(cursor.adbc_cancel):
             if snapshot_id is not None:
                 if not _SNAPSHOT_ID.match(snapshot_id):
                     raise ValueError("unexpected snapshot id from the server")
@@ -175,23 +176,29 @@ class PostgresConnector(Connector):
                 cursor.execute(f"SET TRANSACTION SNAPSHOT '{snapshot_id}'")
             cursor.adbc_statement.set_options(
                 **{"adbc.postgresql.batch_size_hint_bytes": str(16 << 20)})
+            if interrupt.requested:
+                return
             cursor.execute(sql)
             reader = _adbc_reader(cursor)
+            finished = False
             try:
                 for batch in reader:
-                    if cancel.is_set():
-                        cursor.adbc_cancel()
+                    if interrupt.requested:
                         return
                     yield convert_batch(batch, plan.columns, schema, source=self.source.name)
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    cursor.adbc_cancel()
-                raise
+                finished = True
+            finally:
+                if not finished:
+                    # Stopped early (cancelled, closed, a conversion failed): closing the
+                    # cursor of an unfinished COPY would wait for the query to end.
+                    with contextlib.suppress(Exception):
+                        cursor.adbc_cancel()
 
     def stream(self, plan: ReadPlan, cancel: threading.Event,
                snapshot: sa.Connection | None = None) -> Iterator[pa.RecordBatch]:
         token = snapshot.info.get("ldw_snapshot") if snapshot is not None else None
         producers = [
-            (lambda q=query: self._read_one(q.sql, token, plan, cancel)) for query in plan.queries
+            (lambda interrupt, q=query: self._read_one(q.sql, token, plan, interrupt))
+            for query in plan.queries
         ]
-        yield from fan_in(producers, cancel)
+        yield from fan_in(producers, cancel, fallback=lambda: self.cancel_tagged(plan.tag))

@@ -19,6 +19,7 @@ from sqlalchemy import types as sat
 
 from .base import ColumnPlan, ReadPlan
 from .convert import convert_batch, target_schema
+from .fan_in import Interrupt, fan_in
 from .generic import GenericConnector
 
 __all__ = ["SQLiteConnector"]
@@ -59,15 +60,24 @@ class SQLiteConnector(GenericConnector):
 
     def stream(self, plan: ReadPlan, cancel: threading.Event,
                snapshot: sa.Connection | None = None) -> Iterator[pa.RecordBatch]:
-        """Partitions in turn inside one read transaction: one consistent state of the file."""
+        """Partitions in turn inside one read transaction: one consistent state of the file.
+
+        ADBC's SQLite driver cannot cancel a statement (NOT_IMPLEMENTED): an interrupted read
+        returns at once and its worker stops at the next batch, closing its own connection.
+        """
+        yield from fan_in([lambda interrupt: self._read(plan, interrupt)], cancel)
+
+    def _read(self, plan: ReadPlan, interrupt: Interrupt) -> Iterator[pa.RecordBatch]:
         schema = target_schema(plan.columns)
         with self.guard("reading"), contextlib.closing(
             adbc_sqlite.connect(self._path(), autocommit=False)
-        ) as conn, conn.cursor() as cursor:
+        ) as conn, conn.cursor() as cursor, interrupt.hook(cursor.adbc_cancel):
             for query in plan.queries:
+                if interrupt.requested:
+                    return
                 cursor.execute(query.sql)
                 for batch in cursor.fetch_record_batch():
-                    if cancel.is_set():
+                    if interrupt.requested:
                         return
                     yield convert_batch(batch, plan.columns, schema, source=self.source.name)
             conn.rollback()

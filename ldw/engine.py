@@ -32,7 +32,14 @@ from ldw.catalog import Catalog, DatasetRow, VersionRow
 from ldw.config import Settings, parse_duration
 from ldw.connectors import Connector, connector_for
 from ldw.connectors.convert import target_schema
-from ldw.errors import AccessDenied, DatasetLost, InvalidMapping, LdwError, UnknownDataset
+from ldw.errors import (
+    AccessDenied,
+    DatasetLost,
+    InvalidMapping,
+    LdwError,
+    SourceUnavailable,
+    UnknownDataset,
+)
 from ldw.governance import Governance, combine_fingerprints, hash_array
 from ldw.planner import (
     MappedQuery,
@@ -482,10 +489,11 @@ class Engine:
             try:
                 return self.store.write(record.key, record.schema, masked, progress=progress,
                                         make_room=lambda n: self.make_room(n, record))
-            except BaseException:
+            except BaseException as exc:
                 cancel.set()
-                batches.close()
-                connector.cancel_tagged(plan.tag)
+                batches.close()  # the connector cancels its own source queries
+                if not isinstance(exc, SourceUnavailable):  # no point knocking on a dead source
+                    connector.cancel_tagged(plan.tag)
                 raise
 
     def materialize(self, owner: str, name: str, *,
