@@ -72,6 +72,9 @@ class SQLiteConnector(GenericConnector):
         with self.guard("reading"), contextlib.closing(
             adbc_sqlite.connect(self._path(), autocommit=False)
         ) as conn, conn.cursor() as cursor, interrupt.hook(cursor.adbc_cancel):
+            # ADBC's default of 1024 rows would leave a cached version in ~1000 tiny chunks
+            cursor.adbc_statement.set_options(
+                **{"adbc.sqlite.query.batch_rows": str(self.batch_rows)})
             for query in plan.queries:
                 if interrupt.requested:
                     return

@@ -115,3 +115,14 @@ def test_sql_result_as_a_dataset_with_lineage(lite):
     assert lite.sql("SELECT count(*) AS n FROM pricey")["n"].item() == expected.height
     with pytest.raises(ldw.InvalidMapping):
         lite.sql("SELECT * FROM pricey", name="pricey")
+
+
+def test_cached_versions_have_big_batches(tmp_path, shm_dir):
+    path = tmp_path / "many.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("create table t (id integer primary key, v real)")
+        conn.executemany("insert into t values (?, ?)", [(i, i / 3) for i in range(50_000)])
+    wh = make_warehouse(shm_dir, lite={"url": f"sqlite:///{path}"})
+    table = wh.map("t", "lite.t").to_arrow()
+    assert table.num_rows == 50_000 and table.column("id").num_chunks == 1
+    wh.close()
