@@ -26,7 +26,13 @@ import pyarrow.flight as fl
 
 from ldw.errors import AccessDenied, ConfigError, InvalidMapping, LdwError, ServerUnavailable
 from ldw.store import Progress, open_fd
-from ldw.wire import MAX_REQUEST, decode_error, encode_error, progress_from_json, progress_to_json
+from ldw.wire import (
+    MAX_REQUEST,
+    decode_error,
+    encode_error,
+    final_result,
+    progress_to_json,
+)
 
 if TYPE_CHECKING:
     from ldw.server import Server
@@ -290,15 +296,7 @@ class FlightBackend:
 
     def call(self, op: str, args: dict[str, Any] | None = None, *,
              progress: Callable[[Progress], None] | None = None) -> Any:
-        for message in self._actions(op, dict(args or {})):
-            if "progress" in message:
-                if progress is not None:
-                    progress(progress_from_json(message["progress"]))
-                continue
-            if not message.get("ok"):
-                raise decode_error(message.get("error", {}))
-            return message.get("result")
-        raise ServerUnavailable(f"{self.where} ended the call without a result")
+        return final_result(self._actions(op, dict(args or {})), progress)
 
     def _get(self, ticket: str) -> fl.FlightStreamReader:
         try:

@@ -23,7 +23,7 @@ import pyarrow as pa
 from ldw.config import Settings, _user
 from ldw.errors import ServerUnavailable
 from ldw.store import Progress, open_fd
-from ldw.wire import decode_error, frame, progress_from_json
+from ldw.wire import final_result, frame
 
 __all__ = ["LocalBackend", "socket_path", "start_server"]
 
@@ -146,15 +146,7 @@ class LocalBackend:
         return conn
 
     def _result(self, conn: _Connection, progress: ProgressCallback | None) -> Any:
-        while True:
-            message = conn.read_frame()
-            if "progress" in message:
-                if progress is not None:
-                    progress(progress_from_json(message["progress"]))
-                continue
-            if not message.get("ok"):
-                raise decode_error(message.get("error", {}))
-            return message.get("result")
+        return final_result(iter(conn.read_frame, None), progress)
 
     def call(self, op: str, args: dict[str, Any] | None = None, *,
              progress: ProgressCallback | None = None) -> Any:

@@ -19,7 +19,8 @@ from ldw import errors
 from ldw.store import Progress
 
 __all__ = ["MAX_REQUEST", "decode_error", "decode_schema", "decode_value", "encode_error",
-           "encode_schema", "encode_value", "frame", "progress_from_json", "progress_to_json"]
+           "encode_schema", "encode_value", "final_result", "frame", "progress_from_json",
+           "progress_to_json"]
 
 MAX_REQUEST = 1 << 20  # bytes of one JSON request; larger ones are refused unread
 
@@ -45,6 +46,20 @@ def progress_to_json(progress: Progress) -> dict[str, Any]:
 def progress_from_json(data: dict[str, Any]) -> Progress:
     return Progress(str(data["dataset"]), int(data["rows"]), int(data["bytes"]),
                     float(data["seconds"]), bool(data["done"]))
+
+
+def final_result(messages: Any, progress: Any = None) -> Any:
+    """Consume response frames: report progress frames, then return the final result or raise
+    its error. ``messages`` is any iterable of decoded frames."""
+    for message in messages:
+        if "progress" in message:
+            if progress is not None:
+                progress(progress_from_json(message["progress"]))
+            continue
+        if not message.get("ok"):
+            raise decode_error(message.get("error", {}))
+        return message.get("result")
+    raise errors.ServerUnavailable("the ldw server ended the call without a result")
 
 
 def encode_error(exc: BaseException) -> dict[str, str]:
