@@ -89,6 +89,8 @@ class PostgresConnector(Connector):
 
     def _libpq_uri(self) -> str:
         url = self.url_with_password().set(drivername="postgresql")
+        if "application_name" not in url.query:  # lets a DBA (and ldw) see its reads
+            url = url.update_query_dict({"application_name": "ldw"})
         return url.render_as_string(hide_password=False)
 
     def row_estimates(self, schema: str | None) -> dict[str, int]:
