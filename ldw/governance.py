@@ -258,19 +258,16 @@ class Governance:
                     f"{', '.join(sorted(roles)) or 'none'})")
         masks: dict[str, ColumnMask] = {}
         filters: list[str] = []
-        unfiltered = False
         for policy in matching:
             for column, mask in policy.masks.items():
                 if not roles & mask.exempt_roles and column not in masks:
                     masks[column] = mask
             if policy.row_filters:
+                # a role without a row_filter entry sees every row of this policy
                 mine = [policy.row_filters[r] for r in sorted(roles & set(policy.row_filters))]
                 if mine:
                     filters.append(" OR ".join(f"({f})" for f in mine))
-                else:
-                    unfiltered = True
         limits = [p.max_rows for p in matching if p.max_rows is not None]
-        del unfiltered  # a role without a row_filter entry sees every row
         return EffectivePolicy(
             table, masks, tuple(filters), any(p.memory_only for p in matching),
             "deny" if any(p.export == "deny" for p in matching) else "allow",
