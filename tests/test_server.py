@@ -21,7 +21,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-from conftest import POSTGRES_URL, make_warehouse
+from conftest import POSTGRES_URL, ServerHandle, make_warehouse
 
 import ldw
 from ldw.config import load_settings
@@ -68,15 +68,8 @@ def table(pg_engine, pg_schema) -> str:
 
 
 def _write_config(folder: Path, **server: object) -> Path:
-    shm = Path("/dev/shm") / f"ldw-test-{uuid.uuid4().hex[:8]}"
-    settings = {"state_dir": folder / "state", "shm_dir": shm, "spill_dir": folder / "spill",
-                "catalog": f"sqlite:///{folder / 'catalog.db'}",
-                "listen": "grpc://127.0.0.1:0", "memory_limit": "1GiB", **server}
-    lines = ["[server]"] + [f"{k} = {json.dumps(str(v))}" for k, v in settings.items()]
-    lines += ["[sources.pg]", f"url = {json.dumps(POSTGRES_URL)}"]
-    config = folder / "ldw.toml"
-    config.write_text("\n".join(lines) + "\n")
-    return config
+    """An ldw.toml for a private server in ``folder`` (see conftest.ServerHandle)."""
+    return ServerHandle(folder, **server).config
 
 
 @pytest.fixture
