@@ -13,17 +13,25 @@ time runs from just before the call to just after it returned a usable table or 
 - ``ldw to_arrow``: ``ldw.connect(config=...).dataset(name).to_arrow()`` (local: fd + mmap)
 - ``ldw to_polars``: the same with ``.to_polars()``
 - ``polars.read_parquet`` / ``pyarrow.parquet.read_table`` of the Parquet file
-- ``Flight to_arrow``: ``ldw.connect("grpc://...", token=...).dataset(name).to_arrow()``, and the
-  same again in a process that did it once before (the first transfer into a new process
+- ``Flight to_arrow``: ``ldw.connect("grpc://...", token=...).dataset(name).to_arrow()``: the
+  attach asks for parallel streams (the client's default, 2 on 2 cores), each ticket read on its
+  own connection; ``1 stream`` is the same with ``streams = 1`` (one ticket, one connection); and
+  the same again in a process that did it once before (the first transfer into a new process
   page-faults all the memory it receives into: gRPC's read buffers and Flight's copy of each
   message; later ones partly reuse freed memory)
+- ``plain pyarrow Flight``: the transport alone, as a baseline: a minimal
+  ``pyarrow.flight.FlightServerBase`` in its own process serves the same batches (memory-mapped
+  from an Arrow IPC file in /dev/shm) and a fresh process reads them with ``do_get().read_all()``
+  on one stream, or on 2 streams over 2 connections (no auth, no actions, no access checks)
 
 The Flight client authenticates with a token for a user of the same name as the local user, so it
 sees the datasets cached above. Memory: ``RssAnon`` (private anonymous memory, i.e. copies) after
 the call minus before, and the peak RSS during the call (``VmHWM`` after resetting it); pages of a
 memory-mapped cache file are shared memory, not copies. ``touch`` is a first pass over the result
 afterwards (one byte of every 4 KiB page of every buffer): a mapped table pays its page mapping
-there, not in the attach. Medians are shown; the JSON in ``benchmarks/results/`` keeps every run.
+there, not in the attach. ``CPU`` is the process's user + system time over the call (all its
+threads) and ``minor faults`` its page faults: unlike the wall time, neither grows when other
+jobs load the machine. Medians are shown; the JSON in ``benchmarks/results/`` keeps every run.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ import gc
 import json
 import os
 import pwd
+import resource
 import shutil
 import statistics
 import subprocess
@@ -50,14 +59,17 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results"
 MB = 1 << 20
 METHODS = ["ldw_arrow", "ldw_polars", "parquet_polars", "parquet_arrow", "flight_arrow",
-           "flight_arrow_2nd"]
+           "flight_arrow_1stream", "flight_arrow_2nd", "flight_plain", "flight_plain_2streams"]
 LABELS = {
     "ldw_arrow": "**ldw** `to_arrow()` (local fd + mmap)",
     "ldw_polars": "**ldw** `to_polars()`",
     "parquet_polars": "`polars.read_parquet`",
     "parquet_arrow": "`pyarrow.parquet.read_table`",
-    "flight_arrow": "**ldw** over Flight `to_arrow()`",
+    "flight_arrow": "**ldw** over Flight `to_arrow()` (parallel streams)",
+    "flight_arrow_1stream": "**ldw** over Flight `to_arrow()`, 1 stream",
     "flight_arrow_2nd": "**ldw** over Flight, 2nd `to_arrow()` in the process",
+    "flight_plain": "plain pyarrow Flight `do_get().read_all()`",
+    "flight_plain_2streams": "plain pyarrow Flight, 2 streams on 2 connections",
 }
 SF1_ROWS = {"orders": 1_500_000, "lineitem": 6_001_215}
 
@@ -95,6 +107,48 @@ def touch_pages(table: Any) -> None:
                     int(np.frombuffer(buffer, dtype=np.uint8)[::4096].sum())
 
 
+def plain_server(arrow_dir: str) -> None:
+    """A minimal pyarrow Flight server (the transport baseline): ticket ``table`` or
+    ``table/i/n`` streams all batches, or the i-th of n contiguous runs of them."""
+    import pyarrow as pa
+    import pyarrow.flight as fl
+
+    tables = {path.stem: pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+              for path in Path(arrow_dir).glob("*.arrow")}
+
+    class Plain(fl.FlightServerBase):
+        def do_get(self, context: Any, ticket: Any) -> Any:
+            name, _, part = ticket.ticket.decode().partition("/")
+            batches = tables[name].to_batches()
+            if part:
+                i, n = map(int, part.split("/"))
+                batches = batches[len(batches) * i // n: len(batches) * (i + 1) // n]
+            return fl.RecordBatchStream(pa.Table.from_batches(batches, tables[name].schema))
+
+    server = Plain("grpc+tcp://127.0.0.1:0")
+    print(server.port, flush=True)
+    server.serve()
+
+
+def read_plain(address: str, table: str, streams: int) -> Any:
+    """``do_get().read_all()`` from the plain server: one stream, or ``streams`` on as many
+    connections read by as many threads, joined in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pyarrow as pa
+    import pyarrow.flight as fl
+
+    url = address.replace("grpc://", "grpc+tcp://")
+    if streams == 1:
+        return fl.FlightClient(url).do_get(fl.Ticket(table.encode())).read_all()
+    clients = [fl.FlightClient(url, generic_options=[("grpc.use_local_subchannel_pool", 1)])
+               for _ in range(streams)]
+    with ThreadPoolExecutor(streams) as pool:
+        parts = list(pool.map(lambda i: clients[i].do_get(
+            fl.Ticket(f"{table}/{i}/{streams}".encode())).read_all(), range(streams)))
+    return pa.concat_tables(parts)
+
+
 def child(method: str, table: str, config: str, parquet: str, address: str) -> dict[str, Any]:
     sys.path.append(str(ROOT))  # the checkout's ldw, unless PYTHONPATH says otherwise
     import numpy  # noqa: F401
@@ -108,12 +162,15 @@ def child(method: str, table: str, config: str, parquet: str, address: str) -> d
     import ldw.unix  # noqa: F401
 
     token = os.environ.get("LDW_TOKEN", "")
+    plain = os.environ.get("PLAIN_FLIGHT", "")
     steps: dict[str, float] = {}
 
-    def via_ldw(url: str | None, polars: bool) -> Any:
+    def via_ldw(url: str | None, polars: bool, streams: int | None = None) -> Any:
         t0 = time.perf_counter()
         wh = ldw.connect(url, token=token) if url else ldw.connect(config=config,
                                                                     autostart=False)
+        if streams is not None:
+            wh._backend.streams = streams
         t1 = time.perf_counter()
         ds = wh.dataset(table)
         t2 = time.perf_counter()
@@ -128,7 +185,10 @@ def child(method: str, table: str, config: str, parquet: str, address: str) -> d
         "parquet_polars": lambda: pl.read_parquet(parquet),
         "parquet_arrow": lambda: pq.read_table(parquet),
         "flight_arrow": lambda: via_ldw(address, False),
+        "flight_arrow_1stream": lambda: via_ldw(address, False, streams=1),
         "flight_arrow_2nd": lambda: via_ldw(address, False),
+        "flight_plain": lambda: read_plain(plain, table, 1),
+        "flight_plain_2streams": lambda: read_plain(plain, table, 2),
     }
     call = calls[method]
     if method.endswith("_2nd"):
@@ -137,9 +197,13 @@ def child(method: str, table: str, config: str, parquet: str, address: str) -> d
         gc.collect()
     before = proc_status()
     peak_reset = reset_peak_rss()
+    cpu = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
     result = call()
     seconds = time.perf_counter() - started
+    cpu_after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_seconds = (cpu_after.ru_utime + cpu_after.ru_stime) - (cpu.ru_utime + cpu.ru_stime)
+    minor_faults = cpu_after.ru_minflt - cpu.ru_minflt
     after = proc_status()
     if isinstance(result, pl.DataFrame):  # no first pass: converting back would be timed too
         rows, nbytes, touch = len(result), int(result.estimated_size()), None
@@ -149,6 +213,8 @@ def child(method: str, table: str, config: str, parquet: str, address: str) -> d
         touch_pages(result)
         touch = time.perf_counter() - started
     return {"seconds": seconds, "steps": steps, "rows": rows, "touch_seconds": touch,
+            "loadavg": os.getloadavg()[0], "cpu_seconds": cpu_seconds,
+            "minor_faults": minor_faults,
             "nbytes": nbytes, "rss_anon_delta": after["RssAnon"] - before["RssAnon"],
             "rss_peak_delta": (after["VmHWM"] - before["VmRSS"]) if peak_reset else None,
             "before": before, "after": after, "after_touch": proc_status()}
@@ -186,8 +252,11 @@ def wait_for_table(url: str, schema: str, table: str, scale: float) -> int:
     return rows
 
 
-def prepare(config: Path, schema: str, tables: list[str], parquet_dir: Path) -> dict[str, Any]:
-    """Map and cache the tables; write each once to uncompressed Parquet. Returns facts."""
+def prepare(config: Path, schema: str, tables: list[str], parquet_dir: Path,
+            arrow_dir: Path | None) -> dict[str, Any]:
+    """Map and cache the tables; write each once to uncompressed Parquet (and, for the plain
+    Flight server, to an Arrow IPC file with the cached batches). Returns facts."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     sys.path.insert(0, str(ROOT))
@@ -202,6 +271,10 @@ def prepare(config: Path, schema: str, tables: list[str], parquet_dir: Path) -> 
         data = ds.to_arrow()
         path = parquet_dir / f"{table}.parquet"
         pq.write_table(data, path, compression="none")
+        if arrow_dir is not None:
+            with pa.OSFile(str(arrow_dir / f"{table}.arrow"), "wb") as sink, \
+                    pa.ipc.new_file(sink, data.schema) as writer:
+                writer.write_table(data)
         info = ds.info()
         facts[table] = {"rows": data.num_rows, "arrow_bytes": data.nbytes,
                         "cache_file_bytes": info["bytes"], "cache_seconds": seconds,
@@ -215,10 +288,10 @@ def prepare(config: Path, schema: str, tables: list[str], parquet_dir: Path) -> 
 
 
 def run_child(method: str, table: str, config: Path, parquet: str, address: str,
-              token: str, timeout: float) -> dict[str, Any]:
+              token: str, timeout: float, plain: str) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--child", method, "--tables", table, "--config",
            str(config), "--parquet", parquet, "--address", address]
-    env = {**os.environ, "LDW_TOKEN": token}
+    env = {**os.environ, "LDW_TOKEN": token, "PLAIN_FLIGHT": plain}
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
@@ -244,6 +317,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {"seconds": statistics.median(seconds), "min": min(seconds), "max": max(seconds),
             "call_seconds": statistics.median(calls) if calls else None,
             "touch_seconds": med("touch_seconds"), "rss_anon_delta": med("rss_anon_delta"),
+            "cpu_seconds": med("cpu_seconds"), "minor_faults": med("minor_faults"),
             "rss_peak_delta": med("rss_peak_delta"), "rows": ok[0]["rows"], "runs_ok": len(ok),
             "failed": len(runs) - len(ok)}
 
@@ -261,16 +335,19 @@ def markdown(table: str, facts: dict[str, Any], results: dict[str, dict[str, Any
     lines = [f"### {table}: {facts['rows']:,} rows, {size / MB:.0f} MB as Arrow "
              f"({facts['batches']} batches), Parquet file {facts['parquet_bytes'] / MB:.0f} MB",
              "", "| method | ms (median) | min–max ms | GB/s | x ldw to_arrow | RssAnon + MB "
-             "| peak RSS + MB | then touch every page, ms |", "|" + "---|" * 8]
+             "| peak RSS + MB | then touch every page, ms | CPU ms (all threads) "
+             "| minor faults |", "|" + "---|" * 10]
     for method, r in results.items():
         if "seconds" not in r:
-            lines.append(f"| {LABELS[method]} | {r.get('status', 'failed')} |" + " |" * 6)
+            lines.append(f"| {LABELS[method]} | {r.get('status', 'failed')} |" + " |" * 8)
             continue
         s, peak = r["seconds"], r["rss_peak_delta"]
         cells = [LABELS[method], fmt_ms(s), f"{fmt_ms(r['min'])}–{fmt_ms(r['max'])}",
                  f"{size / 1e9 / s:,.2f}", f"{s / base:,.1f}" if base else "—",
                  f"{r['rss_anon_delta'] / MB:,.0f}",
-                 "—" if peak is None else f"{peak / MB:,.0f}", fmt_ms(r["touch_seconds"])]
+                 "—" if peak is None else f"{peak / MB:,.0f}", fmt_ms(r["touch_seconds"]),
+                 fmt_ms(r.get("cpu_seconds")),
+                 "—" if r.get("minor_faults") is None else f"{r['minor_faults']:,.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -297,7 +374,10 @@ def targets(report: dict[str, Any]) -> list[str]:
                 out.append(f"- {table}: {label} = {ratio:,.1f}x — target at least 10x: "
                            f"{'met' if ratio >= 10 else 'NOT met'}")
         for method, which in (("flight_arrow", "new process"),
-                              ("flight_arrow_2nd", "2nd attach in a process")):
+                              ("flight_arrow_1stream", "new process, 1 stream"),
+                              ("flight_arrow_2nd", "2nd attach in a process"),
+                              ("flight_plain", "plain pyarrow server and client"),
+                              ("flight_plain_2streams", "plain pyarrow, 2 streams")):
             if get(method) is None:
                 continue
             whole = size / 1e9 / get(method)
@@ -319,6 +399,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--memory-limit", default="6GiB", help="the benchmark server's memory_limit")
     p.add_argument("--timeout", type=float, default=600, help="seconds per run")
     p.add_argument("--child", choices=METHODS, help=argparse.SUPPRESS)
+    p.add_argument("--plain-server", help=argparse.SUPPRESS)
     p.add_argument("--config", help=argparse.SUPPRESS)
     p.add_argument("--parquet", help=argparse.SUPPRESS)
     p.add_argument("--address", help=argparse.SUPPRESS)
@@ -327,6 +408,9 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    if args.plain_server:
+        plain_server(args.plain_server)
+        return
     if args.child:
         print(json.dumps(child(args.child, args.tables[0], args.config, args.parquet,
                                args.address)))
@@ -337,6 +421,11 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="ldw-bench-attach-"))
     shm = Path(tempfile.mkdtemp(prefix="ldw-bench-attach-", dir="/dev/shm"))
     parquet_dir = Path(tempfile.mkdtemp(prefix="ldw-bench-parquet-", dir="/dev/shm"))
+    plain_methods = [m for m in args.only if m.startswith("flight_plain")]
+    arrow_dir = (Path(tempfile.mkdtemp(prefix="ldw-bench-arrow-", dir="/dev/shm"))
+                 if plain_methods else None)
+    plain_proc: subprocess.Popen | None = None
+    plain = ""
     config = write_config(folder, shm / "cache", args.url, args.memory_limit)
     report: dict[str, Any] = {"scale": args.scale, "schema": schema, "repeat": args.repeat,
                               "host": urlsplit(args.url).hostname, "cpus": os.cpu_count(),
@@ -346,23 +435,32 @@ def main() -> None:
         address = json.loads(ldw_cli(config, "server", "status", "--json"))["flight"]
         user = pwd.getpwuid(os.getuid()).pw_name  # the same owner as local attaches
         token = ldw_cli(config, "user", "add", user).split()[-1]
-        report["facts"] = prepare(config, schema, args.tables, parquet_dir)
+        report["facts"] = prepare(config, schema, args.tables, parquet_dir, arrow_dir)
+        if arrow_dir is not None:
+            plain_proc = subprocess.Popen([sys.executable, __file__, "--plain-server",
+                                           str(arrow_dir)], stdout=subprocess.PIPE, text=True)
+            plain = f"grpc://127.0.0.1:{int(plain_proc.stdout.readline())}"
         for table in args.tables:
             facts = report["facts"][table]
             runs: dict[str, list[dict[str, Any]]] = {m: [] for m in args.only}
             for _ in range(args.repeat):  # interleaved, so load drifts hit every method alike
                 for method in args.only:
                     runs[method].append(run_child(method, table, config, facts["parquet"],
-                                                  address, token, args.timeout))
+                                                  address, token, args.timeout, plain))
             results = {m: {**summarize(r), "runs": r} for m, r in runs.items()}
             for method, r in results.items():
                 print(f"{table} {method}: {r.get('seconds', r.get('status'))}", file=sys.stderr)
             report["tables"][table] = results
             print(markdown(table, facts, results) + "\n", flush=True)
     finally:
+        if plain_proc is not None:
+            plain_proc.terminate()
+            plain_proc.wait(timeout=30)
         subprocess.run([sys.executable, "-m", "ldw.cli", "--config", str(config), "server",
                         "stop"], capture_output=True, timeout=120, cwd=ROOT)
-        for path in (folder, shm, parquet_dir):
+        for path in (folder, shm, parquet_dir, arrow_dir):
+            if path is None:
+                continue
             shutil.rmtree(path, ignore_errors=True)
     report["loadavg_end"] = os.getloadavg()
     lines = targets(report)

@@ -22,11 +22,13 @@ import sqlglot
 from sqlalchemy.engine import Engine
 
 from ldw.config import SourceConfig
-from ldw.errors import LdwError, SourceError, SourceUnavailable, UnknownTable
+from ldw.errors import LdwError, SourceError, SourceTimeout, SourceUnavailable, UnknownTable
 from ldw.secrets import redact
 
+from .fan_in import Producer, fan_in
+
 __all__ = ["CANCEL_BY_TAG", "ColumnPlan", "Connector", "ReadPlan", "SourceQuery",
-           "wrap_driver_error"]
+           "timeout_error", "wrap_driver_error"]
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,37 @@ CANCEL_BY_TAG: dict[str, tuple[str, str]] = {
 }
 
 
+# Errors that mean "the source gave up waiting" (a lock held too long, the statement limit):
+# PostgreSQL lock_timeout, MySQL/MariaDB lock waits and statement time limits, and the same in
+# ConnectorX's plain-text errors.
+_TIMEOUT_SQLSTATES = frozenset({"55P03"})  # lock_not_available (lock_timeout)
+_TIMEOUT_MYSQL_ERRORS = frozenset({1205, 1969, 3024})  # lock wait, max_statement_time
+_TIMEOUT_WORDS = ("lock wait timeout exceeded", "max_statement_time exceeded",
+                  "canceling statement due to lock timeout")
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """Whether ``exc`` is the source giving up on a wait that ldw's ``timeout`` bounded."""
+    if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None:
+        exc = exc.orig
+    module = type(exc).__module__.split(".")[0]
+    if module in ("pymysql", "MySQLdb") and exc.args and isinstance(exc.args[0], int):
+        return exc.args[0] in _TIMEOUT_MYSQL_ERRORS
+    sqlstate = getattr(exc, "sqlstate", None)
+    if isinstance(sqlstate, str) and sqlstate:
+        return sqlstate in _TIMEOUT_SQLSTATES
+    return any(word in str(exc).lower() for word in _TIMEOUT_WORDS)
+
+
+def timeout_error(source: SourceConfig, action: str, detail: str = "") -> SourceTimeout:
+    """The error for a source that made no progress within its ``timeout``."""
+    limit = f" within its timeout ({source.timeout:g} s)" if source.timeout else ""
+    return SourceTimeout(
+        f"source {source.name!r}: {action} made no progress{limit}{detail}; the table may be "
+        f"locked by another session or the server is stalled. Nothing was published and the "
+        f"source query was cancelled; retry later or raise [sources.{source.name}] timeout")
+
+
 def _dbapi_class_names(exc: BaseException) -> set[str]:
     return {cls.__name__ for cls in type(exc).__mro__}
 
@@ -174,6 +207,8 @@ def wrap_driver_error(source: SourceConfig, exc: BaseException, action: str, *,
         secret = source.password()
     message = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
                      [secret])
+    if _timed_out(exc):
+        return timeout_error(source, action, f" ({message})")
     unreachable = True if connecting else _unreachable(exc)
     if unreachable is None:
         unreachable = any(word in str(exc).lower() for word in _UNREACHABLE_WORDS)
@@ -353,6 +388,15 @@ class Connector:
         by another thread while the caller waits raises ``Cancelled``.
         """
         raise NotImplementedError
+
+    def read_in_workers(self, producers: list[Producer], cancel: threading.Event, *,
+                        tag: str = "") -> Iterator[pa.RecordBatch]:
+        """``fan_in`` with this source's ``timeout`` and, given the read's ``tag``, a cancel by
+        tag on a connection of its own when the driver's cancel does not stop a producer."""
+        return fan_in(producers, cancel,
+                      fallback=(lambda: self.cancel_tagged(tag)) if tag else None,
+                      timeout=self.source.timeout,
+                      on_timeout=lambda: timeout_error(self.source, "reading"))
 
     def cancel_tagged(self, tag: str) -> None:
         """Cancel queries on the source that carry ``tag`` (best effort, own connection).

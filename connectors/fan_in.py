@@ -89,11 +89,15 @@ Producer = Callable[[Interrupt], Iterator[pa.RecordBatch]]
 
 
 def fan_in(producers: list[Producer], cancel: threading.Event, *,
-           fallback: Callable[[], None] | None = None) -> Iterator[pa.RecordBatch]:
+           fallback: Callable[[], None] | None = None, timeout: float | None = None,
+           on_timeout: Callable[[], BaseException] | None = None) -> Iterator[pa.RecordBatch]:
     """Yield the batches of every producer, in arrival order, each producer on its own thread.
 
     ``fallback`` cancels the read's queries on the source by other means (by tag, on a
     connection of its own) when the drivers' cancel hooks did not stop the producers.
+    ``timeout`` bounds how long the consumer waits without any batch arriving (the source holds
+    a lock, or its process is stopped): the read is then cancelled like an interrupt and the
+    error ``on_timeout()`` builds is raised.
     """
     interrupt = Interrupt(cancel)
     slots: queue.Queue = queue.Queue(maxsize=len(producers))
@@ -123,6 +127,7 @@ def fan_in(producers: list[Producer], cancel: threading.Event, *,
     for thread in threads:
         thread.start()
     remaining = len(threads)
+    last_progress = time.monotonic()
     try:
         while remaining:
             try:
@@ -131,7 +136,11 @@ def fan_in(producers: list[Producer], cancel: threading.Event, *,
                 if cancel.is_set():
                     raise Cancelled("the read was cancelled; the source query was "
                                     "cancelled") from None
+                if timeout is not None and time.monotonic() - last_progress > timeout:
+                    raise (on_timeout() if on_timeout else TimeoutError(
+                        f"no batch from the source in {timeout:g} s")) from None
                 continue
+            last_progress = time.monotonic()
             if item is _DONE:
                 remaining -= 1
             elif isinstance(item, BaseException):

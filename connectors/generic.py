@@ -28,7 +28,7 @@ from sqlalchemy.engine import Engine
 
 from .base import ColumnPlan, Connector, ReadPlan
 from .convert import convert_batch, target_schema, unsupported_value
-from .fan_in import Interrupt, fan_in
+from .fan_in import Interrupt
 
 __all__ = ["GenericConnector", "Unloadable", "arrow_type_for"]
 
@@ -291,4 +291,4 @@ class GenericConnector(Connector):
             groups = [[query] for query in plan.queries]
         producers = [(lambda interrupt, g=group: self._produce(plan, snapshot, g, interrupt))
                      for group in groups]
-        yield from fan_in(producers, cancel, fallback=lambda: self.cancel_tagged(plan.tag))
+        yield from self.read_in_workers(producers, cancel, tag=plan.tag)

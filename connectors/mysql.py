@@ -13,6 +13,7 @@ of the read if that view is not granted.
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ from pymysql.constants import FIELD_TYPE, FLAG
 
 from .base import ColumnPlan, Connector, ReadPlan
 from .convert import convert_batch, target_schema
-from .fan_in import Interrupt, fan_in
+from .fan_in import Interrupt
 
 __all__ = ["MySQLConnector"]
 
@@ -183,9 +184,29 @@ class MySQLConnector(Connector):
         except Exception:  # no PROCESS privilege: the lock stays until the read ends
             return
 
+    def _session_setup(self) -> list[str]:
+        """Statements every connection runs first: UTC, and with a source ``timeout`` the same
+        limit on waiting for table and row locks, so a locked table fails on the server."""
+        setup = list(_SESSION_SETUP)
+        if self.source.timeout:
+            seconds = max(1, math.ceil(self.source.timeout))
+            setup += [f"SET SESSION lock_wait_timeout = {seconds}",
+                      f"SET SESSION innodb_lock_wait_timeout = {seconds}"]
+        return setup
+
+    def configure_engine(self, engine: sa.Engine) -> None:
+        setup = self._session_setup()[len(_SESSION_SETUP):]
+        if setup:
+            def on_connect(dbapi_connection: Any, _record: Any) -> None:
+                with contextlib.closing(dbapi_connection.cursor()) as cursor:
+                    for statement in setup:
+                        cursor.execute(statement)
+
+            sa.event.listen(engine, "connect", on_connect)
+
     def stream(self, plan: ReadPlan, cancel: threading.Event,
                snapshot: sa.Connection | None = None) -> Iterator[pa.RecordBatch]:
-        setup = list(_SESSION_SETUP)
+        setup = self._session_setup()
         started = threading.Event()
         releaser = None
         if snapshot is not None and snapshot.info.get("ldw_locked"):
@@ -195,8 +216,8 @@ class MySQLConnector(Connector):
             releaser.start()
         try:
             # ConnectorX runs every partition itself: one producer, cancelled by KILL QUERY.
-            yield from fan_in([lambda interrupt: self._read(plan, setup, interrupt)], cancel,
-                              fallback=lambda: self.cancel_tagged(plan.tag))
+            yield from self.read_in_workers(
+                [lambda interrupt: self._read(plan, setup, interrupt)], cancel, tag=plan.tag)
         finally:
             started.set()
             if releaser is not None:

@@ -7,6 +7,7 @@ a parallel read sees exactly what a single query would have seen.
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 import threading
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ import sqlalchemy as sa
 
 from .base import ColumnPlan, Connector, ReadPlan
 from .convert import NAN_SENTINEL, convert_batch, target_schema
-from .fan_in import Interrupt, fan_in
+from .fan_in import Interrupt
 
 __all__ = ["PostgresConnector"]
 
@@ -84,14 +85,31 @@ class PostgresConnector(Connector):
            for scale in range(19)},
     }
 
+    def _with_session_options(self, url: sa.URL, application_name: str) -> sa.URL:
+        """libpq parameters for every connection: an ``application_name`` (a DBA, and ldw,
+        can tell its reads, ``ldw``, from its control connections, ``ldw-control``) and, with
+        a source ``timeout``, the same limit on connecting and on waiting for a lock
+        (``lock_timeout``), so a locked table fails on the server's side."""
+        query: dict[str, str] = {}
+        if "application_name" not in url.query:
+            query["application_name"] = application_name
+        timeout = self.source.timeout
+        if timeout:
+            if "connect_timeout" not in url.query:
+                query["connect_timeout"] = str(max(2, math.ceil(timeout)))
+            # "-cname=value" has no space, which a URI would encode as "+" (libpq keeps it)
+            options = [str(url.query["options"])] if "options" in url.query else []
+            query["options"] = " ".join(
+                [*options, f"-clock_timeout={math.ceil(timeout * 1000)}"])
+        return url.update_query_dict(query) if query else url
+
     def sqlalchemy_url(self) -> sa.URL:
-        return self.url_with_password().set(drivername="postgresql+psycopg")
+        url = self.url_with_password().set(drivername="postgresql+psycopg")
+        return self._with_session_options(url, "ldw-control")
 
     def _libpq_uri(self) -> str:
         url = self.url_with_password().set(drivername="postgresql")
-        if "application_name" not in url.query:  # lets a DBA (and ldw) see its reads
-            url = url.update_query_dict({"application_name": "ldw"})
-        return url.render_as_string(hide_password=False)
+        return self._with_session_options(url, "ldw").render_as_string(hide_password=False)
 
     def row_estimates(self, schema: str | None) -> dict[str, int]:
         query = sa.text(
@@ -203,4 +221,4 @@ class PostgresConnector(Connector):
             (lambda interrupt, q=query: self._read_one(q.sql, token, plan, interrupt))
             for query in plan.queries
         ]
-        yield from fan_in(producers, cancel, fallback=lambda: self.cancel_tagged(plan.tag))
+        yield from self.read_in_workers(producers, cancel, tag=plan.tag)

@@ -19,7 +19,7 @@ from sqlalchemy import types as sat
 
 from .base import ColumnPlan, ReadPlan
 from .convert import convert_batch, target_schema
-from .fan_in import Interrupt, fan_in
+from .fan_in import Interrupt
 from .generic import GenericConnector
 
 __all__ = ["SQLiteConnector"]
@@ -65,7 +65,7 @@ class SQLiteConnector(GenericConnector):
         ADBC's SQLite driver cannot cancel a statement (NOT_IMPLEMENTED): an interrupted read
         returns at once and its worker stops at the next batch, closing its own connection.
         """
-        yield from fan_in([lambda interrupt: self._read(plan, interrupt)], cancel)
+        yield from self.read_in_workers([lambda interrupt: self._read(plan, interrupt)], cancel)
 
     def _read(self, plan: ReadPlan, interrupt: Interrupt) -> Iterator[pa.RecordBatch]:
         schema = target_schema(plan.columns)

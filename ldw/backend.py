@@ -7,13 +7,12 @@ the client API above them is one piece of code whatever the transport.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import pyarrow as pa
 
-from ldw.store import Progress, open_fd
+from ldw.store import Progress
 
 if TYPE_CHECKING:
     from ldw.engine import Engine
@@ -56,11 +55,7 @@ class InProcessBackend:
 
     def attach(self, ref: dict[str, Any], *, progress: ProgressCallback | None = None
                ) -> tuple[dict[str, Any], pa.Table]:
-        info, fd = self.service.attach(self.user, dict(ref), progress)
-        try:
-            return info, open_fd(fd)
-        finally:
-            os.close(fd)
+        return self.service.attach_table(self.user, dict(ref), progress)
 
     def stream(self, op: str, args: dict[str, Any]) -> pa.RecordBatchReader:
         return self.service.stream(self.user, op, args)

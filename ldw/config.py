@@ -67,6 +67,12 @@ class SourceConfig:
     def dialect(self) -> str:
         return self.url.get_backend_name()
 
+    @property
+    def timeout(self) -> float | None:
+        """Seconds ldw waits on the source without progress (a lock, a stalled server) before
+        it gives up with ``SourceTimeout``; None waits as long as the source takes."""
+        return self.options.get("timeout")
+
     def password(self) -> Secret | None:
         if self.password_env:
             value = os.environ.get(self.password_env)
@@ -116,6 +122,8 @@ class Settings:
     policies: dict[str, Any] = field(default_factory=dict)
     users: dict[str, Any] = field(default_factory=dict)
     config_path: Path | None = None
+    ray_address: str | None = None  # backend = "ray": the cluster ("auto", "host:6379"), or
+    # None for a Ray that ldw starts itself (object store sized from memory_limit, no spilling)
 
     def source(self, name: str) -> SourceConfig:
         try:
@@ -150,6 +158,8 @@ def _default_shm_dir() -> str:
     )
 
 
+BACKENDS = frozenset({"local", "ray"})
+
 _SERVER_DEFAULTS: dict[str, Any] = {
     "listen": "grpc://127.0.0.1:8815",
     "state_dir": "$XDG_RUNTIME_DIR/ldw",
@@ -158,6 +168,7 @@ _SERVER_DEFAULTS: dict[str, Any] = {
     "spill_dir": "~/.cache/ldw/spill",
     "catalog": "sqlite:///~/.local/share/ldw/catalog.db",
     "backend": "local",
+    "ray_address": None,
     "batch_rows": 131072,
     "tls_cert": None,
     "tls_key": None,
@@ -183,6 +194,11 @@ def _source_from_table(name: str, table: dict[str, Any]) -> SourceConfig:
     if url.drivername.startswith("sqlite") and url.database:
         url = url.set(database=str(_expand(url.database)))
     options = {k: v for k, v in table.items() if k not in {"url", "password_env", "keyring"}}
+    if options.get("timeout") is not None:
+        timeout = parse_duration(options["timeout"])
+        if not timeout or timeout <= 0:
+            raise ConfigError(f"[sources.{name}] timeout must be a positive duration, e.g. '30s'")
+        options["timeout"] = timeout
     return SourceConfig(
         name=name,
         url=url,
@@ -221,7 +237,7 @@ def load_settings(
 
     server = dict(_SERVER_DEFAULTS)
     file_server = data.get("server", {})
-    unknown = set(file_server) - set(_SERVER_DEFAULTS) - {"ray_address"}
+    unknown = set(file_server) - set(_SERVER_DEFAULTS)
     if unknown:
         raise ConfigError(f"unknown [server] key(s): {sorted(unknown)}; known: {sorted(server)}")
     server.update(file_server)
@@ -241,6 +257,10 @@ def load_settings(
         batch_rows = int(server["batch_rows"])
     except ValueError:
         raise ConfigError(f"batch_rows must be an integer, not {server['batch_rows']!r}") from None
+    backend = str(server["backend"])
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend must be one of {sorted(BACKENDS)}, not {backend!r}; "
+                          "\"ray\" also needs pip install 'ldw[ray]'")
     return Settings(
         shm_dir=_expand(server["shm_dir"] or _default_shm_dir()),
         spill_dir=_expand(server["spill_dir"]),
@@ -248,7 +268,8 @@ def load_settings(
         memory_limit=parse_bytes(server["memory_limit"]),
         catalog=str(server["catalog"]),
         listen=str(server["listen"]),
-        backend=str(server["backend"]),
+        backend=backend,
+        ray_address=str(server["ray_address"]) if server["ray_address"] else None,
         batch_rows=batch_rows,
         sources=sources,
         tls_cert=_expand(server["tls_cert"]) if server["tls_cert"] else None,

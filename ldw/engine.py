@@ -15,7 +15,6 @@ import contextlib
 import dataclasses
 import fnmatch
 import logging
-import os
 import shutil
 import threading
 import time
@@ -23,7 +22,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import sqlalchemy as sa
@@ -53,7 +52,10 @@ from ldw.planner import (
     read_plan,
     single_plan,
 )
-from ldw.store import DISK, MEMORY, Progress, Store, Version, open_fd, storage_schema
+from ldw.store import DISK, MEMORY, Progress, Store, Version, VersionLost, storage_schema
+
+if TYPE_CHECKING:
+    from ldw.ray_store import RayStore
 
 __all__ = ["DatasetRecord", "Engine"]
 
@@ -145,7 +147,15 @@ class Engine:
         if ephemeral:
             private = f"inproc-{uuid.uuid4().hex[:10]}"
             memory_root, disk_root = memory_root / private, disk_root / private
-        self.store = Store(memory_root, disk_root, memory_limit=settings.memory_limit)
+        self.store: Store | RayStore
+        if settings.backend == "ray":
+            from ldw.ray_store import RayStore  # noqa: PLC0415 - the optional ``ray`` extra
+
+            # one holder actor per server identity (its catalog); a private one in-process
+            key = f"inproc-{uuid.uuid4().hex}" if ephemeral else settings.catalog
+            self.store = RayStore(settings, disk_root, key=key, ephemeral=ephemeral)
+        else:
+            self.store = Store(memory_root, disk_root, memory_limit=settings.memory_limit)
         self.catalog = Catalog("sqlite://" if ephemeral else settings.catalog)
         self.governance = Governance(settings.policies, settings.users,
                                      mask_key_path=settings.mask_key_file)
@@ -483,6 +493,8 @@ class Engine:
             plan = read_plan(connector, query, snapshot)
             record.source_sql = [q.sql for q in plan.queries]
             self.query_log.extend((record.mapping.source, q.sql) for q in plan.queries)
+            if self.store.distributed and connector.family == "postgresql":
+                return self._run_tasks(record, connector, plan, query, snapshot, progress)
             cancel = threading.Event()
             batches = connector.stream(plan, cancel, snapshot)
             masked = self._hash_masked(batches, query)
@@ -496,6 +508,23 @@ class Engine:
                     connector.cancel_tagged(plan.tag)
                 raise
 
+    def _run_tasks(self, record: DatasetRecord, connector: Connector, plan: Any,
+                   query: MappedQuery, snapshot: Any, progress: Callable[[Progress], None] | None
+                   ) -> Version:
+        """Ray backend: every partition query runs as a task in the cluster, importing the
+        snapshot this server exported; masks are applied in the task, before the object store."""
+        store: RayStore = self.store  # type: ignore[assignment]
+        specs = store.task_specs(connector, plan, snapshot.info.get("ldw_snapshot"),
+                                 record.schema, query.hashed,
+                                 self.governance.mask_key if query.hashed else None)
+        try:
+            return store.write_tasks(record.key, specs, progress=progress,
+                                     make_room=lambda n: self.make_room(n, record))
+        except BaseException as exc:
+            if not isinstance(exc, SourceUnavailable):
+                connector.cancel_tagged(plan.tag)
+            raise
+
     def materialize(self, owner: str, name: str, *,
                     progress: Callable[[Progress], None] | None = None,
                     refresh: bool = False) -> Version:
@@ -508,6 +537,8 @@ class Engine:
                 raise DatasetLost(
                     f"dataset {name!r} is memory-only and its cached version was lost (server "
                     "restart or crash); call refresh() to read the source again")
+            if record.memory_only:
+                self.store.check_memory_only(record.key)
             previous, record.state, record.error = record.version, "materializing", None
             try:
                 version = self._run(record, progress)
@@ -602,17 +633,46 @@ class Engine:
             version = self.attach(owner, name, progress=progress)
             try:
                 return version, self.store.open_readonly(version)
+            except VersionLost:
+                self.version_lost(owner, name, version)
+            except FileNotFoundError:
+                continue
+        raise LdwError(f"dataset {name!r} kept changing while it was being opened; retry")
+
+    def open_table(self, owner: str, name: str, *,
+                   progress: Callable[[Progress], None] | None = None
+                   ) -> tuple[Version, pa.Table]:
+        """The current version and its table (memory-mapped locally, zero-copy from the node's
+        object store on Ray); materialized first if needed, recomputed if its bytes were lost."""
+        for _ in range(16):
+            version = self.attach(owner, name, progress=progress)
+            try:
+                return version, self.store.open_table(version)
+            except VersionLost:
+                self.version_lost(owner, name, version)
             except FileNotFoundError:
                 continue
         raise LdwError(f"dataset {name!r} kept changing while it was being opened; retry")
 
     def open(self, owner: str, name: str) -> pa.Table:
         """The cached table, memory-mapped; materialized first if needed."""
-        _, fd = self.open_current(owner, name)
-        try:
-            return open_fd(fd)
-        finally:
-            os.close(fd)
+        return self.open_table(owner, name)[1]
+
+    def version_lost(self, owner: str, name: str, version: Version) -> None:
+        """A version whose bytes are gone (a Ray node died with them): forget it, so the next
+        access recomputes it from the mapping; a memory-only one is reported lost instead."""
+        record = self.dataset(owner, name)
+        with record.lock:
+            if record.version is None or record.version.version_id != version.version_id:
+                return  # someone else noticed first
+            log.warning("version %s of %s was lost; it will be recomputed from its mapping",
+                        version.version_id, record.key)
+            with contextlib.suppress(Exception):
+                self.store.forget(version)
+            self.catalog.drop_version(version.version_id)
+            record.version = None
+            record.state = "lost" if record.memory_only else "evicted"
+            self.catalog.set_state(owner, name, record.state)
 
     def evict(self, owner: str, name: str, *, reason: str = "evicted") -> None:
         with self._lock:
@@ -683,6 +743,8 @@ class Engine:
     def status(self) -> dict[str, Any]:
         records = self.datasets()
         return {
+            "backend": self.settings.backend,
+            "ray_address": getattr(self.store, "address", None),
             "memory_limit": self.settings.memory_limit,
             "used_bytes": self.store.used_bytes(),
             "spilled_bytes": sum(r.version.bytes for r in records
@@ -701,6 +763,7 @@ class Engine:
             if self._sql_engine is not None:
                 self._sql_engine.close()
         self.catalog.close()
+        self.store.close()
         if self.ephemeral:
             for root in self.store.roots.values():
                 shutil.rmtree(root, ignore_errors=True)

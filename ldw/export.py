@@ -217,8 +217,10 @@ def export_table(
         _write_manifest(temp / MANIFEST_NAME, body)
         _fsync_tree(temp)
         _publish(temp, target, overwrite=overwrite)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(temp, ignore_errors=True)
+        if _out_of_space(exc):
+            raise _disk_full(target) from exc
         raise
     finally:
         os.close(lock_fd)
@@ -782,6 +784,25 @@ def _run_cancellable(work: Callable[[], tuple[ExportedFile, ...]], cancel: threa
 
 
 # -- the target, temp directories and publishing -------------------------------------------------
+
+
+def _out_of_space(exc: BaseException) -> bool:
+    """Whether ``exc`` (or the OSError it wraps) is a full disk or an exhausted quota."""
+    for error in (exc, exc.__cause__):
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+    return False
+
+
+def _disk_full(target: Path) -> ExportError:
+    free = ""
+    with contextlib.suppress(OSError):
+        usage = shutil.disk_usage(target.parent)
+        free = (f" ({usage.free / 2**20:.1f} MiB free of {usage.total / 2**20:.1f} MiB once "
+                "the partial files were removed)")
+    return ExportError(f"the disk holding {target.parent} is full{free}; nothing was "
+                       f"published at {target} and the partial files were removed. Free space, "
+                       "export fewer columns or rows, or choose a path on another disk")
 
 
 def _check_target(target: Path, *, overwrite: bool) -> None:

@@ -5,6 +5,10 @@ the catalog's token hashes) and fails closed. Operations are Flight actions with
 their results stream back as JSON frames (progress, then the final result). Data moves with
 ``do_get`` on opaque, single-use, short-lived tickets issued by the ``attach`` and ``scan``
 actions to the same user; a ticket is random bytes, never a description the server parses.
+
+A remote attach asks for several streams (``"streams": N``): the server answers with up to N
+tickets, each for a contiguous run of the version's record batches, and the client reads them on
+parallel connections and joins them in order. Every stream re-checks access before each batch.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ import queue
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
@@ -25,7 +30,7 @@ import pyarrow as pa
 import pyarrow.flight as fl
 
 from ldw.errors import AccessDenied, ConfigError, InvalidMapping, LdwError, ServerUnavailable
-from ldw.store import Progress, open_fd
+from ldw.store import Progress
 from ldw.wire import (
     MAX_REQUEST,
     decode_error,
@@ -43,6 +48,8 @@ log = logging.getLogger("ldw.flight")
 
 TICKET_TTL = 300.0  # seconds a ticket stays valid
 _MAX_TICKETS = 10_000
+MAX_STREAMS = 8  # tickets one attach may ask for
+_MIN_STREAM_BYTES = 4 << 20  # a smaller dataset (or share of one) is not worth another stream
 
 
 class _Auth(fl.ServerMiddleware):
@@ -110,16 +117,18 @@ class FlightEndpoint(fl.FlightServerBase):
             raise fl.FlightUnauthenticatedError("not authenticated")
         return middleware.user
 
-    def _issue(self, user: str, stream: Callable[[], fl.FlightDataStream]) -> str:
-        ticket = secrets.token_bytes(24)
+    def _issue(self, user: str, *streams: Callable[[], fl.FlightDataStream]) -> list[str]:
+        """One single-use ticket per stream, for ``user`` only; all of them or none."""
+        tickets = [secrets.token_bytes(24) for _ in streams]
         now = time.monotonic()
         with self._lock:
             for key in [k for k, (t, _, _) in self._tickets.items() if now - t > TICKET_TTL]:
                 del self._tickets[key]
-            if len(self._tickets) >= _MAX_TICKETS:
+            if len(self._tickets) + len(tickets) > _MAX_TICKETS:
                 raise LdwError("too many outstanding tickets; read or drop pending streams")
-            self._tickets[ticket] = (now, user, stream)
-        return ticket.hex()
+            for ticket, stream in zip(tickets, streams, strict=True):
+                self._tickets[ticket] = (now, user, stream)
+        return [ticket.hex() for ticket in tickets]
 
     def list_actions(self, context: fl.ServerCallContext) -> list[tuple[str, str]]:
         from ldw.service import OPS  # noqa: PLC0415
@@ -156,22 +165,11 @@ class FlightEndpoint(fl.FlightServerBase):
         def work() -> None:
             try:
                 if op == "attach":
-                    info, fd = service.attach(user, args, progress)
-                    try:
-                        table = open_fd(fd)
-                    finally:
-                        os.close(fd)
-                    engine, owner, name = self.owner.engine, info["owner"], info["name"]
-
-                    def still_allowed() -> None:  # a revoked share or role ends the stream
-                        engine.readable(user, owner, name)
-
-                    info["ticket"] = self._issue(user, lambda: fl.GeneratorStream(
-                        table.schema, _checked(table.to_batches(), still_allowed)))
-                    result = info
+                    result = self._attach(user, args, progress)
                 elif op in STREAM_OPS:
                     reader = service.stream(user, op, args)
-                    result = {"ticket": self._issue(user, lambda: fl.RecordBatchStream(reader))}
+                    result = {"ticket": self._issue(
+                        user, lambda: fl.RecordBatchStream(reader))[0]}
                 else:
                     result = service.call(user, op, args, progress)
                 events.put({"ok": True, "result": result})
@@ -186,6 +184,29 @@ class FlightEndpoint(fl.FlightServerBase):
             yield json.dumps(event).encode()
             if "progress" not in event:
                 return
+
+    def _attach(self, user: str, args: dict[str, Any],
+                progress: Callable[[Progress], None]) -> dict[str, Any]:
+        """Cache if needed; the info plus ``ticket`` (one stream) or ``tickets`` (``streams``)."""
+        streams = args.pop("streams", None)
+        if streams is not None and (type(streams) is not int
+                                    or not 1 <= streams <= MAX_STREAMS):
+            raise InvalidMapping(f"streams must be an integer from 1 to {MAX_STREAMS}")
+        info, table = self.owner.service.attach_table(user, args, progress)
+        engine, owner, name = self.owner.engine, info["owner"], info["name"]
+
+        def still_allowed() -> None:  # a revoked share or role ends every stream
+            engine.readable(user, owner, name)
+
+        def stream(batches: list[pa.RecordBatch]) -> Callable[[], fl.FlightDataStream]:
+            return lambda: fl.GeneratorStream(table.schema, _checked(batches, still_allowed))
+
+        batches = table.to_batches()
+        if streams is None:
+            info["ticket"] = self._issue(user, stream(batches))[0]
+        else:
+            info["tickets"] = self._issue(user, *map(stream, _split(batches, streams)))
+        return info
 
     def do_get(self, context: fl.ServerCallContext, ticket: fl.Ticket) -> fl.FlightDataStream:
         user = self._user(context)
@@ -241,9 +262,22 @@ def _checked(batches: list, check: Callable[[], None]) -> Iterator:
         yield batch
 
 
-def _chain(head: list, rest: Iterator) -> Iterator:
-    yield from head
-    yield from rest
+def _split(batches: Sequence[pa.RecordBatch], streams: int) -> list[list[pa.RecordBatch]]:
+    """At most ``streams`` contiguous, non-empty runs of whole batches of about equal size, in
+    order (always at least one run). Batches are never sliced: a slice of a ``string_view``
+    column still references, and so would send, all of its data buffers."""
+    sizes = [batch.nbytes for batch in batches]
+    total = sum(sizes)
+    count = max(1, min(streams, len(batches), total // _MIN_STREAM_BYTES))
+    runs: list[list[pa.RecordBatch]] = [[]]
+    done = 0
+    for index, (batch, size) in enumerate(zip(batches, sizes, strict=True)):
+        runs[-1].append(batch)
+        done += size
+        left, wanted = len(batches) - index - 1, count - len(runs)
+        if wanted and left and (done * count >= total * len(runs) or left <= wanted):
+            runs.append([])
+    return runs
 
 
 def _loopback(host: str) -> bool:
@@ -256,10 +290,15 @@ def _loopback(host: str) -> bool:
 
 
 class FlightBackend:
-    """A remote client: JSON actions and ``do_get`` streams over Flight, with a token."""
+    """A remote client: JSON actions and ``do_get`` streams over Flight, with a token.
+
+    ``streams`` is how many parallel streams (each on its own connection) an attach asks for;
+    the server may send fewer. Two or more keep both sides of a loopback transfer busy.
+    """
 
     def __init__(self, url: str, *, token: str | None,
-                 tls_root_certs: str | os.PathLike[str] | None = None) -> None:
+                 tls_root_certs: str | os.PathLike[str] | None = None,
+                 streams: int | None = None) -> None:
         if not token:
             token = os.environ.get("LDW_TOKEN")
         if not token:
@@ -275,7 +314,13 @@ class FlightBackend:
                 options["tls_root_certs"] = handle.read()
         self.url = f"{scheme}://{parsed.hostname}:{parsed.port or 8815}"
         self.where = url
+        self.streams = streams or min(4, max(2, os.cpu_count() or 1))
+        if not 1 <= self.streams <= MAX_STREAMS:
+            raise ConfigError(f"streams must be from 1 to {MAX_STREAMS}, not {self.streams}")
+        self._client_options = options
         self._client = fl.FlightClient(self.url, **options)
+        self._data_clients: list[fl.FlightClient] = []  # extra connections for extra streams
+        self._data_lock = threading.Lock()
         self._options = fl.FlightCallOptions(headers=[(b"authorization",
                                                        f"Bearer {token}".encode())])
         self.user = str(self.call("status")["user"])  # also proves the token now
@@ -298,27 +343,81 @@ class FlightBackend:
              progress: Callable[[Progress], None] | None = None) -> Any:
         return final_result(self._actions(op, dict(args or {})), progress)
 
-    def _get(self, ticket: str) -> fl.FlightStreamReader:
+    def _get(self, ticket: str, client: fl.FlightClient | None = None) -> fl.FlightStreamReader:
         try:
-            return self._client.do_get(fl.Ticket(bytes.fromhex(ticket)), options=self._options)
+            return (client or self._client).do_get(fl.Ticket(bytes.fromhex(ticket)),
+                                                   options=self._options)
         except fl.FlightError as exc:
             raise _decode_flight_error(exc) from None
+
+    def _connections(self, count: int) -> list[fl.FlightClient]:
+        """``count`` clients on distinct connections (the first is the control connection):
+        streams sharing one connection are read by one thread of gRPC's."""
+        with self._data_lock:
+            while len(self._data_clients) < count - 1:
+                self._data_clients.append(fl.FlightClient(
+                    self.url, generic_options=[("grpc.use_local_subchannel_pool", 1)],
+                    **self._client_options))
+            return [self._client, *self._data_clients[:count - 1]]
 
     def attach(self, ref: dict[str, Any], *,
                progress: Callable[[Progress], None] | None = None
                ) -> tuple[dict[str, Any], pa.Table]:
-        info = self.call("attach", dict(ref), progress=progress)
-        reader = self._get(info.pop("ticket"))
+        args = dict(ref, streams=self.streams) if self.streams > 1 else dict(ref)
+        info = self.call("attach", args, progress=progress)
+        tickets = info.pop("tickets", None) or [info.pop("ticket")]
+        return info, self._read_all(tickets)
+
+    def _read_all(self, tickets: list[str]) -> pa.Table:
+        """Read every ticket's stream, in parallel if more than one; the batches in order."""
+        if len(tickets) == 1:
+            try:
+                return self._get(tickets[0]).read_all()
+            except fl.FlightError as exc:  # e.g. the share was revoked mid-stream
+                raise _decode_flight_error(exc) from None
+        failed = threading.Event()  # set when one stream fails: the others stop early
+        clients = self._connections(len(tickets))
+        with ThreadPoolExecutor(len(tickets), thread_name_prefix="ldw-flight") as pool:
+            futures = [pool.submit(self._read, ticket, client, failed)
+                       for ticket, client in zip(tickets, clients, strict=True)]
+            try:
+                for future in as_completed(futures):
+                    if future.exception() is not None:
+                        failed.set()
+            except BaseException:  # e.g. KeyboardInterrupt: stop the streams, then raise
+                failed.set()
+                raise
+        errors = [f.exception() for f in futures if f.exception() is not None]
+        if errors:  # the failure itself, not a stream stopped because of it
+            raise next((e for e in errors if not isinstance(e, _Stopped)), errors[0])
+        return pa.concat_tables([future.result() for future in futures])
+
+    def _read(self, ticket: str, client: fl.FlightClient, failed: threading.Event) -> pa.Table:
+        """One stream as a table; cancelled (``_Stopped``) as soon as ``failed`` is set."""
+        reader = self._get(ticket, client)
+        batches = []
         try:
-            return info, reader.read_all()
+            while not failed.is_set():
+                try:
+                    batches.append(reader.read_chunk().data)
+                except StopIteration:
+                    return pa.Table.from_batches(batches, reader.schema)
         except fl.FlightError as exc:  # e.g. the share was revoked mid-stream
             raise _decode_flight_error(exc) from None
+        reader.cancel()
+        raise _Stopped
 
     def stream(self, op: str, args: dict[str, Any]) -> pa.RecordBatchReader:
         return self._get(self.call(op, args)["ticket"]).to_reader()
 
     def close(self) -> None:
+        for client in self._data_clients:
+            client.close()
         self._client.close()
+
+
+class _Stopped(Exception):
+    """A parallel stream given up because another one failed."""
 
 
 def _first_line(exc: BaseException) -> str:

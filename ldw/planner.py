@@ -139,6 +139,14 @@ def _policy_relation(connector: Connector, table: sa.Table, policy: EffectivePol
                               f"{exc}") from None
     if policy.max_rows is not None:
         view = view.limit(policy.max_rows)
+    elif policy.row_filters:
+        # A fence: without it the source may merge the view into the outer query and run the
+        # user's predicate on rows the filter hides first (a "division by zero" or a cast
+        # error echoing a hidden value tells the user those rows exist). A subquery with
+        # LIMIT/OFFSET is neither flattened nor given the outer predicates, so the filter
+        # always runs first; the price is that predicates on the outside no longer reach an
+        # index.
+        view = view.offset(0)
     return view.subquery("ldw_policy")
 
 

@@ -33,7 +33,7 @@ from ldw.errors import (
     UnknownDataset,
 )
 from ldw.lazy import polars_predicate_to_sql
-from ldw.store import open_fd
+from ldw.store import VersionLost
 from ldw.wire import decode_value, encode_schema
 
 __all__ = ["OPS", "STREAM_OPS", "Service"]
@@ -85,21 +85,34 @@ class Service:
 
     def attach(self, user: str, args: dict, progress: Callable | None) -> tuple[dict, int]:
         """Make sure a version is cached; return its info and a read-only descriptor of it
-        (the caller closes it)."""
+        (the caller closes it). On the Ray backend the descriptor holds an in-memory copy;
+        :meth:`attach_table` avoids it."""
         with self._denials_audited(user, "attach", args):
             owner, name = _target(user, args)
             self.engine.readable(user, owner, name)
             version, fd = self.engine.open_current(owner, name, progress=progress)
             try:
-                record = self.engine.dataset(owner, name)
-                self.audit(user, "attach", record, rows=version.rows, nbytes=version.bytes,
-                           sql=record.source_sql)
-                info = self.info(record)
+                return self._attached(user, owner, name, version), fd
             except BaseException:
                 os.close(fd)
                 raise
-            return {**info, "version": version.version_id, "rows": version.rows,
-                    "bytes": version.bytes}, fd
+
+    def attach_table(self, user: str, args: dict, progress: Callable | None
+                     ) -> tuple[dict, pa.Table]:
+        """Like :meth:`attach`, but the cached version as a table: memory-mapped on the local
+        backend, zero-copy from this node's object store on Ray."""
+        with self._denials_audited(user, "attach", args):
+            owner, name = _target(user, args)
+            self.engine.readable(user, owner, name)
+            version, table = self.engine.open_table(owner, name, progress=progress)
+            return self._attached(user, owner, name, version), table
+
+    def _attached(self, user: str, owner: str, name: str, version: Any) -> dict:
+        record = self.engine.dataset(owner, name)
+        self.audit(user, "attach", record, rows=version.rows, nbytes=version.bytes,
+                   sql=record.source_sql)
+        return {**self.info(record), "version": version.version_id, "rows": version.rows,
+                "bytes": version.bytes}
 
     def stream(self, user: str, op: str, args: dict) -> pa.RecordBatchReader:
         """A data operation whose result is record batches: ``scan``, ``sql`` or ``preview``."""
@@ -231,6 +244,31 @@ class Service:
         self.audit(user, "map", record, detail=record.mapping.ref)
         return self.info(record)
 
+    def op_ray_attach(self, user: str, args: dict, progress: Callable | None) -> Any:
+        """Ray backend: cache if needed, check access, and return a single-use ticket that a
+        client inside the Ray cluster redeems at the version holder (ldw.ray_store.read_ticket)
+        to map the version zero-copy from its node's object store."""
+        _only(args, "ray_attach", {"name", "owner"})
+        owner, name = _target(user, args)
+        self.engine.readable(user, owner, name)
+        store = self.engine.store
+        if not store.distributed:
+            raise InvalidMapping("ray_attach needs backend = \"ray\"; this server's backend is "
+                                 "\"local\" (use attach)")
+        for _ in range(16):
+            version = self.engine.attach(owner, name, progress=progress)
+            if version.tier != "memory":
+                raise InvalidMapping(f"{owner}/{name} is spilled to the server's disk; attach "
+                                     "it through the server")
+            ticket = store.ticket(version)
+            try:  # the objects must still be there when the client redeems
+                store.refs(version)
+            except VersionLost:
+                self.engine.version_lost(owner, name, version)
+                continue
+            return {**self._attached(user, owner, name, version), "ticket": ticket}
+        raise LdwError(f"dataset {name!r} kept changing while it was being opened; retry")
+
     def op_info(self, user: str, args: dict, progress: Callable | None) -> Any:
         owner, name = _target(user, args)
         return self.info(self.engine.readable(user, owner, name))
@@ -318,11 +356,7 @@ class Service:
         path = Path(_arg(args, "path", str, required=True))
         if not path.is_absolute():
             raise InvalidMapping("export path must be absolute (the client resolves it)")
-        version, fd = self.engine.open_current(owner, name)
-        try:
-            table = open_fd(fd)
-        finally:
-            os.close(fd)
+        version, table = self.engine.open_table(owner, name)
         partition_by = _arg(args, "partition_by", list)
         self.audit(user, "export", record, sql=record.source_sql, rows=version.rows,
                    nbytes=version.bytes, detail=str(path))
@@ -398,10 +432,11 @@ class Service:
             owner, _, own_name = name.rpartition("/")
             record = self.engine.readable(user, owner or user, own_name)
             tables[name] = self.engine.open(record.owner, record.name)
-        result = self.engine.sql_engine().run(query, tables)
-        self.audit(user, "sql", dataset=",".join(names), sql=query, rows=result.num_rows,
-                   nbytes=result.nbytes)
-        return result.to_reader()
+        # streamed as it is read (a stalled reader holds a few batches, not the result);
+        # audited before the first row leaves, so the size is not known yet
+        result = self.engine.sql_engine().stream(query, tables)
+        self.audit(user, "sql", dataset=",".join(names), sql=query)
+        return result
 
 
 def _chain(first: pa.RecordBatch, rest: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:

@@ -36,7 +36,8 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 import pyarrow as pa
 import sqlglot
@@ -380,6 +381,17 @@ def _statement_is_one_select(con, query: str) -> None:
         raise InvalidMapping("sql must be a single read-only query")
 
 
+def _relation(con: Any, query: str, chosen: Mapping[str, pa.Table]) -> tuple[Any, list[str]]:
+    """``query`` as a DuckDB relation over ``chosen`` on ``con``, and its DuckDB column types."""
+    _statement_is_one_select(con, query)
+    for name, table in chosen.items():
+        con.register(name, _duckdb_ready(table))
+    relation = con.sql(query)
+    if relation is None:  # pragma: no cover - extract_statements said SELECT
+        raise InvalidMapping("sql must be a single read-only query")
+    return relation, [str(t) for t in relation.types]
+
+
 class SqlEngine:
     """A sandboxed in-memory DuckDB database that runs validated queries over Arrow tables.
 
@@ -435,18 +447,56 @@ class SqlEngine:
         """Run ``query`` over ``tables`` (name -> Arrow table); see :func:`run_sql`."""
         return self._execute(query, _resolve(_validate(query), tables))
 
+    def stream(self, query: str, tables: Mapping[str, pa.Table], *,
+               batch_rows: int = 16384) -> pa.RecordBatchReader:
+        """Run ``query`` like :meth:`run`, but hand the result over in batches as it is read,
+        so a large result is never held whole and a slow or stalled reader holds a few batches.
+
+        A result with 128-bit integer columns (``SUM`` of integers) is materialized first:
+        whether they fit 64 bits is known only once every value is.
+        """
+        import duckdb
+
+        chosen = _resolve(_validate(query), tables)
+        con = self._cursor()
+        try:
+            relation, types = _relation(con, query, chosen)
+            whole = None
+            if any(t in _WIDE_INTEGERS for t in types):
+                whole = _narrow_integers(relation.to_arrow_table(), types)
+            else:
+                reader = relation.to_arrow_reader(batch_rows)
+        except duckdb.Error as exc:
+            con.close()
+            raise _wrap(exc) from exc
+        except BaseException:
+            con.close()
+            raise
+        if whole is not None:
+            con.close()
+            return whole.to_reader()
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            try:
+                while True:
+                    try:
+                        batch = reader.read_next_batch()
+                    except StopIteration:
+                        return
+                    except duckdb.Error as exc:
+                        raise _wrap(exc) from exc
+                    yield batch
+            finally:
+                con.close()
+
+        return pa.RecordBatchReader.from_batches(reader.schema, batches())
+
     def _execute(self, query: str, chosen: Mapping[str, pa.Table]) -> pa.Table:
         import duckdb
 
         con = self._cursor()
         try:
-            _statement_is_one_select(con, query)
-            for name, table in chosen.items():
-                con.register(name, _duckdb_ready(table))
-            relation = con.sql(query)
-            if relation is None:  # pragma: no cover - extract_statements said SELECT
-                raise InvalidMapping("sql must be a single read-only query")
-            types = [str(t) for t in relation.types]
+            relation, types = _relation(con, query, chosen)
             fetch = getattr(relation, "to_arrow_table", None) or relation.fetch_arrow_table
             return _narrow_integers(fetch(), types)
         except duckdb.Error as exc:

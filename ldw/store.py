@@ -28,7 +28,7 @@ import pyarrow.ipc as ipc
 
 from ldw.errors import CapacityExceeded
 
-__all__ = ["Progress", "Store", "Version", "open_fd", "storage_schema"]
+__all__ = ["Progress", "Store", "Version", "VersionLost", "open_fd", "storage_schema"]
 
 MEMORY, DISK = "memory", "disk"
 
@@ -62,6 +62,11 @@ class Version:
     tier: str = MEMORY
 
 
+class VersionLost(Exception):  # noqa: N818 - internal signal, never reaches a user
+    """A published version's bytes are gone (e.g. a Ray node holding them died); the engine
+    recomputes the dataset from its mapping."""
+
+
 def _storage_type(arrow_type: pa.DataType) -> pa.DataType:
     if arrow_type in (pa.string(), pa.large_string()):
         return pa.string_view()
@@ -93,6 +98,8 @@ class Store:
     ``nbytes`` (spilling or dropping versions other than the one being written) and returns
     how many bytes it freed.
     """
+
+    distributed = False  # the Ray store (ldw.ray_store.RayStore) runs reads as cluster tasks
 
     def __init__(self, memory_root: Path, disk_root: Path, *, memory_limit: int) -> None:
         self.roots = {MEMORY: Path(memory_root), DISK: Path(disk_root)}
@@ -207,6 +214,10 @@ class Store:
         if version.tier == MEMORY:
             self._release(size)
 
+    def forget(self, version: Version) -> None:
+        """Drop a version whose bytes were lost (whatever is left of them)."""
+        self.delete(version)
+
     def remove_orphan(self, path: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             size = path.stat().st_size
@@ -222,6 +233,16 @@ class Store:
             return open_fd(fd)
         finally:
             os.close(fd)
+
+    def open_table(self, version: Version) -> pa.Table:
+        """The version as a table (the interface both backends' stores offer the engine)."""
+        return self.open(version)
+
+    def check_memory_only(self, dataset: str) -> None:
+        """Memory-only data is fine here: the memory tier never spills it (see make_room)."""
+
+    def close(self) -> None:
+        """Nothing to release: files are removed by their owner."""
 
     @staticmethod
     def open_readonly(version: Version) -> int:

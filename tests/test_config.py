@@ -65,6 +65,15 @@ def test_unknown_source_and_keys_are_named():
         load_settings("/nonexistent/ldw.toml")
 
 
+def test_source_timeout_is_a_positive_duration():
+    settings = load_settings({"sources": {"a": {"url": "sqlite:///a.db", "timeout": "2m"}}})
+    assert settings.source("a").timeout == 120.0
+    assert load_settings({"sources": {"a": {"url": "sqlite:///a.db"}}}).source("a").timeout is None
+    for bad in ("soon", "0s", -1):
+        with pytest.raises(ldw.ConfigError, match=r"\[sources.a\] timeout|duration"):
+            load_settings({"sources": {"a": {"url": "sqlite:///a.db", "timeout": bad}}})
+
+
 def test_redact_removes_url_passwords_and_secret_values():
     text = "could not connect to postgresql://bob:p%40ss@db:5432/x with p@ss"
     cleaned = redact(text, [Secret("p@ss")])

@@ -430,3 +430,36 @@ def test_live_export_is_left_alone_and_ctrl_c_cleans_up(tmp_path: Path) -> None:
     assert child.returncode != 0 and b"KeyboardInterrupt" in err
     assert temp_dirs(target) == []
     assert verify_export(target).ok and read_back(mine).num_rows == 50
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 2 MiB tmpfs: a real file system that fills up."""
+    folder = tmp_path / "small-disk"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+            pytest.fail("CI=true: the full-disk export test mounts a tmpfs and needs root")
+        pytest.skip("mounting a small tmpfs needs root")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)], check=True)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+@pytest.mark.parametrize("partition_by", [None, ["part"]])
+def test_a_full_disk_leaves_nothing_and_says_so(small_disk: Path, partition_by) -> None:
+    import numpy as np
+
+    rows = 1_000_000  # ~8 MB of random doubles: does not compress, does not fit
+    table = pa.table({"x": np.random.default_rng(7).random(rows),
+                      "part": pa.array(np.arange(rows) % 3)})
+    target = small_disk / "out"
+    with pytest.raises(ExportError) as info:
+        export_table(table, target, manifest={"dataset": "x"}, partition_by=partition_by)
+    message = str(info.value)
+    assert "is full" in message and "nothing was published" in message, message
+    assert os.listdir(small_disk) == []                   # no target, no temp folder
+    small = export_table(table.slice(0, 1000), target, manifest={"dataset": "x"})
+    assert verify_export(small.path).ok                   # the space was given back

@@ -4,9 +4,11 @@ idle and stalled clients on the local socket, oversized Flight requests."""
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -174,6 +176,83 @@ def test_oversized_and_unknown_flight_requests_are_refused(server):
     with pytest.raises(ldw.InvalidMapping, match="unknown"):
         wh._backend.call("__init__", {})
     assert wh.status()["user"] == "mallory"
+
+
+@pytest.mark.postgres
+def test_many_idle_and_garbage_flight_connections_do_not_stop_service(server):
+    port = int(server.flight.rsplit(":", 1)[1])
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(200)]
+    garbage = [socket.create_connection(("127.0.0.1", port)) for _ in range(20)]
+    try:
+        for sock in garbage:                            # not HTTP/2: dropped by gRPC
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + b"\x00" * 65536)
+        started = time.monotonic()
+        wh = server.remote("mallory")
+        assert wh.status()["user"] == "mallory"
+        assert time.monotonic() - started < 10
+        for sock in garbage:
+            sock.settimeout(10)
+            with contextlib.suppress(ConnectionResetError):
+                sock.recv(65536)                        # an HTTP/2 error frame, or reset
+    finally:
+        for sock in (*idle, *garbage):
+            sock.close()
+
+
+_STALLED_READER = """
+import os, signal, sys, ldw
+wh = ldw.connect(sys.argv[1], token=sys.argv[2])
+reader = wh._backend.stream("sql", {"query": f'SELECT * FROM "{sys.argv[3]}"', "name": None})
+reader.read_next_batch()                 # the stream is under way; now stop reading for good
+print("stalled", flush=True)
+os.kill(os.getpid(), signal.SIGSTOP)
+"""
+
+
+def _private_mib(pid: int) -> float:
+    """The process's private resident memory (the cached version's shared pages excluded)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no RssAnon")
+
+
+@pytest.mark.postgres
+def test_stalled_flight_readers_are_bounded_and_others_still_served(server, pg_engine,
+                                                                    pg_schema):
+    """Readers that stop mid-stream (SIGSTOP) hold a little memory each, not their dataset,
+    and every other client is still served while they hang."""
+    with pg_engine.begin() as conn:
+        conn.exec_driver_sql(f"create table {pg_schema}.big as select g as id, repeat('z', 200) "
+                             "as pad from generate_series(1, 400000) g")
+    owner = server.local()
+    big = owner.map("big", f"pg.{pg_schema}.big").cache()
+    big.share("mallory")
+    expected = big.to_arrow()
+    dataset_mib = expected.nbytes / 2**20
+    pid = owner.status()["pid"]
+    before = _private_mib(pid)
+    address, token = server.flight, server.token("mallory")
+    stalled = []
+    try:
+        for _ in range(6):
+            child = subprocess.Popen(
+                [sys.executable, "-c", _STALLED_READER, address, token,
+                 f"{owner.status()['user']}/big"], stdout=subprocess.PIPE, text=True)
+            stalled.append(child)
+            assert child.stdout.readline().strip() == "stalled"
+        grown = _private_mib(pid) - before
+        reader = server.remote("mallory")
+        for _ in range(3):                              # others are still served, whole
+            assert reader.attach(f"{owner.status()['user']}/big").to_arrow().equals(expected)
+        assert owner.status()["pid"] == pid
+        # each stalled stream holds a few batches, not its whole result
+        assert grown / len(stalled) < dataset_mib / 2, (grown, dataset_mib)
+    finally:
+        for child in stalled:
+            child.kill()
+            child.wait(timeout=30)
+    assert server.remote("mallory").attach(f"{owner.status()['user']}/big").to_arrow().num_rows
 
 
 # -- TLS ----------------------------------------------------------------------------------
