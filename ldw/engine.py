@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyarrow as pa
 import sqlalchemy as sa
@@ -60,6 +60,8 @@ if TYPE_CHECKING:
 __all__ = ["DatasetRecord", "Engine"]
 
 log = logging.getLogger("ldw.engine")
+
+T = TypeVar("T")
 
 DERIVED = "@datasets"  # the pseudo-source of datasets defined by SQL over other datasets
 
@@ -626,28 +628,25 @@ class Engine:
 
     def open_current(self, owner: str, name: str, *,
                      progress: Callable[[Progress], None] | None = None) -> tuple[Version, int]:
-        """The current version and a read-only descriptor to its file. A version replaced in
-        between (a refresh, a spill) is looked up again, so a reader never meets a vanished
-        file; once open, the descriptor keeps the bytes whatever happens to the file."""
-        for _ in range(16):
-            version = self.attach(owner, name, progress=progress)
-            try:
-                return version, self.store.open_readonly(version)
-            except VersionLost:
-                self.version_lost(owner, name, version)
-            except FileNotFoundError:
-                continue
-        raise LdwError(f"dataset {name!r} kept changing while it was being opened; retry")
+        """The current version and a read-only descriptor to its file; once open, the
+        descriptor keeps the bytes whatever happens to the file."""
+        return self._open_with(self.store.open_readonly, owner, name, progress)
 
     def open_table(self, owner: str, name: str, *,
                    progress: Callable[[Progress], None] | None = None
                    ) -> tuple[Version, pa.Table]:
         """The current version and its table (memory-mapped locally, zero-copy from the node's
         object store on Ray); materialized first if needed, recomputed if its bytes were lost."""
+        return self._open_with(self.store.open_table, owner, name, progress)
+
+    def _open_with(self, opener: Callable[[Version], T], owner: str, name: str,
+                   progress: Callable[[Progress], None] | None) -> tuple[Version, T]:
+        """Open the current version with ``opener``. A version replaced in between (a refresh,
+        a spill) is looked up again, so a reader never meets a vanished file."""
         for _ in range(16):
             version = self.attach(owner, name, progress=progress)
             try:
-                return version, self.store.open_table(version)
+                return version, opener(version)
             except VersionLost:
                 self.version_lost(owner, name, version)
             except FileNotFoundError:
