@@ -30,7 +30,8 @@ the call minus before, and the peak RSS during the call (``VmHWM`` after resetti
 memory-mapped cache file are shared memory, not copies. ``touch`` is a first pass over the result
 afterwards (one byte of every 4 KiB page of every buffer): a mapped table pays its page mapping
 there, not in the attach. ``CPU`` is the process's user + system time over the call (all its
-threads) and ``minor faults`` its page faults: unlike the wall time, neither grows when other
+threads) and ``minor faults`` its page faults, ``server CPU`` what the serving process (ldw's
+server or the plain one) spent meanwhile on the same two cores: unlike the wall time, neither grows when other
 jobs load the machine. Medians are shown; the JSON in ``benchmarks/results/`` keeps every run.
 """
 
@@ -287,8 +288,27 @@ def prepare(config: Path, schema: str, tables: list[str], parquet_dir: Path,
     return facts
 
 
+def process_cpu(pid: int | None) -> float | None:
+    """User + system seconds a process has used so far (from /proc)."""
+    if pid is None:
+        return None
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_child(method: str, table: str, config: Path, parquet: str, address: str,
-              token: str, timeout: float, plain: str) -> dict[str, Any]:
+              token: str, timeout: float, plain: str, server_pid: int | None) -> dict[str, Any]:
+    """One run in a fresh process; ``server_cpu_seconds`` is what the serving process spent
+    meanwhile (it shares the machine's cores with the reader)."""
+    served_before = process_cpu(server_pid)
+    result = _run_child(method, table, config, parquet, address, token, timeout, plain)
+    if served_before is not None and "seconds" in result:
+        result["server_cpu_seconds"] = process_cpu(server_pid) - served_before
+    return result
+
+
+def _run_child(method: str, table: str, config: Path, parquet: str, address: str,
+               token: str, timeout: float, plain: str) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--child", method, "--tables", table, "--config",
            str(config), "--parquet", parquet, "--address", address]
     env = {**os.environ, "LDW_TOKEN": token, "PLAIN_FLIGHT": plain}
@@ -318,6 +338,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "call_seconds": statistics.median(calls) if calls else None,
             "touch_seconds": med("touch_seconds"), "rss_anon_delta": med("rss_anon_delta"),
             "cpu_seconds": med("cpu_seconds"), "minor_faults": med("minor_faults"),
+            "server_cpu_seconds": med("server_cpu_seconds"),
             "rss_peak_delta": med("rss_peak_delta"), "rows": ok[0]["rows"], "runs_ok": len(ok),
             "failed": len(runs) - len(ok)}
 
@@ -336,10 +357,10 @@ def markdown(table: str, facts: dict[str, Any], results: dict[str, dict[str, Any
              f"({facts['batches']} batches), Parquet file {facts['parquet_bytes'] / MB:.0f} MB",
              "", "| method | ms (median) | min–max ms | GB/s | x ldw to_arrow | RssAnon + MB "
              "| peak RSS + MB | then touch every page, ms | CPU ms (all threads) "
-             "| minor faults |", "|" + "---|" * 10]
+             "| minor faults | server CPU ms |", "|" + "---|" * 11]
     for method, r in results.items():
         if "seconds" not in r:
-            lines.append(f"| {LABELS[method]} | {r.get('status', 'failed')} |" + " |" * 8)
+            lines.append(f"| {LABELS[method]} | {r.get('status', 'failed')} |" + " |" * 9)
             continue
         s, peak = r["seconds"], r["rss_peak_delta"]
         cells = [LABELS[method], fmt_ms(s), f"{fmt_ms(r['min'])}–{fmt_ms(r['max'])}",
@@ -347,7 +368,8 @@ def markdown(table: str, facts: dict[str, Any], results: dict[str, dict[str, Any
                  f"{r['rss_anon_delta'] / MB:,.0f}",
                  "—" if peak is None else f"{peak / MB:,.0f}", fmt_ms(r["touch_seconds"]),
                  fmt_ms(r.get("cpu_seconds")),
-                 "—" if r.get("minor_faults") is None else f"{r['minor_faults']:,.0f}"]
+                 "—" if r.get("minor_faults") is None else f"{r['minor_faults']:,.0f}",
+                 fmt_ms(r.get("server_cpu_seconds"))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -432,7 +454,8 @@ def main() -> None:
                               "loadavg_start": os.getloadavg(), "facts": {}, "tables": {}}
     try:
         ldw_cli(config, "server", "start")
-        address = json.loads(ldw_cli(config, "server", "status", "--json"))["flight"]
+        status = json.loads(ldw_cli(config, "server", "status", "--json"))
+        address, server_pid = status["flight"], status.get("pid")
         user = pwd.getpwuid(os.getuid()).pw_name  # the same owner as local attaches
         token = ldw_cli(config, "user", "add", user).split()[-1]
         report["facts"] = prepare(config, schema, args.tables, parquet_dir, arrow_dir)
@@ -445,8 +468,10 @@ def main() -> None:
             runs: dict[str, list[dict[str, Any]]] = {m: [] for m in args.only}
             for _ in range(args.repeat):  # interleaved, so load drifts hit every method alike
                 for method in args.only:
+                    serving = (plain_proc.pid if plain_proc and method.startswith("flight_plain")
+                               else server_pid if method.startswith("flight") else None)
                     runs[method].append(run_child(method, table, config, facts["parquet"],
-                                                  address, token, args.timeout, plain))
+                                                  address, token, args.timeout, plain, serving))
             results = {m: {**summarize(r), "runs": r} for m, r in runs.items()}
             for method, r in results.items():
                 print(f"{table} {method}: {r.get('seconds', r.get('status'))}", file=sys.stderr)

@@ -109,6 +109,7 @@ class Store:
             os.chmod(root, 0o700)
         self._lock = threading.Lock()
         self._used = sum(p.stat().st_size for p in self.files(MEMORY))
+        self._mapped: dict[Path, pa.Table] = {}  # see open_table
 
     def files(self, tier: str) -> list[Path]:
         """Every file of a tier, published or not (recovery decides what they are)."""
@@ -207,8 +208,10 @@ class Store:
 
     def delete(self, version: Version) -> None:
         try:
-            size = version.path.stat().st_size
-            version.path.unlink()
+            with self._lock:  # unmapped here once its last reader lets go, not kept by us
+                self._mapped.pop(version.path, None)
+                size = version.path.stat().st_size
+                version.path.unlink()
         except FileNotFoundError:
             return
         if version.tier == MEMORY:
@@ -235,14 +238,27 @@ class Store:
             os.close(fd)
 
     def open_table(self, version: Version) -> pa.Table:
-        """The version as a table (the interface both backends' stores offer the engine)."""
-        return self.open(version)
+        """The version as a table (the interface both backends' stores offer the engine).
+
+        The mapping is kept while the version lives, so serving it again (Flight, SQL, export)
+        neither maps nor page-faults the same file twice."""
+        with self._lock:
+            table = self._mapped.get(version.path)
+        if table is not None:
+            return table
+        table = self.open(version)
+        with self._lock:
+            if version.path.exists():  # else delete() ran meanwhile: keep nothing
+                table = self._mapped.setdefault(version.path, table)
+        return table
 
     def check_memory_only(self, dataset: str) -> None:
         """Memory-only data is fine here: the memory tier never spills it (see make_room)."""
 
     def close(self) -> None:
-        """Nothing to release: files are removed by their owner."""
+        """Forget the kept mappings; files are removed by their owner."""
+        with self._lock:
+            self._mapped.clear()
 
     @staticmethod
     def open_readonly(version: Version) -> int:
