@@ -7,8 +7,10 @@ order. These tests run a real server (``conftest.ServerHandle``) against real Po
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -169,3 +171,30 @@ def test_revoking_a_share_stops_every_parallel_stream(server, alice):
             carol.attach(f"{owner}/wide").to_arrow()
     finally:
         carol.close()
+
+
+def _mapped_by(pid: int, version: str) -> bool:
+    return any(f"/{version}.arrow" in line
+               for line in Path(f"/proc/{pid}/maps").read_text().splitlines())
+
+
+def test_the_server_keeps_a_served_version_mapped_until_it_is_replaced(server, alice, source):
+    """Serving a version again must not map and page-fault its file again, so the server keeps
+    the mapping; once a refresh replaces the version, the deleted file is no longer mapped (its
+    memory is not held by the server)."""
+    ds = alice.map("remapped", f"pg.{source}.small").cache()
+    first = ds.info()["version"]
+    pid = server.local().status()["pid"]
+    assert ds.to_arrow().num_rows == 1000
+    assert _mapped_by(pid, first), "a served version should stay mapped for the next reader"
+    assert ds.to_arrow().num_rows == 1000
+    mappings = sum(f"/{first}.arrow" in line
+                   for line in Path(f"/proc/{pid}/maps").read_text().splitlines())
+    assert mappings == 1, "the second read mapped the file again"
+    second = ds.refresh().info()["version"]
+    assert second != first and ds.to_arrow().num_rows == 1000
+    deadline = time.monotonic() + 10
+    while _mapped_by(pid, first) and time.monotonic() < deadline:
+        time.sleep(0.1)  # the stream that served it lets go of its batches when gRPC is done
+    assert not _mapped_by(pid, first), "a replaced version is still mapped by the server"
+    assert _mapped_by(pid, second)
