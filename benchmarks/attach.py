@@ -31,8 +31,9 @@ memory-mapped cache file are shared memory, not copies. ``touch`` is a first pas
 afterwards (one byte of every 4 KiB page of every buffer): a mapped table pays its page mapping
 there, not in the attach. ``CPU`` is the process's user + system time over the call (all its
 threads) and ``minor faults`` its page faults, ``server CPU`` what the serving process (ldw's
-server or the plain one) spent meanwhile on the same two cores: unlike the wall time, neither grows when other
-jobs load the machine. Medians are shown; the JSON in ``benchmarks/results/`` keeps every run.
+server or the plain one) spent meanwhile on the same cores: unlike the wall time, none of them
+grows when other jobs load the machine. Medians are shown; the JSON in ``benchmarks/results/``
+keeps every run.
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ import hashlib
 import logging
 import os
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -356,6 +357,19 @@ def read_ticket(ticket: dict[str, Any]) -> pa.Table:
 
 
 # -- the store -------------------------------------------------------------------------------------
+def _probe(address: str, timeout: float = 5.0) -> str | None:
+    """Why a ``host:port`` (or ``ray://host:port``) Ray address takes no TCP connection, or
+    None if it does or the address names no port (``auto``: Ray finds the cluster itself)."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    return None
+
+
 class RayStore:
     """The version store of ``backend = "ray"``: the memory tier in Ray, the disk tier local.
 
@@ -405,13 +419,18 @@ class RayStore:
         quiet = {"log_to_driver": False, "logging_level": logging.WARNING,
                  "namespace": NAMESPACE}
         if settings.ray_address:
+            def unreachable(why: str) -> ServerUnavailable:
+                return ServerUnavailable(
+                    f"cannot reach the Ray cluster at ray_address = {settings.ray_address!r} "
+                    f"({why}); start it (`ray start --head`) or fix ray_address in ldw.toml")
+
+            refused = _probe(settings.ray_address)
+            if refused is not None:  # ray.init would retry for minutes before giving up
+                raise unreachable(refused)
             try:
                 ray.init(address=settings.ray_address, **quiet)
             except Exception as exc:
-                raise ServerUnavailable(
-                    f"cannot reach the Ray cluster at ray_address = {settings.ray_address!r} "
-                    f"({type(exc).__name__}); start it (`ray start --head`) or fix ray_address "
-                    "in ldw.toml") from None
+                raise unreachable(type(exc).__name__) from None
             return
         self.owns_cluster = True
         ray.init(address="local", object_store_memory=max(self.memory_limit + HEADROOM, 80 << 20),

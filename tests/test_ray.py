@@ -18,6 +18,7 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
 import hashlib  # noqa: E402
 import json  # noqa: E402
+import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import textwrap  # noqa: E402
@@ -122,6 +123,28 @@ def test_backend_is_validated():
     assert load_settings({}, backend="ray", ray_address="auto").ray_address == "auto"
     with pytest.raises(ldw.ConfigError, match="backend must be one of"):
         load_settings({}, backend="spark")
+
+
+def test_an_unreachable_ray_address_is_a_clear_error_in_seconds(tmp_path):
+    """Nothing listens at ray_address: ray.init alone would retry for minutes; ldw says what is
+    wrong and what to do at once. In a fresh process, as this one is already a Ray driver."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed below: nothing listens there
+    done = _script("""
+        import sys, time
+        import ldw
+        started = time.monotonic()
+        try:
+            ldw.connect(in_process=True, backend="ray", ray_address=sys.argv[1],
+                        shm_dir=sys.argv[2] + "/shm", spill_dir=sys.argv[2] + "/spill")
+        except ldw.ServerUnavailable as exc:
+            print(f"{time.monotonic() - started:.1f}", exc)
+        """, f"127.0.0.1:{port}", str(tmp_path), timeout=90)
+    assert done.returncode == 0, done.stderr[-2000:]
+    seconds, message = done.stdout.strip().split(" ", 1)
+    assert float(seconds) < 30, message
+    assert f"127.0.0.1:{port}" in message and "ray start --head" in message, message
 
 
 def test_partitioned_materialization_spreads_tasks_over_nodes(cluster, pg_table, tmp_path):
