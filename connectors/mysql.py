@@ -184,18 +184,17 @@ class MySQLConnector(Connector):
         except Exception:  # no PROCESS privilege: the lock stays until the read ends
             return
 
-    def _session_setup(self) -> list[str]:
-        """Statements every connection runs first: UTC, and with a source ``timeout`` the same
-        limit on waiting for table and row locks, so a locked table fails on the server."""
-        setup = list(_SESSION_SETUP)
-        if self.source.timeout:
-            seconds = max(1, math.ceil(self.source.timeout))
-            setup += [f"SET SESSION lock_wait_timeout = {seconds}",
-                      f"SET SESSION innodb_lock_wait_timeout = {seconds}"]
-        return setup
+    def _timeout_setup(self) -> list[str]:
+        """With a source ``timeout``, the same limit on waiting for table and row locks, so a
+        locked table fails on the server."""
+        if not self.source.timeout:
+            return []
+        seconds = max(1, math.ceil(self.source.timeout))
+        return [f"SET SESSION lock_wait_timeout = {seconds}",
+                f"SET SESSION innodb_lock_wait_timeout = {seconds}"]
 
     def configure_engine(self, engine: sa.Engine) -> None:
-        setup = self._session_setup()[len(_SESSION_SETUP):]
+        setup = self._timeout_setup()
         if setup:
             def on_connect(dbapi_connection: Any, _record: Any) -> None:
                 with contextlib.closing(dbapi_connection.cursor()) as cursor:
@@ -206,7 +205,7 @@ class MySQLConnector(Connector):
 
     def stream(self, plan: ReadPlan, cancel: threading.Event,
                snapshot: sa.Connection | None = None) -> Iterator[pa.RecordBatch]:
-        setup = self._session_setup()
+        setup = [*_SESSION_SETUP, *self._timeout_setup()]  # UTC first, then the limits
         started = threading.Event()
         releaser = None
         if snapshot is not None and snapshot.info.get("ldw_locked"):

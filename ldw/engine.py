@@ -630,16 +630,16 @@ class Engine:
                      progress: Callable[[Progress], None] | None = None) -> tuple[Version, int]:
         """The current version and a read-only descriptor to its file; once open, the
         descriptor keeps the bytes whatever happens to the file."""
-        return self._open_with(self.store.open_readonly, owner, name, progress)
+        return self.open_with(self.store.open_readonly, owner, name, progress)
 
     def open_table(self, owner: str, name: str, *,
                    progress: Callable[[Progress], None] | None = None
                    ) -> tuple[Version, pa.Table]:
         """The current version and its table (memory-mapped locally, zero-copy from the node's
         object store on Ray); materialized first if needed, recomputed if its bytes were lost."""
-        return self._open_with(self.store.open_table, owner, name, progress)
+        return self.open_with(self.store.open_table, owner, name, progress)
 
-    def _open_with(self, opener: Callable[[Version], T], owner: str, name: str,
+    def open_with(self, opener: Callable[[Version], T], owner: str, name: str,
                    progress: Callable[[Progress], None] | None) -> tuple[Version, T]:
         """Open the current version with ``opener``. A version replaced in between (a refresh,
         a spill) is looked up again, so a reader never meets a vanished file."""

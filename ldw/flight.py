@@ -297,8 +297,7 @@ class FlightBackend:
     """
 
     def __init__(self, url: str, *, token: str | None,
-                 tls_root_certs: str | os.PathLike[str] | None = None,
-                 streams: int | None = None) -> None:
+                 tls_root_certs: str | os.PathLike[str] | None = None) -> None:
         if not token:
             token = os.environ.get("LDW_TOKEN")
         if not token:
@@ -314,9 +313,7 @@ class FlightBackend:
                 options["tls_root_certs"] = handle.read()
         self.url = f"{scheme}://{parsed.hostname}:{parsed.port or 8815}"
         self.where = url
-        self.streams = streams or min(4, max(2, os.cpu_count() or 1))
-        if not 1 <= self.streams <= MAX_STREAMS:
-            raise ConfigError(f"streams must be from 1 to {MAX_STREAMS}, not {self.streams}")
+        self.streams = min(4, max(2, os.cpu_count() or 1))
         self._client_options = options
         self._client = fl.FlightClient(self.url, **options)
         self._data_clients: list[fl.FlightClient] = []  # extra connections for extra streams
@@ -411,7 +408,9 @@ class FlightBackend:
         return self._get(self.call(op, args)["ticket"]).to_reader()
 
     def close(self) -> None:
-        for client in self._data_clients:
+        with self._data_lock:
+            clients, self._data_clients = self._data_clients, []
+        for client in clients:
             client.close()
         self._client.close()
 

@@ -33,7 +33,6 @@ from ldw.errors import (
     UnknownDataset,
 )
 from ldw.lazy import polars_predicate_to_sql
-from ldw.store import VersionLost
 from ldw.wire import decode_value, encode_schema
 
 __all__ = ["OPS", "STREAM_OPS", "Service"]
@@ -255,19 +254,16 @@ class Service:
         if not store.distributed:
             raise InvalidMapping("ray_attach needs backend = \"ray\"; this server's backend is "
                                  "\"local\" (use attach)")
-        for _ in range(16):
-            version = self.engine.attach(owner, name, progress=progress)
+
+        def ticket_for(version: Any) -> str:
             if version.tier != "memory":
                 raise InvalidMapping(f"{owner}/{name} is spilled to the server's disk; attach "
                                      "it through the server")
-            ticket = store.ticket(version)
-            try:  # the objects must still be there when the client redeems
-                store.refs(version)
-            except VersionLost:
-                self.engine.version_lost(owner, name, version)
-                continue
-            return {**self._attached(user, owner, name, version), "ticket": ticket}
-        raise LdwError(f"dataset {name!r} kept changing while it was being opened; retry")
+            store.refs(version)  # VersionLost if its objects are gone: recomputed, then retried
+            return store.ticket(version)
+
+        version, ticket = self.engine.open_with(ticket_for, owner, name, progress)
+        return {**self._attached(user, owner, name, version), "ticket": ticket}
 
     def op_info(self, user: str, args: dict, progress: Callable | None) -> Any:
         owner, name = _target(user, args)

@@ -286,6 +286,7 @@ def _duckdb_ready(table: pa.Table) -> pa.Table:
     return table
 
 
+STREAM_BATCH_ROWS = 16384  # rows per batch of a streamed SQL result: a stalled reader holds few
 _WIDE_INTEGERS = {"HUGEINT": pa.int64(), "UHUGEINT": pa.uint64()}
 
 
@@ -447,8 +448,7 @@ class SqlEngine:
         """Run ``query`` over ``tables`` (name -> Arrow table); see :func:`run_sql`."""
         return self._execute(query, _resolve(_validate(query), tables))
 
-    def stream(self, query: str, tables: Mapping[str, pa.Table], *,
-               batch_rows: int = 16384) -> pa.RecordBatchReader:
+    def stream(self, query: str, tables: Mapping[str, pa.Table]) -> pa.RecordBatchReader:
         """Run ``query`` like :meth:`run`, but hand the result over in batches as it is read,
         so a large result is never held whole and a slow or stalled reader holds a few batches.
 
@@ -465,7 +465,7 @@ class SqlEngine:
             if any(t in _WIDE_INTEGERS for t in types):
                 whole = _narrow_integers(relation.to_arrow_table(), types)
             else:
-                reader = relation.to_arrow_reader(batch_rows)
+                reader = relation.to_arrow_reader(STREAM_BATCH_ROWS)
         except duckdb.Error as exc:
             con.close()
             raise _wrap(exc) from exc
@@ -497,8 +497,7 @@ class SqlEngine:
         con = self._cursor()
         try:
             relation, types = _relation(con, query, chosen)
-            fetch = getattr(relation, "to_arrow_table", None) or relation.fetch_arrow_table
-            return _narrow_integers(fetch(), types)
+            return _narrow_integers(relation.to_arrow_table(), types)
         except duckdb.Error as exc:
             raise _wrap(exc) from exc
         finally:

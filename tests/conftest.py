@@ -24,7 +24,9 @@ _DRIVERS = {"postgresql": "postgresql+psycopg", "mysql": "mysql+pymysql"}
 
 def _engine(url: str) -> sa.Engine:
     parsed = sa.make_url(url)
-    return sa.create_engine(parsed.set(drivername=_DRIVERS[parsed.get_backend_name()]))
+    # pre-ping: test_source_faults restarts PostgreSQL, which kills the pooled connections
+    return sa.create_engine(parsed.set(drivername=_DRIVERS[parsed.get_backend_name()]),
+                            pool_pre_ping=True)
 
 
 def _reachable(url: str) -> sa.Engine:
