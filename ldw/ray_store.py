@@ -582,8 +582,7 @@ class RayStore:
 
     def delete(self, version: Version) -> None:
         if version.tier == DISK:
-            with contextlib.suppress(FileNotFoundError):
-                version.path.unlink()
+            self.disk.delete(version)  # also lets go of the disk store's kept mapping
             return
         self.forget(version)
 
@@ -651,6 +650,7 @@ class RayStore:
                 "actor": self.name, "namespace": NAMESPACE, "address": self.address}
 
     def close(self) -> None:
+        self.disk.close()
         if self.ephemeral:
             with contextlib.suppress(Exception):
                 ray.kill(self.holder)
