@@ -22,13 +22,29 @@ import sqlglot
 from sqlalchemy.engine import Engine
 
 from ldw.config import SourceConfig
-from ldw.errors import LdwError, SourceError, SourceTimeout, SourceUnavailable, UnknownTable
+from ldw.errors import (
+    AccessDenied,
+    LdwError,
+    SourceError,
+    SourceTimeout,
+    SourceUnavailable,
+    UnknownTable,
+)
 from ldw.secrets import redact
 
 from .fan_in import Producer, fan_in
 
-__all__ = ["CANCEL_BY_TAG", "ColumnPlan", "Connector", "ReadPlan", "SourceQuery",
-           "timeout_error", "wrap_driver_error"]
+__all__ = ["CANCEL_BY_TAG", "READ_ONLY_SESSION", "ColumnPlan", "Connector", "ReadPlan",
+           "Relation", "SourceQuery", "timeout_error", "wrap_driver_error"]
+
+
+@dataclass(frozen=True)
+class Relation:
+    """A relation as the source itself resolves a name: its exact schema and name."""
+
+    schema: str | None
+    name: str
+    kind: str  # "table", "view", ...
 
 
 @dataclass(frozen=True)
@@ -216,6 +232,28 @@ def wrap_driver_error(source: SourceConfig, exc: BaseException, action: str, *,
     return cls(f"source {source.name!r}: {action} failed: {message}")
 
 
+# Makes every transaction of a new connection READ ONLY, per SQLAlchemy backend: whatever a
+# query calls, the source refuses to write (lo_from_bytea, nextval, a volatile function).
+READ_ONLY_SESSION: dict[str, str] = {
+    "postgresql": "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
+    "mysql": "SET SESSION TRANSACTION READ ONLY",
+    "mariadb": "SET SESSION TRANSACTION READ ONLY",
+    "sqlite": "PRAGMA query_only = ON",
+}
+
+
+def _read_only_session(statement: str) -> Callable[[Any, Any], None]:
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(statement)
+        finally:
+            cursor.close()
+        dbapi_connection.commit()
+
+    return on_connect
+
+
 class Connector:
     """Base class: SQLAlchemy engine, reflection and browsing shared by every dialect."""
 
@@ -249,6 +287,9 @@ class Connector:
                     self.sqlalchemy_url(), pool_pre_ping=True, hide_parameters=True
                 )
                 self.configure_engine(self._engine)
+                statement = READ_ONLY_SESSION.get(self.source.url.get_backend_name())
+                if statement is not None:
+                    sa.event.listen(self._engine, "connect", _read_only_session(statement))
             return self._engine
 
     def configure_engine(self, engine: Engine) -> None:
@@ -324,6 +365,57 @@ class Connector:
                     f"list them with wh.tables({self.source.name!r}, schema={schema!r})"
                 )
             return sa.Table(table, sa.MetaData(), schema=schema, autoload_with=self.engine)
+
+    # -- name resolution ---------------------------------------------------------------------
+    @property
+    def sqlglot_dialect(self) -> str | None:
+        """The sqlglot dialect that parses and writes this source's SQL."""
+        from ldw.predicates import sqlglot_dialect  # noqa: PLC0415 - avoids an import cycle
+
+        return sqlglot_dialect(self.source.dialect)
+
+    # Schemas that hold the source's own catalog, users and statistics: never readable.
+    SYSTEM_SCHEMAS: ClassVar[frozenset[str]] = frozenset({"information_schema"})
+    # Whether the source compares table names without regard to case (as SQLite does).
+    CASE_INSENSITIVE_NAMES: ClassVar[bool] = False
+
+    def is_system(self, schema: str | None, name: str) -> bool:
+        """Whether ``schema.name`` belongs to the source's own catalog (always denied)."""
+        return schema is not None and schema.lower() in self.SYSTEM_SCHEMAS
+
+    def system_denied(self, schema: str | None, name: str) -> AccessDenied:
+        where = f"{schema}.{name}" if schema else name
+        return AccessDenied(f"source {self.source.name!r}: {where} is part of the source's own "
+                            "catalog, which ldw never reads for users; map a user table instead")
+
+    def resolve_relation(self, schema: str | None, name: str) -> Relation:
+        """The relation a query on this source reads for ``schema.name`` (``schema`` None: the
+        connection's default), resolved by the source's own rules; UnknownTable if none,
+        AccessDenied for the source's system catalog."""
+        with self.guard(f"resolving {name!r}"):
+            inspector = sa.inspect(self.engine)
+            target = schema if schema is not None else inspector.default_schema_name
+            if self.is_system(target, name):
+                raise self.system_denied(target, name)
+            try:
+                found = [(n, "table") for n in inspector.get_table_names(schema=target)]
+                found += [(n, "view") for n in inspector.get_view_names(schema=target)]
+            except (sa.exc.NoSuchTableError, sa.exc.OperationalError, sa.exc.ProgrammingError):
+                found = []
+            matches = [f for f in found if f[0] == name]
+            if not matches and self.CASE_INSENSITIVE_NAMES:
+                matches = [f for f in found if f[0].casefold() == name.casefold()]
+        if len(matches) != 1:
+            raise self.unknown_relation(schema, name)
+        if self.is_system(target, matches[0][0]):
+            raise self.system_denied(target, matches[0][0])
+        return Relation(target, matches[0][0], matches[0][1])
+
+    def unknown_relation(self, schema: str | None, name: str) -> SourceError:
+        """The source resolves no readable relation by that name (as it would fail the query)."""
+        where = f"{schema}.{name}" if schema else name
+        return SourceError(f"source {self.source.name!r} has no table or view {where!r} that a "
+                           f"query can read; list them with wh.tables({self.source.name!r})")
 
     # -- planning ----------------------------------------------------------------------------
     SQL_REWRITES: ClassVar[dict[str, Callable[[sa.ColumnElement], sa.ColumnElement]]] = {}

@@ -17,7 +17,7 @@ import pyarrow as pa
 import sqlalchemy as sa
 from sqlalchemy import types as sat
 
-from .base import ColumnPlan, ReadPlan
+from .base import READ_ONLY_SESSION, ColumnPlan, ReadPlan
 from .convert import convert_batch, target_schema
 from .fan_in import Interrupt
 from .generic import GenericConnector
@@ -33,6 +33,12 @@ class SQLiteConnector(GenericConnector):
         "real": lambda column: sa.cast(column, sa.Float),
         "integer": lambda column: sa.cast(column, sa.Integer),
     }
+
+    CASE_INSENSITIVE_NAMES: ClassVar[bool] = True
+
+    def is_system(self, schema: str | None, name: str) -> bool:
+        """SQLite reserves every name starting with ``sqlite_`` for its own tables."""
+        return name.lower().startswith("sqlite_")
 
     def _plan(self, column: sa.ColumnElement) -> ColumnPlan:
         sa_type, name = column.type, column.name
@@ -75,6 +81,7 @@ class SQLiteConnector(GenericConnector):
             # ADBC's default of 1024 rows would leave a cached version in ~1000 tiny chunks
             cursor.adbc_statement.set_options(
                 **{"adbc.sqlite.query.batch_rows": str(self.batch_rows)})
+            cursor.execute(READ_ONLY_SESSION["sqlite"])
             for query in plan.queries:
                 if interrupt.requested:
                     return

@@ -14,13 +14,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import sqlalchemy as sa
-import sqlglot
-from sqlglot import exp
 
 from ldw.connectors import ColumnPlan, Connector, ReadPlan, SourceQuery
-from ldw.errors import ConfigError, InvalidMapping, PolicyViolation, UnknownTable
+from ldw.errors import ConfigError, InvalidMapping, UnknownTable
 from ldw.governance import EffectivePolicy, sql_mask
-from ldw.predicates import parse_where, sqlglot_dialect, validate_select_sql
+from ldw.predicates import parse_where
+from ldw.resolve import govern_sql
 from ldw.wire import decode_value, encode_value
 
 __all__ = ["Mapping", "MappedQuery", "mapping_from_json", "mapping_to_json", "parse_table_ref",
@@ -107,13 +106,6 @@ def _check_columns(requested: Sequence[str] | None, available: Sequence[str],
     return list(requested)
 
 
-def _sql_tables(sql: str, dialect: str | None) -> list[tuple[str | None, str, str | None]]:
-    tree = sqlglot.parse_one(sql, read=dialect)
-    ctes = {cte.alias for cte in tree.find_all(exp.CTE)}
-    return [(t.db or None, t.name, t.alias or None) for t in tree.find_all(exp.Table)
-            if t.name not in ctes]
-
-
 def _policy_relation(connector: Connector, table: sa.Table, policy: EffectivePolicy | None
                      ) -> sa.Table | sa.Subquery:
     """The table as the user may see it: row filters, row limit and SQL masks applied."""
@@ -150,44 +142,13 @@ def _policy_relation(connector: Connector, table: sa.Table, policy: EffectivePol
     return view.subquery("ldw_policy")
 
 
-def _policy_sql(connector: Connector, sql: str, source: str, default_schema: str | None,
-                policy_for: PolicyLookup | None) -> tuple[str, list[EffectivePolicy]]:
-    """Replace every table the query reads by its policy view; deny tables the user may not
-    read. Hash masks need the raw column in Arrow, so such tables are refused here."""
-    dialect = sqlglot_dialect(connector.source.dialect)
-    tree = sqlglot.parse_one(sql, read=dialect)
-    ctes = {cte.alias for cte in tree.find_all(exp.CTE)}
-    policies = []
-    for node in list(tree.find_all(exp.Table)):
-        if node.name in ctes and not node.db:
-            continue
-        schema = node.db or default_schema
-        policy = policy_for(schema, node.name) if policy_for else None
-        if policy is None:
-            continue
-        policies.append(policy)
-        if not policy.restricts_rows_or_values:
-            continue
-        hashed = [c for c, m in policy.masks.items() if m.kind == "hash"]
-        if hashed:
-            raise PolicyViolation(
-                f"sql= cannot read {policy.table}: column(s) {hashed} are masked by a keyed hash, "
-                "which ldw applies after reading; map the table itself instead")
-        view = _policy_relation(connector, connector.reflect(node.db or None, node.name),
-                                policy)
-        text = connector.compile(sa.select(*view.c), literal=True).sql
-        replacement = exp.Subquery(this=sqlglot.parse_one(text, read=dialect),
-                                   alias=exp.TableAlias(this=exp.to_identifier(
-                                       node.alias or node.name)))
-        node.replace(replacement)
-    return tree.sql(dialect=dialect), policies
-
-
 def _base(connector: Connector, mapping: Mapping, policy_for: PolicyLookup | None
           ) -> tuple[sa.Select, dict, list, list[EffectivePolicy], frozenset[str]]:
     dialect = connector.source.dialect
     hashed: frozenset[str] = frozenset()
     if mapping.table:
+        if connector.is_system(mapping.schema or connector.default_schema(), mapping.table):
+            raise connector.system_denied(mapping.schema, mapping.table)
         table = connector.reflect(mapping.schema, mapping.table)
         policy = None
         if policy_for is not None:
@@ -203,9 +164,11 @@ def _base(connector: Connector, mapping: Mapping, policy_for: PolicyLookup | Non
         lookup = {k: relation.c[k] for k in relation.c.keys() if k not in masked_by_hash}
         tables = [(mapping.schema, mapping.table, None)]
     else:
-        sql = validate_select_sql(mapping.sql, dialect=dialect)
-        default = connector.default_schema() if policy_for is not None else None
-        sql, policies = _policy_sql(connector, sql, mapping.source, default, policy_for)
+        if not isinstance(mapping.sql, str) or not mapping.sql.strip():
+            raise InvalidMapping("sql must be a non-empty SELECT statement")
+        governed = govern_sql(connector, mapping.sql, policy_for,
+                              lambda table, policy: _policy_relation(connector, table, policy))
+        sql, policies, tables = governed.sql, governed.policies, governed.tables
         names = connector.result_names(sql)
         if len(set(names)) != len(names):
             raise InvalidMapping(f"sql returns duplicate column names {names}; alias them")
@@ -213,7 +176,6 @@ def _base(connector: Connector, mapping: Mapping, policy_for: PolicyLookup | Non
         chosen = _check_columns(mapping.columns, names, "the query")
         select = sa.select(*[sub.c[n] for n in chosen])
         lookup = {n: sub.c[n] for n in names}
-        tables = _sql_tables(mapping.sql, sqlglot_dialect(dialect))
     if mapping.where is not None:
         select = select.where(parse_where(mapping.where, lookup, dialect=dialect,
                                           params=dict(mapping.params)))

@@ -5,9 +5,8 @@ IN lists, BETWEEN, LIKE, IS NULL, arithmetic, typed literals and an allow-list o
 It is translated node by node into SQLAlchemy, so values become bound parameters and column names
 come from the reflected schema; nothing the user typed is pasted into SQL.
 
-A mapping's ``sql`` is one read-only query: SELECT/UNION/CTE only, no ``INTO`` or locking clause,
-no data-changing CTE, no side-effecting or file/network functions. It is regenerated from the
-parsed tree for the source's dialect.
+A mapping's ``sql`` is one read-only query made only of allow-listed syntax, functions and cast
+targets (:mod:`ldw.allowlist`); :mod:`ldw.resolve` then resolves the relations it reads.
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 
+from ldw.allowlist import check_query_nodes
 from ldw.errors import InvalidMapping
 
 __all__ = ["ALLOWED_FUNCTIONS", "parse_where", "validate_select_sql", "sqlglot_dialect"]
@@ -242,35 +242,14 @@ def parse_where(text: str, columns: Mapping[str, sa.ColumnElement], *,
     return translated
 
 
-_FORBIDDEN_NODES = (exp.Insert, exp.Update, exp.Delete, exp.Merge, exp.Create, exp.Drop,
-                    exp.Alter, exp.Command, exp.Into, exp.Lock, exp.Set, exp.Use, exp.Copy,
-                    exp.TruncateTable, exp.Grant, exp.Transaction, exp.Commit, exp.Rollback,
-                    exp.LoadData)
-_FORBIDDEN_FUNCTIONS = {
-    "pg_sleep", "pg_read_file", "pg_read_binary_file", "pg_ls_dir", "pg_stat_file", "lo_import",
-    "lo_export", "lo_get", "lo_put", "dblink", "dblink_exec", "pg_terminate_backend",
-    "pg_cancel_backend", "set_config", "pg_reload_conf", "pg_rotate_logfile", "pg_advisory_lock",
-    "pg_notify", "txid_current", "nextval", "setval", "currval", "query_to_xml", "load_file",
-    "sleep", "benchmark", "get_lock", "release_lock", "sys_exec", "sys_eval", "load_extension",
-    "readfile", "writefile", "edit", "fts3_tokenizer", "randomblob", "zeroblob",
-}
-
-
 def validate_select_sql(sql: str, *, dialect: str | None = None) -> str:
-    """Check ``sql`` is one read-only query and return it regenerated for ``dialect``."""
+    """Check ``sql`` is one read-only query of allowed syntax and functions (see
+    :mod:`ldw.allowlist`) and return it regenerated for ``dialect``."""
     if not isinstance(sql, str) or not sql.strip():
         raise InvalidMapping("sql must be a non-empty SELECT statement")
     glot = sqlglot_dialect(dialect or "")
     tree = _parse_one(sql, glot, "sql")
     if not isinstance(tree, exp.Query):
         raise InvalidMapping(f"sql must be a SELECT query, not {tree.key.upper()}")
-    for node in tree.walk():
-        if isinstance(node, _FORBIDDEN_NODES):
-            raise InvalidMapping(f"sql must be read-only: {node.key.upper()} is not allowed")
-        if isinstance(node, exp.Func):
-            name = (node.name if isinstance(node, exp.Anonymous) else node.sql_name()).lower()
-            if name in _FORBIDDEN_FUNCTIONS:
-                raise InvalidMapping(f"sql must be read-only: function {name}() is not allowed")
-        if isinstance(node, exp.Select) and node.args.get("locks"):
-            raise InvalidMapping("sql must be read-only: FOR UPDATE/SHARE is not allowed")
+    check_query_nodes(tree, glot)
     return tree.sql(dialect=glot)
