@@ -33,18 +33,10 @@ from ldw.errors import (
 from ldw.secrets import redact
 
 from .fan_in import Producer, fan_in
+from .names import GENERIC_RULES, NAME_RULES, NameRules, Relation
 
 __all__ = ["CANCEL_BY_TAG", "READ_ONLY_SESSION", "ColumnPlan", "Connector", "ReadPlan",
            "Relation", "SourceQuery", "timeout_error", "wrap_driver_error"]
-
-
-@dataclass(frozen=True)
-class Relation:
-    """A relation as the source itself resolves a name: its exact schema and name."""
-
-    schema: str | None
-    name: str
-    kind: str  # "table", "view", ...
 
 
 @dataclass(frozen=True)
@@ -374,14 +366,14 @@ class Connector:
 
         return sqlglot_dialect(self.source.dialect)
 
-    # Schemas that hold the source's own catalog, users and statistics: never readable.
-    SYSTEM_SCHEMAS: ClassVar[frozenset[str]] = frozenset({"information_schema"})
-    # Whether the source compares table names without regard to case (as SQLite does).
-    CASE_INSENSITIVE_NAMES: ClassVar[bool] = False
+    @property
+    def name_rules(self) -> NameRules:
+        """How this source resolves names and what its system catalog is (per backend)."""
+        return NAME_RULES.get(self.source.url.get_backend_name(), GENERIC_RULES)
 
     def is_system(self, schema: str | None, name: str) -> bool:
         """Whether ``schema.name`` belongs to the source's own catalog (always denied)."""
-        return schema is not None and schema.lower() in self.SYSTEM_SCHEMAS
+        return self.name_rules.is_system(schema, name)
 
     def system_denied(self, schema: str | None, name: str) -> AccessDenied:
         where = f"{schema}.{name}" if schema else name
@@ -390,32 +382,20 @@ class Connector:
 
     def resolve_relation(self, schema: str | None, name: str) -> Relation:
         """The relation a query on this source reads for ``schema.name`` (``schema`` None: the
-        connection's default), resolved by the source's own rules; UnknownTable if none,
-        AccessDenied for the source's system catalog."""
-        with self.guard(f"resolving {name!r}"):
-            inspector = sa.inspect(self.engine)
-            target = schema if schema is not None else inspector.default_schema_name
-            if self.is_system(target, name):
-                raise self.system_denied(target, name)
-            try:
-                found = [(n, "table") for n in inspector.get_table_names(schema=target)]
-                found += [(n, "view") for n in inspector.get_view_names(schema=target)]
-            except (sa.exc.NoSuchTableError, sa.exc.OperationalError, sa.exc.ProgrammingError):
-                found = []
-            matches = [f for f in found if f[0] == name]
-            if not matches and self.CASE_INSENSITIVE_NAMES:
-                matches = [f for f in found if f[0].casefold() == name.casefold()]
-        if len(matches) != 1:
-            raise self.unknown_relation(schema, name)
-        if self.is_system(target, matches[0][0]):
-            raise self.system_denied(target, matches[0][0])
-        return Relation(target, matches[0][0], matches[0][1])
-
-    def unknown_relation(self, schema: str | None, name: str) -> SourceError:
-        """The source resolves no readable relation by that name (as it would fail the query)."""
-        where = f"{schema}.{name}" if schema else name
-        return SourceError(f"source {self.source.name!r} has no table or view {where!r} that a "
-                           f"query can read; list them with wh.tables({self.source.name!r})")
+        connection's default), resolved by the source's own rules. SourceError if there is
+        none (as the query would fail), AccessDenied for the source's system catalog."""
+        rules = self.name_rules
+        if rules.is_system(schema, name):
+            raise self.system_denied(schema, name)
+        with self.guard(f"resolving {name!r}"), self.engine.connect() as conn:
+            relation = rules.resolve(conn, schema, name)
+        if relation is None:
+            where = f"{schema}.{name}" if schema else name
+            raise SourceError(f"source {self.source.name!r} has no table or view {where!r} that "
+                              f"a query can read; list them with wh.tables({self.source.name!r})")
+        if rules.is_system(relation.schema, relation.name):
+            raise self.system_denied(relation.schema, relation.name)
+        return relation
 
     # -- planning ----------------------------------------------------------------------------
     SQL_REWRITES: ClassVar[dict[str, Callable[[sa.ColumnElement], sa.ColumnElement]]] = {}

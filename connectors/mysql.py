@@ -24,7 +24,7 @@ import pyarrow as pa
 import sqlalchemy as sa
 from pymysql.constants import FIELD_TYPE, FLAG
 
-from .base import ColumnPlan, Connector, ReadPlan, Relation
+from .base import ColumnPlan, Connector, ReadPlan
 from .convert import convert_batch, target_schema
 from .fan_in import Interrupt
 
@@ -108,36 +108,6 @@ class MySQLConnector(Connector):
     def _cx_url(self) -> str:
         url = self.url_with_password().set(drivername="mysql")
         return url.render_as_string(hide_password=False)
-
-    SYSTEM_SCHEMAS: ClassVar[frozenset[str]] = frozenset(
-        {"information_schema", "mysql", "performance_schema", "sys"})
-
-    def resolve_relation(self, schema: str | None, name: str) -> Relation:
-        """Resolved as the server does: an unqualified name is in the connection's database;
-        names compare by ``lower_case_table_names`` (information_schema's own comparison
-        ignores case, so candidates are filtered exactly here)."""
-        query = sa.text(
-            "select table_schema, table_name, table_type, @@lower_case_table_names "
-            "from information_schema.tables "
-            "where table_schema = coalesce(:schema, database()) and table_name = :name")
-        with self.guard(f"resolving {name!r}"), self.engine.connect() as conn:
-            rows = conn.execute(query, {"schema": schema, "name": name}).all()
-            current = schema if schema is not None else conn.execute(
-                sa.text("select database()")).scalar()
-        if current is not None and self.is_system(current, name):
-            raise self.system_denied(current, name)
-
-        def same(a: str, b: str, fold: bool) -> bool:
-            return a.casefold() == b.casefold() if fold else a == b
-
-        matches = [r for r in rows if same(r[1], name, bool(r[3]))
-                   and (schema is None or same(r[0], schema, bool(r[3])))]
-        if len(matches) != 1:
-            raise self.unknown_relation(schema, name)
-        db, table, kind, _ = matches[0]
-        if self.is_system(db, table):
-            raise self.system_denied(db, table)
-        return Relation(db, table, "view" if kind == "VIEW" else "table")
 
     def row_estimates(self, schema: str | None) -> dict[str, int]:
         query = sa.text("select table_name, table_rows from information_schema.tables "

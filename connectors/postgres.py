@@ -12,12 +12,13 @@ import re
 import threading
 from collections.abc import Iterator
 from typing import Any, ClassVar
+from urllib.parse import quote, urlencode
 
 import adbc_driver_postgresql.dbapi as adbc_pg
 import pyarrow as pa
 import sqlalchemy as sa
 
-from .base import ColumnPlan, Connector, ReadPlan, Relation
+from .base import ColumnPlan, Connector, ReadPlan
 from .convert import NAN_SENTINEL, convert_batch, target_schema
 from .fan_in import Interrupt
 
@@ -67,21 +68,6 @@ def _adbc_reader(cursor: Any) -> Any:
     return reader if reader is not None else cursor.fetch_record_batch()
 
 
-# pg_class.relkind of what a query may read: table, partitioned table, view, materialized view,
-# foreign table (sequences, indexes, composite types and TOAST tables are not data to map)
-_READABLE_KINDS = {"r": "table", "p": "table", "v": "view", "m": "materialized view",
-                   "f": "foreign table"}
-_RESOLVE = sa.text(
-    "select n.nspname, c.relname, c.relkind from pg_catalog.pg_class c "
-    "join pg_catalog.pg_namespace n on n.oid = c.relnamespace "
-    "where c.oid = pg_catalog.to_regclass(:name)")
-
-
-def _quote_ident(name: str) -> str:
-    """An exact identifier for to_regclass's parser (its argument is a bound value)."""
-    return '"' + name.replace('"', '""') + '"'
-
-
 def _decimal_type(typmod: int) -> pa.DataType | None:
     if typmod < 0:
         return None
@@ -109,7 +95,6 @@ class PostgresConnector(Connector):
         query: dict[str, str] = {}
         if "application_name" not in url.query:
             query["application_name"] = application_name
-        # "-cname=value" has no space, which a URI would encode as "+" (libpq keeps it)
         options = [str(url.query["options"])] if "options" in url.query else []
         options.append("-cdefault_transaction_read_only=on")  # every transaction READ ONLY
         timeout = self.source.timeout
@@ -125,8 +110,13 @@ class PostgresConnector(Connector):
         return self._with_session_options(url, "ldw-control")
 
     def _libpq_uri(self) -> str:
-        url = self.url_with_password().set(drivername="postgresql")
-        return self._with_session_options(url, "ldw").render_as_string(hide_password=False)
+        """The URI ADBC connects with. Its query is percent-encoded here: SQLAlchemy writes a
+        space as '+', which libpq keeps, so ``options`` holding several ``-c`` settings would
+        reach the server as one garbled setting."""
+        url = self._with_session_options(
+            self.url_with_password().set(drivername="postgresql"), "ldw")
+        base = url.set(query={}).render_as_string(hide_password=False)
+        return f"{base}?{urlencode(dict(url.query), doseq=True, quote_via=quote)}"
 
     def row_estimates(self, schema: str | None) -> dict[str, int]:
         query = sa.text(
@@ -136,26 +126,6 @@ class PostgresConnector(Connector):
         )
         with self.engine.connect() as conn:
             return {name: max(int(n), 0) for name, n in conn.execute(query, {"schema": schema})}
-
-    def is_system(self, schema: str | None, name: str) -> bool:
-        """pg_catalog, information_schema, and every pg_* schema (TOAST, temporary)."""
-        return schema is not None and (schema == "information_schema"
-                                       or schema.startswith("pg_"))
-
-    def resolve_relation(self, schema: str | None, name: str) -> Relation:
-        """Resolved by PostgreSQL itself: ``to_regclass`` with the connection's search_path
-        (where pg_catalog comes first for unqualified names)."""
-        qualified = ".".join(_quote_ident(p) for p in (schema, name) if p is not None)
-        with self.guard(f"resolving {name!r}"), self.engine.connect() as conn:
-            row = conn.execute(_RESOLVE, {"name": qualified}).first()
-        if row is None:
-            raise self.unknown_relation(schema, name)
-        nspname, relname, relkind = row
-        if self.is_system(nspname, relname):
-            raise self.system_denied(nspname, relname)
-        if relkind not in _READABLE_KINDS:
-            raise self.unknown_relation(schema, name)
-        return Relation(nspname, relname, _READABLE_KINDS[relkind])
 
     def _connect(self, *, autocommit: bool) -> Any:
         """An ADBC connection; failing to open one means the source is unavailable."""

@@ -34,12 +34,6 @@ class SQLiteConnector(GenericConnector):
         "integer": lambda column: sa.cast(column, sa.Integer),
     }
 
-    CASE_INSENSITIVE_NAMES: ClassVar[bool] = True
-
-    def is_system(self, schema: str | None, name: str) -> bool:
-        """SQLite reserves every name starting with ``sqlite_`` for its own tables."""
-        return name.lower().startswith("sqlite_")
-
     def _plan(self, column: sa.ColumnElement) -> ColumnPlan:
         sa_type, name = column.type, column.name
         if isinstance(sa_type, sat.Boolean | sat.Integer):

@@ -70,6 +70,10 @@ def _normalize_names(tree: exp.Expression, dialect: str | None) -> None:
                 normalize_identifiers(target, dialect=dialect)
 
 
+def _with_clause(query: exp.Query) -> exp.With | None:
+    return query.args.get("with_", query.args.get("with"))
+
+
 def _visible_ctes(node: exp.Table) -> bool:
     """Whether a CTE named like ``node`` is in scope where ``node`` stands (SQL's rules: a CTE
     sees the CTEs before it, and itself only under WITH RECURSIVE; the query body sees all)."""
@@ -86,9 +90,8 @@ def _visible_ctes(node: exp.Table) -> bool:
                 names.append(cte.alias)
             if node.name in names:
                 return True
-        elif isinstance(parent, exp.Query) and parent.args.get("with") is not None \
-                and parent.args["with"] is not child:
-            if node.name in [cte.alias for cte in parent.args["with"].expressions]:
+        elif isinstance(parent, exp.Query) and _with_clause(parent) not in (None, child):
+            if node.name in [cte.alias for cte in _with_clause(parent).expressions]:
                 return True
         child, parent = parent, parent.parent
     return False
