@@ -416,20 +416,20 @@ def _statement(draw) -> str:
     return body
 
 
-@pytest.mark.postgres
-@pytest.mark.parametrize("shape", sorted(SHAPES))
-def test_generated_sql_never_returns_a_canary(tmp_path_factory, pg_canary, shape):
-    folder = tmp_path_factory.mktemp("gen")
-    wh = _warehouse(folder, "pg", pg_canary, shape)
+def _generated_sql_check(folder: Path, source: str, schema: str, shape: str,
+                         examples: int) -> None:
+    wh = _warehouse(folder, source, schema, shape)
     seen = {"ran": 0, "refused": 0}
 
-    @settings(max_examples=60, deadline=None, database=None,
+    @settings(max_examples=examples, deadline=None, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
     @given(_statement())
     def check(sql: str) -> None:
-        sql = sql.format(s=pg_canary, S=pg_canary.upper())
+        sql = sql.format(s=schema, S=schema.upper())
+        if source == "my":
+            sql = sql.replace('"', "`")
         try:
-            ds = wh.map(f"g{seen['ran'] + seen['refused']}", source="pg", sql=sql)
+            ds = wh.map(f"g{seen['ran'] + seen['refused']}", source=source, sql=sql)
             data = ds.to_arrow()
         except ldw.LdwError:
             seen["refused"] += 1
@@ -443,3 +443,29 @@ def test_generated_sql_never_returns_a_canary(tmp_path_factory, pg_canary, shape
     finally:
         wh.close()
     assert seen["ran"] > 0, seen  # the generator reaches real queries, not only refusals
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_generated_sql_never_returns_a_canary(tmp_path_factory, pg_canary, shape):
+    _generated_sql_check(tmp_path_factory.mktemp("gen"), "pg", pg_canary, shape, 60)
+
+
+@pytest.mark.mysql
+@pytest.mark.parametrize("shape", ["filter+masks", "masks only"])
+def test_generated_sql_never_returns_a_canary_on_mariadb(tmp_path_factory, my_canary, shape):
+    _generated_sql_check(tmp_path_factory.mktemp("gen"), "my", my_canary, shape, 40)
+
+
+@pytest.mark.mysql
+def test_f10_mariadb_connections_are_read_only(tmp_path, my_canary):
+    import sqlalchemy as sa
+
+    wh = _warehouse(tmp_path, "my", my_canary, "filter+masks")
+    try:
+        connector = wh._engine.connector("my")
+        with connector.engine.connect() as conn, pytest.raises(sa.exc.DBAPIError,
+                                                              match="READ ONLY"):
+            conn.exec_driver_sql("insert into payroll values (2, 'x')")
+    finally:
+        wh.close()
