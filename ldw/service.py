@@ -387,7 +387,7 @@ class Service:
         version = record.version or self.engine.materialize(record.owner, record.name,
                                                             progress=progress)
         self.audit(user, "export", record, sql=record.source_sql, rows=version.rows,
-                   nbytes=version.bytes, detail=f"written by the client to {path}")
+                   nbytes=version.bytes, detail=f"written by the client to {path!r}")
         return {"provenance": self._provenance(user, record, version), "owner": user}
 
     # -- data streams ---------------------------------------------------------------------------
