@@ -6,10 +6,11 @@ The server writes exports as its own OS user, so a path a remote user names is c
   ``{user}`` in a root stands for the caller's name (``"/srv/ldw-exports/{user}"`` gives each
   user a folder of their own). No roots: the server writes nothing for that user (fail closed).
 - a relative path lands under the first root; an absolute one must lie inside one of the roots.
-- ``..`` is refused; every directory from the root down is opened without following symlinks,
-  must be owned by the server's user (or root) and not writable by group or others, so nobody
-  else can swap a component for a symlink between this check and the writes; missing
-  directories are created ``0700``. An export is never nested inside another export.
+- ``..`` and hidden names (``.x``: the temp folders of running exports) are refused. Every
+  folder from the root down is looked at with ``lstat``: it must be a real directory (no
+  symlink), owned by the server's user (or root) and not writable by group or others, so
+  nobody else can swap it for a symlink between this check and the writes; missing folders
+  are created ``0700``. An export is never nested inside another export.
 
 Local clients (Unix socket, in-process) write their exports themselves, as their own OS user
 (:meth:`ldw.Dataset.export`), so the file system's permissions are theirs.
@@ -66,6 +67,8 @@ def confine_export_path(path: str, roots: Sequence[str], *, user: str) -> Path:
     given = PurePosixPath(path)
     if ".." in given.parts:
         raise refuse("'..' is not allowed in an export path")
+    if any(part.startswith(".") for part in given.parts):
+        raise refuse("names starting with '.' are reserved (export temp folders)")
     if given.is_absolute():
         root, rel = _root_of(given, roots)
         if root is None:

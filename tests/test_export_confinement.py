@@ -25,7 +25,9 @@ import pytest
 from conftest import ServerHandle
 
 import ldw
+from ldw.config import load_settings
 from ldw.export import MANIFEST_NAME
+from ldw.export_roots import confine_export_path, export_roots_for
 
 pytestmark = pytest.mark.postgres
 
@@ -118,6 +120,8 @@ def test_a_relative_path_lands_under_the_first_root_private_and_verifiable(
     "{base}/exports/alice/../bob/orders",    # absolute, climbing into another user's root
     "{base}/shared/../elsewhere/orders",
     "{base}/exports/alice",                  # a root itself
+    ".orders.ldw-tmp-0123",                  # hidden: the temp folder of someone's export
+    "{base}/shared/.report.ldw-tmp-0123",
 ])
 def test_paths_outside_the_roots_are_refused(users: dict[str, ldw.Warehouse], base: Path,
                                              path: str) -> None:
@@ -237,3 +241,21 @@ def test_a_second_os_user_cannot_read_an_export(users: dict[str, ldw.Warehouse],
         for file in files[:3]:
             probe = _as(other_os_user, "cat", str(file))
             assert probe.returncode != 0 and "Permission denied" in probe.stderr
+
+
+def test_export_roots_settings_are_checked(tmp_path: Path) -> None:
+    settings = load_settings({"server": {"export_roots": f"/srv/a/{{user}}{os.pathsep}/srv/b"}})
+    assert settings.export_roots == ("/srv/a/{user}", "/srv/b")
+    assert export_roots_for(settings, "alice") == ("/srv/a/alice", "/srv/b")
+    with pytest.raises(ldw.AccessDenied):  # a name that is no folder name never expands
+        export_roots_for(settings, "../root")
+    for bad in (["relative/dir"], ["/srv/../etc"], [1], "x"):
+        with pytest.raises(ldw.ConfigError, match="export_roots"):
+            load_settings({"server": {"export_roots": bad}})
+    with pytest.raises(ldw.ConfigError, match=r"\[users.bob\] export_roots"):
+        load_settings({"users": {"bob": {"export_roots": ["not/absolute"]}}})
+    own = load_settings({"server": {"export_roots": ["/srv/a"]},
+                         "users": {"bob": {"export_roots": []}}})
+    assert export_roots_for(own, "bob") == () and export_roots_for(own, "eve") == ("/srv/a",)
+    with pytest.raises(ldw.AccessDenied, match="export_roots"):
+        confine_export_path("x", (), user="bob")
