@@ -25,6 +25,8 @@ ProgressCallback = Callable[[Progress], None]
 class Backend(Protocol):
     user: str
     where: str  # shown in reprs: "in-process", "local server (pid 123)", "grpc://host:port"
+    # (optional) writes_exports: True when the client shares the server's file system and
+    # writes exports itself, as its own OS user; otherwise the server writes them, confined
 
     def call(self, op: str, args: dict[str, Any] | None = None, *,
              progress: ProgressCallback | None = None) -> Any: ...
@@ -41,6 +43,7 @@ class InProcessBackend:
     """The engine runs inside the calling process (tests, scripts)."""
 
     where = "in-process"
+    writes_exports = True  # the export is written by this process, as its OS user
 
     def __init__(self, engine: Engine, user: str) -> None:
         self.engine = engine

@@ -174,7 +174,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     result = verify_export(args.path)
     if result.ok:
-        print(f"ok: {result.files_checked} file(s), {result.rows:,} rows match the manifest")
+        owner = (result.manifest or {}).get("export_owner")
+        whose = f" (an export of {owner})" if isinstance(owner, str) else ""
+        print(f"ok: {result.files_checked} file(s), {result.rows:,} rows match the "
+              f"manifest{whose}")
         return 0
     for problem in result.problems:
         print(problem)

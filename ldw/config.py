@@ -124,6 +124,8 @@ class Settings:
     config_path: Path | None = None
     ray_address: str | None = None  # backend = "ray": the cluster ("auto", "host:6379"), or
     # None for a Ray that ldw starts itself (object store sized from memory_limit, no spilling)
+    export_roots: tuple[str, ...] = ()  # where the server writes exports for remote users;
+    # "{user}" stands for the caller's name; [users.NAME] export_roots replaces it per user
 
     def source(self, name: str) -> SourceConfig:
         try:
@@ -174,6 +176,7 @@ _SERVER_DEFAULTS: dict[str, Any] = {
     "tls_key": None,
     "ttl_sweep_seconds": 30,
     "mask_key_file": "~/.local/share/ldw/mask.key",
+    "export_roots": (),
 }
 
 
@@ -206,6 +209,23 @@ def _source_from_table(name: str, table: dict[str, Any]) -> SourceConfig:
         keyring=table.get("keyring"),
         options=options,
     )
+
+
+def export_roots_setting(value: Any, where: str) -> tuple[str, ...]:
+    """Export roots as given: a list of absolute directories, or one string of them separated
+    by ``os.pathsep`` (as ``LDW_EXPORT_ROOTS`` holds them). ``{user}`` is expanded per caller."""
+    if isinstance(value, str):
+        value = [part for part in value.split(os.pathsep) if part.strip()]
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where} must be a list of directories, e.g. "
+                          '["/srv/ldw-exports/{user}"]')
+    roots = []
+    for raw in value:
+        path = str(_expand(raw))
+        if not Path(path).is_absolute() or ".." in Path(path).parts:
+            raise ConfigError(f"{where}: {raw!r} must be an absolute directory without '..'")
+        roots.append(path)
+    return tuple(roots)
 
 
 def load_settings(
@@ -257,6 +277,9 @@ def load_settings(
         batch_rows = int(server["batch_rows"])
     except ValueError:
         raise ConfigError(f"batch_rows must be an integer, not {server['batch_rows']!r}") from None
+    for name, table in data.get("users", {}).items():  # checked now, expanded per caller
+        if isinstance(table, dict) and "export_roots" in table:
+            export_roots_setting(table["export_roots"], f"[users.{name}] export_roots")
     backend = str(server["backend"])
     if backend not in BACKENDS:
         raise ConfigError(f"backend must be one of {sorted(BACKENDS)}, not {backend!r}; "
@@ -276,6 +299,7 @@ def load_settings(
         tls_key=_expand(server["tls_key"]) if server["tls_key"] else None,
         ttl_sweep_seconds=float(server["ttl_sweep_seconds"]),
         mask_key_file=_expand(server["mask_key_file"]),
+        export_roots=export_roots_setting(server["export_roots"], "[server] export_roots"),
         policies=data.get("policies", {}),
         users=data.get("users", {}),
         config_path=path,

@@ -55,6 +55,7 @@ import pyarrow.ipc
 import pyarrow.parquet as pq
 
 from ldw.errors import (
+    AccessDenied,
     ConfigError,
     ExportError,
     ExportVerificationError,
@@ -71,6 +72,7 @@ __all__ = [
     "ExportedFile",
     "Problem",
     "VerifyResult",
+    "export_owner",
     "export_table",
     "verify_export",
 ]
@@ -158,6 +160,7 @@ def export_table(
     partition_by: Sequence[str] | None = None,
     compression: str = "zstd",
     overwrite: bool = False,
+    owner: str | None = None,
     progress: Callable[[Progress], None] | None = None,
 ) -> ExportResult:
     """Write ``data`` as Parquet under ``path`` atomically, with ``_ldw_manifest.json``.
@@ -168,6 +171,8 @@ def export_table(
     ``"provenance"``. ``partition_by`` writes hive partitions (``col=value/part-0.parquet``).
     An existing ``path`` is refused unless ``overwrite=True`` and it is itself an ldw export;
     it is then swapped out only once the new export is complete. Ctrl-C cancels cleanly.
+    ``owner`` (the ldw user exporting) is recorded in the manifest; an export recorded for
+    another owner is never replaced. Files are written ``0600`` and folders ``0700``.
     """
     started = time.perf_counter()
     target = Path(os.path.abspath(os.fspath(path)))
@@ -177,9 +182,9 @@ def export_table(
     compression = _check_compression(compression)
     out_schema = _plain_schema(source_schema)
     _check_parquet_types(out_schema)
-    _check_target(target, overwrite=overwrite)
+    _check_target(target, overwrite=overwrite, owner=owner)
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
+        _make_folders(target.parent)
     except OSError as exc:
         raise ExportError(f"cannot create the folder {target.parent}: {exc}") from exc
     _remove_stale_temps(target)
@@ -203,6 +208,7 @@ def export_table(
                               f"but {stream.rows} were given; nothing was published")
         body = {
             "ldw_export": FORMAT_VERSION,
+            **({"export_owner": owner} if owner is not None else {}),
             "provenance": provenance,
             "format": "parquet",
             "compression": compression,
@@ -215,8 +221,8 @@ def export_table(
             "checksum": _content_checksum(files),
         }
         _write_manifest(temp / MANIFEST_NAME, body)
-        _fsync_tree(temp)
-        _publish(temp, target, overwrite=overwrite)
+        _seal_tree(temp)
+        _publish(temp, target, overwrite=overwrite, owner=owner)
     except BaseException as exc:
         shutil.rmtree(temp, ignore_errors=True)
         if _out_of_space(exc):
@@ -739,19 +745,36 @@ def _describe_schema(schema: pa.Schema) -> list[dict[str, Any]]:
 
 def _write_manifest(file: Path, body: dict[str, Any]) -> None:
     data = json.dumps(body, indent=2, ensure_ascii=False, allow_nan=False).encode() + b"\n"
-    with open(file, "xb") as out:
+    fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with open(fd, "wb") as out:
         out.write(data)
         out.flush()
         os.fsync(out.fileno())
 
 
-def _fsync_tree(root: Path) -> None:
-    for folder, _dirs, _files in os.walk(root):
+def _seal_tree(root: Path) -> None:
+    """Files 0600, folders 0700 (nobody else could enter the 0700 temp folder meanwhile);
+    every folder fsynced."""
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
+            os.chmod(os.path.join(folder, name), 0o600, follow_symlinks=False)
+        os.chmod(folder, 0o700)
         fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _make_folders(folder: Path) -> None:
+    """Create ``folder`` and its missing parents, each ``0700``."""
+    missing = []
+    while not os.path.isdir(folder) and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    for path in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path, 0o700)
 
 
 def _run_cancellable(work: Callable[[], tuple[ExportedFile, ...]], cancel: threading.Event,
@@ -805,7 +828,7 @@ def _disk_full(target: Path) -> ExportError:
                        "export fewer columns or rows, or choose a path on another disk")
 
 
-def _check_target(target: Path, *, overwrite: bool) -> None:
+def _check_target(target: Path, *, overwrite: bool, owner: str | None = None) -> None:
     if not target.name or target.name in {".", ".."}:
         raise ConfigError(f"{target} cannot be an export path; name a directory to create")
     if not os.path.lexists(target):
@@ -816,6 +839,27 @@ def _check_target(target: Path, *, overwrite: bool) -> None:
     if target.is_symlink() or not target.is_dir() or not (target / MANIFEST_NAME).is_file():
         raise ExportError(f"refusing to replace {target}: it is not an ldw export (no "
                           f"{MANIFEST_NAME}); remove it yourself or choose another path")
+    if owner is not None:
+        recorded = export_owner(target)
+        if recorded != owner:
+            whose = f"of {recorded!r}" if recorded else "with no recorded owner"
+            raise AccessDenied(f"refusing to replace {target}: it holds an export {whose}, "
+                               f"not one of {owner!r}; choose another path")
+
+
+def export_owner(path: str | os.PathLike[str]) -> str | None:
+    """The ldw user an export at ``path`` was written for (older exports: ``exported_by``)."""
+    try:
+        with open(Path(path) / MANIFEST_NAME, "rb") as handle:
+            body = json.loads(handle.read(16 * 2**20))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(body, dict):
+        return None
+    owner = body.get("export_owner")
+    if owner is None and isinstance(body.get("provenance"), dict):
+        owner = body["provenance"].get("exported_by")
+    return owner if isinstance(owner, str) else None
 
 
 def _temp_prefix(target: Path) -> str:
@@ -827,7 +871,7 @@ def _make_temp_dir(target: Path) -> tuple[Path, int]:
     for _ in range(100):
         temp = target.parent / f"{_temp_prefix(target)}{secrets.token_hex(8)}"
         try:
-            os.mkdir(temp, 0o777)  # the umask applies, as for any directory the user creates
+            os.mkdir(temp, 0o700)  # private while written; published folders stay 0700
         except FileExistsError:
             continue
         except OSError as exc:
@@ -893,11 +937,11 @@ def _renameat2(src: Path, dst: Path, flags: int) -> bool:
     raise OSError(code, os.strerror(code), os.fspath(dst))
 
 
-def _publish(temp: Path, target: Path, *, overwrite: bool) -> None:
+def _publish(temp: Path, target: Path, *, overwrite: bool, owner: str | None) -> None:
     """Move the finished ``temp`` to ``target`` in one step; swap out an old export last."""
     try:
         if overwrite and os.path.lexists(target):
-            _check_target(target, overwrite=True)
+            _check_target(target, overwrite=True, owner=owner)
             if not _renameat2(temp, target, _RENAME_EXCHANGE):
                 trash = target.parent / f"{_temp_prefix(target)}{secrets.token_hex(8)}"
                 os.rename(target, trash)

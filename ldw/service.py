@@ -17,7 +17,6 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -336,11 +335,8 @@ class Service:
         return self.engine.catalog.audit(user=wanted, dataset=_arg(args, "dataset", str),
                                          limit=min(max(limit, 1), 10_000))
 
-    def op_export(self, user: str, args: dict, progress: Callable | None) -> Any:
-        _only(args, "export", {"name", "owner", "path", "partition_by", "compression",
-                               "overwrite"})
-        from ldw.export import export_table  # noqa: PLC0415
-
+    def _exportable(self, user: str, args: dict) -> DatasetRecord:
+        """The dataset to export, if the caller may read it and its policy lets it leave."""
         owner, name = _target(user, args)
         record = self.engine.readable(user, owner, name)
         if record.memory_only:
@@ -349,24 +345,50 @@ class Service:
         if record.export == "deny":
             raise PolicyViolation(f"the policy of {', '.join(record.policy_tables)} denies "
                                   "export")
-        path = Path(_arg(args, "path", str, required=True))
-        if not path.is_absolute():
-            raise InvalidMapping("export path must be absolute (the client resolves it)")
-        version, table = self.engine.open_table(owner, name)
+        return record
+
+    def _provenance(self, user: str, record: DatasetRecord, version: Any) -> dict[str, Any]:
+        return {"source": record.mapping.source, "mapping": record.mapping.ref,
+                "sql": list(record.source_sql), "snapshot": version.version_id,
+                "policy": record.policy, "exported_by": user, "owner": record.owner,
+                "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+    def op_export(self, user: str, args: dict, progress: Callable | None) -> Any:
+        """The server writes the export, as its own OS user, only inside the caller's export
+        roots (:mod:`ldw.export_roots`); local clients write theirs themselves
+        (``export_manifest``)."""
+        _only(args, "export", {"name", "owner", "path", "partition_by", "compression",
+                               "overwrite"})
+        from ldw.export import export_table  # noqa: PLC0415
+        from ldw.export_roots import confine_export_path, export_roots_for  # noqa: PLC0415
+
+        record = self._exportable(user, args)
+        path = confine_export_path(_arg(args, "path", str, required=True),
+                                   export_roots_for(self.engine.settings, user), user=user)
+        version, table = self.engine.open_table(record.owner, record.name)
         partition_by = _arg(args, "partition_by", list)
         self.audit(user, "export", record, sql=record.source_sql, rows=version.rows,
-                   nbytes=version.bytes, detail=str(path))
-        manifest = {"source": record.mapping.source, "mapping": record.mapping.ref,
-                    "sql": list(record.source_sql), "snapshot": version.version_id,
-                    "policy": record.policy, "exported_by": user, "owner": owner,
-                    "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        result = export_table(table, path, manifest=manifest,
+                   nbytes=version.bytes, detail=f"written by the server to {path}")
+        result = export_table(table, path, manifest=self._provenance(user, record, version),
                               partition_by=partition_by,
                               compression=_arg(args, "compression", str) or "zstd",
-                              overwrite=bool(args.get("overwrite")), progress=progress)
+                              overwrite=bool(args.get("overwrite")), owner=user,
+                              progress=progress)
         return {"path": str(result.path), "files": [f.as_json() for f in result.files],
                 "rows": result.rows, "bytes": result.bytes, "seconds": result.seconds,
                 "manifest_path": str(result.manifest_path)}
+
+    def op_export_manifest(self, user: str, args: dict, progress: Callable | None) -> Any:
+        """For a local client that writes an export itself, as its own OS user: the policy
+        checks, the audit record, and the provenance its manifest records."""
+        _only(args, "export_manifest", {"name", "owner", "path"})
+        record = self._exportable(user, args)
+        path = _arg(args, "path", str, required=True)
+        version = record.version or self.engine.materialize(record.owner, record.name,
+                                                            progress=progress)
+        self.audit(user, "export", record, sql=record.source_sql, rows=version.rows,
+                   nbytes=version.bytes, detail=f"written by the client to {path!r}")
+        return {"provenance": self._provenance(user, record, version), "owner": user}
 
     # -- data streams ---------------------------------------------------------------------------
     def _scan(self, user: str, args: dict) -> pa.RecordBatchReader:

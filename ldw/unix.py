@@ -108,6 +108,8 @@ class _Connection:
 class LocalBackend:
     """A client of the local server (same host), identified by its Unix user."""
 
+    writes_exports = True  # as its own OS user; the server only checks policy and audits
+
     def __init__(self, path: Path, *, timeout: float | None = None) -> None:
         self.path = path
         self.timeout = timeout

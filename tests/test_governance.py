@@ -120,7 +120,8 @@ roles = ["admin", "analyst"]
 @pytest.fixture
 def governed(tmp_path, pg_customer, my_customer):
     extra = _policies("pg", pg_customer) + _policies("my", my_customer).split("[users.root]")[0]
-    server = ServerHandle(tmp_path, extra_toml=extra).start()
+    # remote users export only under an export root (issue 12, F6)
+    server = ServerHandle(tmp_path, extra_toml=extra, export_roots=tmp_path / "exports").start()
     yield server
     server.stop()
 
@@ -190,7 +191,7 @@ def test_canaries_never_reach_cache_files_flight_or_parquet(governed, source, pg
     assert ds.head(5).height == 5                                # preview: post-policy too
     head = ds.head(5)
     assert set(head["region"].to_list()) == {"EMEA"} and head["phone"].str.len_chars().min() == 64
-    export = tmp_path / f"export-{source}"
+    export = tmp_path / "exports" / f"export-{source}"
     alice.dataset("customers").export(export, compression="none")
     recorder.close()
 
