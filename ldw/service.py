@@ -39,7 +39,7 @@ __all__ = ["OPS", "STREAM_OPS", "Service"]
 
 log = logging.getLogger("ldw.service")
 
-ADMIN_ROLE = "admin"  # may read every user's audit records
+ADMIN_ROLE = "admin"  # may read every user's audit records and status
 
 
 def _arg(args: dict[str, Any], name: str, kind: type | tuple, *, required: bool = False) -> Any:
@@ -307,21 +307,16 @@ class Service:
         return [f"{k}:{g}" for k, g in grants]
 
     def op_datasets(self, user: str, args: dict, progress: Callable | None) -> Any:
-        mine = [self.listing(r) for r in self.engine.datasets(user)]
-        shared = []
-        for owner, name in self.engine.catalog.shared_with(user,
-                                                          self.engine.governance.roles(user)):
-            if owner != user:
-                try:
-                    shared.append(self.listing(self.engine.dataset(owner, name)))
-                except UnknownDataset:
-                    continue
-        return mine + shared
+        visible = self.engine.visible(user)
+        shared = sorted((r for r in visible if r.owner != user), key=lambda r: (r.owner, r.name))
+        return [self.listing(r) for r in visible if r.owner == user] + \
+            [self.listing(r) for r in shared]
 
     def op_status(self, user: str, args: dict, progress: Callable | None) -> Any:
-        return {**self.describe_server(), "user": user,
-                "roles": sorted(self.engine.governance.roles(user)),
-                "governed": self.engine.governance.enforced, **self.engine.status()}
+        roles = self.engine.governance.roles(user)
+        visible = self.engine.visible(user, everything=ADMIN_ROLE in roles)
+        return {**self.describe_server(), "user": user, "roles": sorted(roles),
+                "governed": self.engine.governance.enforced, **self.engine.status(visible)}
 
     def op_audit(self, user: str, args: dict, progress: Callable | None) -> Any:
         _only(args, "audit", {"user", "dataset", "limit"})
