@@ -110,8 +110,8 @@ class Service:
         record = self.engine.dataset(owner, name)
         self.audit(user, "attach", record, rows=version.rows, nbytes=version.bytes,
                    sql=record.source_sql)
-        return {**self.info(record), "version": version.version_id, "rows": version.rows,
-                "bytes": version.bytes}
+        return {**self.info(record, viewer=user), "version": version.version_id,
+                "rows": version.rows, "bytes": version.bytes}
 
     def stream(self, user: str, op: str, args: dict) -> pa.RecordBatchReader:
         """A data operation whose result is record batches: ``scan``, ``sql`` or ``preview``."""
@@ -167,8 +167,15 @@ class Service:
         return Service._Denials(self, user, op, args)
 
     # -- descriptions -------------------------------------------------------------------------
-    def info(self, record: DatasetRecord) -> dict[str, Any]:
+    def info(self, record: DatasetRecord, *, viewer: str | None = None) -> dict[str, Any]:
+        """What ``viewer`` (default: the owner) may know of a dataset; a user it is shared
+        with sees only the grants that concern them, not who else it is shared with."""
         version = record.version
+        grants = self.engine.catalog.grants(record.owner, record.name)
+        if viewer is not None and viewer != record.owner:
+            roles = self.engine.governance.roles(viewer)
+            grants = [(k, g) for k, g in grants
+                      if (k, g) == ("user", viewer) or k == "role" and g in roles]
         try:
             query = self.engine.query(record)
             if query is None:  # derived: SQL over datasets
@@ -201,8 +208,7 @@ class Service:
             "memory_only": record.memory_only,
             "export": record.export,
             "policy": record.policy,
-            "shared_with": [f"{k}:{g}" for k, g in self.engine.catalog.grants(
-                record.owner, record.name)],
+            "shared_with": [f"{k}:{g}" for k, g in grants],
             "hits": record.hits,
             "bytes_served": record.bytes_served,
             "last_access": record.last_access,
@@ -267,7 +273,7 @@ class Service:
 
     def op_info(self, user: str, args: dict, progress: Callable | None) -> Any:
         owner, name = _target(user, args)
-        return self.info(self.engine.readable(user, owner, name))
+        return self.info(self.engine.readable(user, owner, name), viewer=user)
 
     def _own(self, user: str, args: dict, op: str) -> DatasetRecord:
         owner, name = _target(user, args)

@@ -58,6 +58,9 @@ def test_other_users_dataset_names_never_reach_a_user(server):
     assert SECRET not in json.dumps(status)
     listing = bob.datasets()
     assert sorted(listing["name"].to_list()) == ["mine", SHARED]
+    server.token("carol")
+    alice.dataset(SHARED).share("carol")       # bob is not told who else it is shared with
+    assert bob.attach(f"alice/{SHARED}").info()["shared_with"] == ["user:bob"]
 
     # a dataset that exists but is not shared and one that does not exist: the same answer
     probes = {
