@@ -262,6 +262,17 @@ class Catalog:
             found = conn.execute(query).scalar()
         return json.loads(found) if found else []
 
+    def token_users(self) -> set[str]:
+        """Every user that has a token (``ldw user add``)."""
+        with self._tx() as conn:
+            return set(conn.execute(sa.select(tokens_table.c.user)).scalars())
+
+    def token_roles(self) -> set[str]:
+        """Every role some token user holds."""
+        with self._tx() as conn:
+            return {r for found in conn.execute(sa.select(tokens_table.c.roles)).scalars()
+                    for r in json.loads(found or "[]")}
+
     def revoke_token(self, user: str) -> bool:
         """Forget ``user``'s token: every later call with it is refused."""
         with self._tx() as conn:
@@ -304,6 +315,12 @@ class Catalog:
             | ((grants_table.c.kind == "role") & grants_table.c.grantee.in_(sorted(roles))))
         with self._tx() as conn:
             return sorted({(o, d) for o, d in conn.execute(query)})
+
+    def drop_user_grants(self, user: str) -> int:
+        """Forget every share with ``user`` (a removed user); how many there were."""
+        with self._tx() as conn:
+            return conn.execute(grants_table.delete().where(
+                (grants_table.c.kind == "user") & (grants_table.c.grantee == user))).rowcount
 
     def drop_grants(self, owner: str, dataset: str) -> None:
         with self._tx() as conn:

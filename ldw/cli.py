@@ -106,13 +106,16 @@ def cmd_server_status(args: argparse.Namespace) -> int:
 
 def cmd_user_add(args: argparse.Namespace) -> int:
     from ldw.catalog import Catalog  # noqa: PLC0415
-    from ldw.engine import check_name  # noqa: PLC0415
+    from ldw.engine import check_name, server_os_user  # noqa: PLC0415
 
     settings, _ = _settings(args)
     check_name(args.name, "user name")
     for role in args.role:
         check_name(role, "role name")
     catalog = Catalog(settings.catalog)
+    if args.name not in settings.users and args.name != server_os_user() and \
+            args.name not in catalog.token_users():
+        catalog.drop_user_grants(args.name)  # a new user inherits no share left by an old one
     token = catalog.new_token(args.name, args.role)
     catalog.close()
     print(f"token for {args.name} (shown once; only its hash is stored):")
@@ -122,12 +125,18 @@ def cmd_user_add(args: argparse.Namespace) -> int:
 
 def cmd_user_revoke(args: argparse.Namespace) -> int:
     from ldw.catalog import Catalog  # noqa: PLC0415
+    from ldw.engine import server_os_user  # noqa: PLC0415
 
     settings, _ = _settings(args)
     catalog = Catalog(settings.catalog)
     revoked = catalog.revoke_token(args.name)
+    dropped = 0
+    if args.name not in settings.users and args.name != server_os_user():
+        dropped = catalog.drop_user_grants(args.name)  # the user is gone, and so are shares
     catalog.close()
     print(f"token of {args.name} revoked" if revoked else f"{args.name} has no token")
+    if dropped:
+        print(f"{dropped} share(s) with {args.name} dropped")
     return 0 if revoked else 1
 
 

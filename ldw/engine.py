@@ -15,6 +15,8 @@ import contextlib
 import dataclasses
 import fnmatch
 import logging
+import os
+import pwd
 import shutil
 import threading
 import time
@@ -66,6 +68,14 @@ T = TypeVar("T")
 DERIVED = "@datasets"  # the pseudo-source of datasets defined by SQL over other datasets
 
 _NAME_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+
+
+def server_os_user() -> str:
+    """The OS user this process runs as, named as local peers are (ldw.server.peer_user)."""
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())
 
 
 def check_name(name: object, what: str = "dataset name") -> str:
@@ -426,19 +436,27 @@ class Engine:
                                     for table in record.policy_tables)
 
     def readable(self, user: str, owner: str, name: str) -> DatasetRecord:
-        """The record, if ``user`` may read it now; raises AccessDenied/UnknownDataset."""
-        record = self.dataset(owner, name)
+        """The record, if ``user`` may read it now; raises AccessDenied/UnknownDataset.
+
+        Another owner's dataset that is not shared with ``user`` and one that does not exist
+        get the same answer, so probing tells nothing about other users' datasets."""
         if user != owner:
             roles = self.governance.roles(user)
             grants = self.catalog.grants(owner, name)
-            if ("user", user) not in grants and not any(
-                    kind == "role" and grantee in roles for kind, grantee in grants):
-                raise UnknownDataset(f"no dataset {owner}/{name} is shared with you")
+            try:
+                if ("user", user) not in grants and not any(
+                        kind == "role" and grantee in roles for kind, grantee in grants):
+                    raise UnknownDataset(name)
+                record = self.dataset(owner, name)
+            except UnknownDataset:
+                raise UnknownDataset(f"no dataset {owner}/{name} is shared with you; "
+                                     f"ask {owner} to share it") from None
             if self.current_policy(user, record) != record.policy:
                 raise AccessDenied(
                     f"{owner}/{name} was made under a policy that differs from yours (other "
                     "row filters or masks); map the table yourself to get your own view")
             return record
+        record = self.dataset(owner, name)
         policy = self.current_policy(owner, record)
         if policy != record.policy:  # the owner's policy changed: the old bytes must go
             log.info("policy of %s changed: replanning", record.key)
@@ -458,13 +476,47 @@ class Engine:
                                      options=record.options, schema=record.schema)
         return record
 
+    def visible(self, user: str, *, everything: bool = False) -> list[DatasetRecord]:
+        """The datasets ``user`` may know of: their own and those shared with them (by user
+        or role); ``everything`` (an administrator) for all."""
+        if everything:
+            return self.datasets()
+        shared = {f"{o}/{n}" for o, n in self.catalog.shared_with(
+            user, self.governance.roles(user))}
+        with self._lock:
+            return [r for r in self._records.values() if r.owner == user or r.key in shared]
+
+    def known_users(self) -> set[str]:
+        """Identities this server knows: ``[users.*]``, token users (``ldw user add``) and the
+        server's own OS user (local clients are named by their OS user)."""
+        return set(self.settings.users) | self.catalog.token_users() | {server_os_user()}
+
+    def known_roles(self) -> set[str]:
+        """Roles the configuration names (``[users.*]`` and every policy) or a token holds."""
+        roles = {r for table in self.settings.users.values()
+                 for r in (table or {}).get("roles", [])}
+        for policy in self.governance.policies:
+            roles |= set(policy.allow_roles or ()) | set(policy.row_filters)
+            roles |= {r for mask in policy.masks.values() for r in mask.exempt_roles}
+        return roles | self.catalog.token_roles()
+
     def share(self, owner: str, name: str, *, user: str | None = None,
               role: str | None = None, revoke: bool = False) -> list[tuple[str, str]]:
+        """Grant (or revoke) a user or role access to a dataset; only known users and roles
+        can be granted, so nobody created later under that name inherits the grant."""
         self.dataset(owner, name)
         if (user is None) == (role is None):
             raise InvalidMapping("share with exactly one of user= or role=")
         kind, grantee = ("user", user) if user is not None else ("role", role)
         check_name(grantee, f"{kind} name")
+        if not revoke and kind == "user" and grantee not in self.known_users():
+            raise InvalidMapping(
+                f"cannot share with user {grantee!r}: this server knows no such user; the "
+                f"administrator adds one with `ldw user add {grantee}` or [users.{grantee}]")
+        if not revoke and kind == "role" and grantee not in self.known_roles():
+            raise InvalidMapping(
+                f"cannot share with role {grantee!r}: no user holds it and no policy names "
+                "it; check the spelling or ask the administrator to configure it")
         if revoke:
             self.catalog.revoke(owner, name, kind=kind, grantee=grantee)
         else:
@@ -739,14 +791,17 @@ class Engine:
                 self._sql_engine = SqlEngine()
             return self._sql_engine
 
-    def status(self) -> dict[str, Any]:
-        records = self.datasets()
+    def status(self, records: Sequence[DatasetRecord] | None = None) -> dict[str, Any]:
+        """The server's capacity and use; dataset counts, hits and bytes served only of
+        ``records`` (default: all), so a caller is told only of datasets they may know of."""
+        everything = self.datasets()
+        records = everything if records is None else list(records)
         return {
             "backend": self.settings.backend,
             "ray_address": getattr(self.store, "address", None),
             "memory_limit": self.settings.memory_limit,
             "used_bytes": self.store.used_bytes(),
-            "spilled_bytes": sum(r.version.bytes for r in records
+            "spilled_bytes": sum(r.version.bytes for r in everything
                                  if r.version is not None and r.version.tier == DISK),
             "datasets": len(records),
             "cached": sum(r.version is not None for r in records),

@@ -178,13 +178,21 @@ def sql_mask(column: sa.ColumnElement, mask: ColumnMask, dialect: str) -> sa.Col
         return sa.cast(sa.null(), column.type)
     if mask.kind == "redact":
         return sa.cast(sa.literal("***"), sa.String)
-    # partial: the last `keep` characters, the rest replaced by '***'
+    # partial: '***' and the last `keep` characters; a value of `keep` characters or fewer
+    # would be shown whole that way, so it becomes '***' alone
+    hidden = sa.cast(sa.literal("***"), sa.String)
+    if mask.keep == 0:
+        return sa.case((column.is_(None), sa.null()), else_=hidden)
     text = sa.cast(column, sa.String) if not _is_text(column) else column
-    tail = (sa.func.substr(text, -mask.keep) if dialect == "sqlite"
-            else sa.func.right(text, mask.keep)) if mask.keep else sa.literal("")
+    if dialect == "sqlite":
+        length, tail = sa.func.length(text), sa.func.substr(text, -mask.keep)
+        shown = sa.literal("***") + tail
+    else:
+        length, tail = sa.func.char_length(text), sa.func.right(text, mask.keep)
+        shown = sa.func.concat("***", tail)
     return sa.case((column.is_(None), sa.null()),
-                   else_=sa.func.concat("***", tail) if dialect != "sqlite"
-                   else sa.literal("***") + tail)
+                   (length <= mask.keep, hidden),
+                   else_=shown)
 
 
 def hash_array(array: pa.Array | pa.ChunkedArray, key: bytes) -> pa.Array:

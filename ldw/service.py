@@ -38,7 +38,7 @@ __all__ = ["OPS", "STREAM_OPS", "Service"]
 
 log = logging.getLogger("ldw.service")
 
-ADMIN_ROLE = "admin"  # may read every user's audit records
+ADMIN_ROLE = "admin"  # may read every user's audit records and status
 
 
 def _arg(args: dict[str, Any], name: str, kind: type | tuple, *, required: bool = False) -> Any:
@@ -109,8 +109,8 @@ class Service:
         record = self.engine.dataset(owner, name)
         self.audit(user, "attach", record, rows=version.rows, nbytes=version.bytes,
                    sql=record.source_sql)
-        return {**self.info(record), "version": version.version_id, "rows": version.rows,
-                "bytes": version.bytes}
+        return {**self.info(record, viewer=user), "version": version.version_id,
+                "rows": version.rows, "bytes": version.bytes}
 
     def stream(self, user: str, op: str, args: dict) -> pa.RecordBatchReader:
         """A data operation whose result is record batches: ``scan``, ``sql`` or ``preview``."""
@@ -166,8 +166,15 @@ class Service:
         return Service._Denials(self, user, op, args)
 
     # -- descriptions -------------------------------------------------------------------------
-    def info(self, record: DatasetRecord) -> dict[str, Any]:
+    def info(self, record: DatasetRecord, *, viewer: str | None = None) -> dict[str, Any]:
+        """What ``viewer`` (default: the owner) may know of a dataset; a user it is shared
+        with sees only the grants that concern them, not who else it is shared with."""
         version = record.version
+        grants = self.engine.catalog.grants(record.owner, record.name)
+        if viewer is not None and viewer != record.owner:
+            roles = self.engine.governance.roles(viewer)
+            grants = [(k, g) for k, g in grants
+                      if (k, g) == ("user", viewer) or k == "role" and g in roles]
         try:
             query = self.engine.query(record)
             if query is None:  # derived: SQL over datasets
@@ -200,8 +207,7 @@ class Service:
             "memory_only": record.memory_only,
             "export": record.export,
             "policy": record.policy,
-            "shared_with": [f"{k}:{g}" for k, g in self.engine.catalog.grants(
-                record.owner, record.name)],
+            "shared_with": [f"{k}:{g}" for k, g in grants],
             "hits": record.hits,
             "bytes_served": record.bytes_served,
             "last_access": record.last_access,
@@ -266,7 +272,7 @@ class Service:
 
     def op_info(self, user: str, args: dict, progress: Callable | None) -> Any:
         owner, name = _target(user, args)
-        return self.info(self.engine.readable(user, owner, name))
+        return self.info(self.engine.readable(user, owner, name), viewer=user)
 
     def _own(self, user: str, args: dict, op: str) -> DatasetRecord:
         owner, name = _target(user, args)
@@ -306,21 +312,16 @@ class Service:
         return [f"{k}:{g}" for k, g in grants]
 
     def op_datasets(self, user: str, args: dict, progress: Callable | None) -> Any:
-        mine = [self.listing(r) for r in self.engine.datasets(user)]
-        shared = []
-        for owner, name in self.engine.catalog.shared_with(user,
-                                                          self.engine.governance.roles(user)):
-            if owner != user:
-                try:
-                    shared.append(self.listing(self.engine.dataset(owner, name)))
-                except UnknownDataset:
-                    continue
-        return mine + shared
+        visible = self.engine.visible(user)
+        shared = sorted((r for r in visible if r.owner != user), key=lambda r: (r.owner, r.name))
+        return [self.listing(r) for r in visible if r.owner == user] + \
+            [self.listing(r) for r in shared]
 
     def op_status(self, user: str, args: dict, progress: Callable | None) -> Any:
-        return {**self.describe_server(), "user": user,
-                "roles": sorted(self.engine.governance.roles(user)),
-                "governed": self.engine.governance.enforced, **self.engine.status()}
+        roles = self.engine.governance.roles(user)
+        visible = self.engine.visible(user, everything=ADMIN_ROLE in roles)
+        return {**self.describe_server(), "user": user, "roles": sorted(roles),
+                "governed": self.engine.governance.enforced, **self.engine.status(visible)}
 
     def op_audit(self, user: str, args: dict, progress: Callable | None) -> Any:
         _only(args, "audit", {"user", "dataset", "limit"})

@@ -227,12 +227,12 @@ def test_stalled_flight_readers_are_bounded_and_others_still_served(server, pg_e
                              "as pad from generate_series(1, 400000) g")
     owner = server.local()
     big = owner.map("big", f"pg.{pg_schema}.big").cache()
-    big.share("mallory")
+    address, token = server.flight, server.token("mallory")
+    big.share("mallory")                 # shares go to existing users only
     expected = big.to_arrow()
     dataset_mib = expected.nbytes / 2**20
     pid = owner.status()["pid"]
     before = _private_mib(pid)
-    address, token = server.flight, server.token("mallory")
     stalled = []
     try:
         for _ in range(6):
