@@ -124,6 +124,8 @@ class Settings:
     config_path: Path | None = None
     ray_address: str | None = None  # backend = "ray": the cluster ("auto", "host:6379"), or
     # None for a Ray that ldw starts itself (object store sized from memory_limit, no spilling)
+    max_tickets_per_user: int = 64  # unredeemed Flight tickets one user may hold
+    max_streams_per_user: int = 16  # Flight streams one user may read at once
 
     def source(self, name: str) -> SourceConfig:
         try:
@@ -174,7 +176,20 @@ _SERVER_DEFAULTS: dict[str, Any] = {
     "tls_key": None,
     "ttl_sweep_seconds": 30,
     "mask_key_file": "~/.local/share/ldw/mask.key",
+    "max_tickets_per_user": 64,
+    "max_streams_per_user": 16,
 }
+
+
+def _positive_int(server: dict[str, Any], key: str) -> int:
+    value = server[key]
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = 0
+    if isinstance(value, bool) or number < 1:
+        raise ConfigError(f"[server] {key} must be a positive integer, not {value!r}")
+    return number
 
 
 def _source_from_table(name: str, table: dict[str, Any]) -> SourceConfig:
@@ -276,6 +291,8 @@ def load_settings(
         tls_key=_expand(server["tls_key"]) if server["tls_key"] else None,
         ttl_sweep_seconds=float(server["ttl_sweep_seconds"]),
         mask_key_file=_expand(server["mask_key_file"]),
+        max_tickets_per_user=_positive_int(server, "max_tickets_per_user"),
+        max_streams_per_user=_positive_int(server, "max_streams_per_user"),
         policies=data.get("policies", {}),
         users=data.get("users", {}),
         config_path=path,
