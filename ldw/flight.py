@@ -570,7 +570,8 @@ class FlightBackend:
         raise _Stopped
 
     def stream(self, op: str, args: dict[str, Any]) -> pa.RecordBatchReader:
-        return self._get(self.call(op, args)["ticket"]).to_reader()
+        reader = self._get(self.call(op, args)["ticket"])
+        return pa.RecordBatchReader.from_batches(reader.schema, _decoded(reader))
 
     def close(self) -> None:
         with self._data_lock:
@@ -578,6 +579,19 @@ class FlightBackend:
         for client in clients:
             client.close()
         self._client.close()
+
+
+def _decoded(reader: fl.FlightStreamReader) -> Iterator[pa.RecordBatch]:
+    """The stream's batches; a Flight error that ends it (e.g. a revoked share) is raised
+    as the ldw error it carries."""
+    try:
+        while True:
+            try:
+                yield reader.read_chunk().data
+            except StopIteration:
+                return
+    except fl.FlightError as exc:
+        raise _decode_flight_error(exc) from None
 
 
 class _Stopped(Exception):

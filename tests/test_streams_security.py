@@ -22,6 +22,8 @@ import pyarrow.flight as fl
 import pytest
 import sqlalchemy as sa
 from conftest import ServerHandle
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import ldw
 from ldw.pushdown import encode_polars_predicate, predicate_to_sql
@@ -94,10 +96,16 @@ def test_an_open_stream_ends_when_its_user_is_revoked_even_with_roles_from_the_c
     reader = backend._get(backend.call("sql", {"query": WIDE_SQL.format(ref="alice/t")})
                           ["ticket"])
     received = reader.read_chunk().data.num_rows
+    client_reader = backend.stream("sql", {"query": WIDE_SQL.format(ref="alice/t")})
+    client_received = client_reader.read_next_batch().num_rows
     server.cli("user", "revoke", "carol")
     with pytest.raises(fl.FlightUnauthorizedError, match="revoked"):
         received += _drain(reader)
     assert received < ROWS
+    with pytest.raises(ldw.AccessDenied, match="revoked"):  # the ldw client's own error
+        for batch in client_reader:
+            client_received += batch.num_rows
+    assert client_received < ROWS
     with pytest.raises(ldw.AccessDenied):
         carol.datasets()
     alice.close()
@@ -308,12 +316,14 @@ def test_string_inequality_is_not_pushed_into_a_case_insensitive_collation(
     with mysql_engine.begin() as conn:
         conn.exec_driver_sql(f"create table {mysql_db}.names (id int, s varchar(10))")
         conn.exec_driver_sql(f"insert into {mysql_db}.names values (1, 'abc'), (2, 'ABC'), "
-                             "(3, 'abd'), (4, 'abc ')")
+                             "(3, 'abd'), (4, 'abc '), (5, 'x''y\\\\z')")
     ds = mysql_wh.map("names", f"my.{mysql_db}.names")
-    assert sorted(ds.lazy().filter(pl.col("s") != "abc").collect()["id"].to_list()) == [2, 3, 4]
+    assert ds.lazy().filter(pl.col("s") == "x'y\\z").collect()["id"].to_list() == [5]
+    assert sorted(ds.lazy().filter(pl.col("s") != "abc").collect()["id"]
+                  .to_list()) == [2, 3, 4, 5]
     assert ds.lazy().filter(pl.col("s") == "abc").collect()["id"].to_list() == [1]
     assert sorted(ds.lazy().filter(~pl.col("s").is_in(["abc"])).collect()["id"]
-                  .to_list()) == [2, 3, 4]
+                  .to_list()) == [2, 3, 4, 5]
 
 
 def test_predicate_format_is_validated_and_bounded():
@@ -335,3 +345,25 @@ def test_predicate_format_is_validated_and_bounded():
         predicate_to_sql([deep], columns, schema)
     conjuncts, complete = encode_polars_predicate(pl.col("a").str.len_chars() > 1)
     assert conjuncts == [] and not complete
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5)
+    | st.sampled_from(["a", "h", "col", "lit", "op", "args", "type", "int", "str", "eq", "and",
+                       "not", "is_in", "between", "date", "2024-01-01"]),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.sampled_from(["col", "lit", "type", "op", "args", "x"]), children,
+                      max_size=3),
+    max_leaves=25)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_JSON)
+def test_any_json_as_scan_predicate_is_rebuilt_or_refused_with_invalid_mapping(value):
+    schema = pa.schema([("a", pa.int64()), ("h", pa.string())])
+    try:
+        sql, _ = predicate_to_sql(value, {"a": sa.column("a"), "h": sa.column("h")}, schema)
+    except ldw.InvalidMapping:
+        return
+    if sql is not None:  # whatever was accepted compiles with bound values only
+        sql.compile(compile_kwargs={"literal_binds": True})
