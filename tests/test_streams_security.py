@@ -51,7 +51,6 @@ def server(tmp_path, source) -> Iterator[ServerHandle]:
     handle = ServerHandle(tmp_path, max_tickets_per_user=8, max_streams_per_user=2,
                           extra_toml="[users.carol]\nroles = [\"analyst\"]\n").start()
     yield handle
-    handle.cli("user", "add", "root", check=False)  # a test may have revoked the local user
     handle.stop()
 
 
