@@ -62,6 +62,12 @@ tokens_table = sa.Table(
     sa.Column("created", sa.Float, nullable=False),
 )
 
+revoked_table = sa.Table(  # users refused everywhere (also local and [users.*] ones)
+    "ldw_revoked_users", _meta,
+    sa.Column("user", sa.String(128), primary_key=True),
+    sa.Column("revoked", sa.Float, nullable=False),
+)
+
 grants_table = sa.Table(
     "ldw_grants", _meta,
     sa.Column("owner", sa.String(128), primary_key=True),
@@ -251,6 +257,7 @@ class Catalog:
         token = "ldw_" + secrets.token_urlsafe(32)
         with self._tx() as conn:
             conn.execute(tokens_table.delete().where(tokens_table.c.user == user))
+            conn.execute(revoked_table.delete().where(revoked_table.c.user == user))
             conn.execute(tokens_table.insert().values(
                 user=user, token_sha256=hash_token(token), roles=json.dumps(roles or []),
                 created=time.time()))
@@ -279,9 +286,28 @@ class Catalog:
             return conn.execute(tokens_table.delete().where(tokens_table.c.user == user)
                                 ).rowcount > 0
 
+    def revoke_user(self, user: str) -> bool:
+        """Forget ``user``'s token and refuse the user everywhere (local socket and roles from
+        ``[users.*]`` too) until :meth:`new_token` gives them a new one; True if they had a
+        token."""
+        with self._tx() as conn:
+            had = conn.execute(tokens_table.delete().where(tokens_table.c.user == user)
+                               ).rowcount > 0
+            conn.execute(revoked_table.delete().where(revoked_table.c.user == user))
+            conn.execute(revoked_table.insert().values(user=user, revoked=time.time()))
+        return had
+
+    def is_revoked(self, user: str) -> bool:
+        query = sa.select(revoked_table.c.user).where(revoked_table.c.user == user)
+        with self._tx() as conn:
+            return conn.execute(query).first() is not None
+
     def user_for_token(self, token: str) -> str | None:
-        query = sa.select(tokens_table.c.user).where(
-            tokens_table.c.token_sha256 == hash_token(token))
+        return self.user_for_token_hash(hash_token(token))
+
+    def user_for_token_hash(self, digest: str) -> str | None:
+        """The user whose current token has this SHA-256 (hex), or None."""
+        query = sa.select(tokens_table.c.user).where(tokens_table.c.token_sha256 == digest)
         with self._tx() as conn:
             return conn.execute(query).scalar()
 

@@ -3,7 +3,7 @@
     ldw server start [--foreground] [--config ldw.toml]
     ldw server stop | ldw server status
     ldw user add NAME [--role R]...   prints a new token once; only its hash is stored
-    ldw user revoke NAME              every later call with that token is refused
+    ldw user revoke NAME              every later call, ticket and stream of NAME is refused
     ldw audit [--user U] [--dataset OWNER/NAME] [--last N] [--verify]
     ldw export NAME PATH [--partition-by COL]... | ldw verify PATH
     ldw demo [--scale 0.1] [--keep]   TPC-H in SQLite -> cache -> attach, SQL, export
@@ -125,19 +125,22 @@ def cmd_user_add(args: argparse.Namespace) -> int:
 
 def cmd_user_revoke(args: argparse.Namespace) -> int:
     from ldw.catalog import Catalog  # noqa: PLC0415
-    from ldw.engine import server_os_user  # noqa: PLC0415
+    from ldw.engine import check_name, server_os_user  # noqa: PLC0415
 
     settings, _ = _settings(args)
+    check_name(args.name, "user name")
     catalog = Catalog(settings.catalog)
-    revoked = catalog.revoke_token(args.name)
+    had_token = catalog.revoke_user(args.name)
     dropped = 0
     if args.name not in settings.users and args.name != server_os_user():
         dropped = catalog.drop_user_grants(args.name)  # the user is gone, and so are shares
     catalog.close()
-    print(f"token of {args.name} revoked" if revoked else f"{args.name} has no token")
+    print(f"{args.name} revoked{' (token deleted)' if had_token else ''}: every call, ticket and "
+          "open stream of theirs is refused, over Flight and the local socket, whatever "
+          f"[users.{args.name}] says; `ldw user add {args.name}` lets them in again")
     if dropped:
         print(f"{dropped} share(s) with {args.name} dropped")
-    return 0 if revoked else 1
+    return 0
 
 
 def _local(settings: Settings) -> Any:

@@ -8,7 +8,6 @@ polars DataFrames for listings.
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -20,6 +19,7 @@ import pyarrow as pa
 
 from ldw.backend import Backend
 from ldw.lazy import scan_dataset
+from ldw.pushdown import encode_polars_predicate
 from ldw.store import Progress
 from ldw.wire import decode_schema, encode_value
 
@@ -138,10 +138,11 @@ class Dataset:
                 if predicate is not None:
                     needed += [c for c in predicate.meta.root_names() if c not in needed]
                 args["columns"] = needed
-            if predicate is not None:
-                buffer = io.StringIO()
-                predicate.meta.serialize(buffer, format="json")
-                args["predicate"] = buffer.getvalue()
+            if predicate is not None:  # ldw's own predicate format, never polars' serialization
+                conjuncts, complete = encode_polars_predicate(predicate)
+                args["predicate"] = conjuncts or None
+                if not complete:  # polars filters after the source: no row limit there
+                    args["limit"] = None
             for batch in backend.stream("scan", args):
                 yield pl.from_arrow(_polars_ready(pa.Table.from_batches([batch])))
 

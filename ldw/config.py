@@ -126,6 +126,8 @@ class Settings:
     # None for a Ray that ldw starts itself (object store sized from memory_limit, no spilling)
     export_roots: tuple[str, ...] = ()  # where the server writes exports for remote users;
     # "{user}" stands for the caller's name; [users.NAME] export_roots replaces it per user
+    max_tickets_per_user: int = 64  # unredeemed Flight tickets one user may hold
+    max_streams_per_user: int = 16  # Flight streams one user may read at once
 
     def source(self, name: str) -> SourceConfig:
         try:
@@ -177,7 +179,20 @@ _SERVER_DEFAULTS: dict[str, Any] = {
     "ttl_sweep_seconds": 30,
     "mask_key_file": "~/.local/share/ldw/mask.key",
     "export_roots": (),
+    "max_tickets_per_user": 64,
+    "max_streams_per_user": 16,
 }
+
+
+def _positive_int(server: dict[str, Any], key: str) -> int:
+    value = server[key]
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = 0
+    if isinstance(value, bool) or number < 1:
+        raise ConfigError(f"[server] {key} must be a positive integer, not {value!r}")
+    return number
 
 
 def _source_from_table(name: str, table: dict[str, Any]) -> SourceConfig:
@@ -300,6 +315,8 @@ def load_settings(
         ttl_sweep_seconds=float(server["ttl_sweep_seconds"]),
         mask_key_file=_expand(server["mask_key_file"]),
         export_roots=export_roots_setting(server["export_roots"], "[server] export_roots"),
+        max_tickets_per_user=_positive_int(server, "max_tickets_per_user"),
+        max_streams_per_user=_positive_int(server, "max_streams_per_user"),
         policies=data.get("policies", {}),
         users=data.get("users", {}),
         config_path=path,

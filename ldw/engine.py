@@ -35,6 +35,7 @@ from ldw.connectors import Connector, connector_for
 from ldw.connectors.convert import target_schema
 from ldw.errors import (
     AccessDenied,
+    AccessRevoked,
     DatasetLost,
     InvalidMapping,
     LdwError,
@@ -499,6 +500,34 @@ class Engine:
             roles |= set(policy.allow_roles or ()) | set(policy.row_filters)
             roles |= {r for mask in policy.masks.values() for r in mask.exempt_roles}
         return roles | self.catalog.token_roles()
+
+    def check_user(self, user: str) -> None:
+        """AccessDenied if ``user`` was revoked (``ldw user revoke``), whatever their roles."""
+        if self.catalog.is_revoked(user):
+            raise AccessDenied(f"user {user!r} was revoked on this ldw server; ask its "
+                               f"administrator (`ldw user add {user}` lets them in again)")
+
+    def check_stream(self, user: str, owner: str, name: str, policy: str) -> None:
+        """Whether a stream of ``owner/name`` opened for ``user`` under the policy fingerprint
+        ``policy`` may go on: the user is not revoked, the share and the roles still hold and
+        the effective policy is the same. Raises AccessDenied (AccessRevoked for a share that
+        ended); unlike :meth:`readable` it changes nothing, so it runs before every batch."""
+        self.check_user(user)
+        with self._lock:
+            record = self._records.get(f"{owner}/{name}")
+        if record is None:
+            raise AccessRevoked(f"no dataset {owner}/{name} is shared with you any more (it "
+                                "was dropped or redefined); read it again")
+        if user != owner:
+            roles = self.governance.roles(user)
+            grants = self.catalog.grants(owner, name)
+            if ("user", user) not in grants and not any(
+                    kind == "role" and grantee in roles for kind, grantee in grants):
+                raise AccessRevoked(f"no dataset {owner}/{name} is shared with you any more "
+                                    "(the share was revoked); the stream ended")
+        if self.current_policy(user, record) != policy:
+            raise AccessDenied(f"your policy for {owner}/{name} changed while the stream was "
+                               "open (roles, masks or row filters); read it again")
 
     def share(self, owner: str, name: str, *, user: str | None = None,
               role: str | None = None, revoke: bool = False) -> list[tuple[str, str]]:

@@ -12,6 +12,7 @@ keeps working for code that does not know ldw::
      +-- InvalidMapping(ValueError)         bad columns / where / sql / partitioning
      +-- UnsupportedType(TypeError)         a source type that cannot be moved exactly
      +-- AccessDenied(PermissionError)      not allowed to see this
+     |    +-- AccessRevoked(UnknownDataset) a share ended while a ticket or stream was open
      +-- PolicyViolation(PermissionError)   a governance policy forbids the operation
      +-- SourceError(RuntimeError)          the source rejected a query
      |    +-- SourceUnavailable(ConnectionError)   cannot reach / lost the source
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 __all__ = [
     "AccessDenied",
+    "AccessRevoked",
     "CapacityExceeded",
     "Cancelled",
     "ConfigError",
@@ -87,6 +89,11 @@ class UnsupportedType(LdwError, TypeError):
 
 class AccessDenied(LdwError, PermissionError):
     """The caller is not allowed to see this."""
+
+
+class AccessRevoked(AccessDenied, UnknownDataset):
+    """A dataset shared with the caller is no longer: a ticket or open stream ended. Also an
+    ``UnknownDataset``, as a dataset that is not shared with you is everywhere else."""
 
 
 class PolicyViolation(LdwError, PermissionError):

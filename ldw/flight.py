@@ -13,6 +13,7 @@ parallel connections and joins them in order. Every stream re-checks access befo
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import logging
@@ -21,15 +22,26 @@ import queue
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
 
 import pyarrow as pa
 import pyarrow.flight as fl
 
-from ldw.errors import AccessDenied, ConfigError, InvalidMapping, LdwError, ServerUnavailable
+from ldw.errors import (
+    AccessDenied,
+    CapacityExceeded,
+    ConfigError,
+    InvalidMapping,
+    LdwError,
+    PolicyViolation,
+    ServerUnavailable,
+    UnknownDataset,
+)
 from ldw.store import Progress
 from ldw.wire import (
     MAX_REQUEST,
@@ -46,43 +58,110 @@ __all__ = ["FlightBackend", "FlightEndpoint"]
 
 log = logging.getLogger("ldw.flight")
 
+T = TypeVar("T")
+
 TICKET_TTL = 300.0  # seconds a ticket stays valid
-_MAX_TICKETS = 10_000
+_MAX_TICKETS = 10_000  # all users together; each user also has a quota ([server] keys)
 MAX_STREAMS = 8  # tickets one attach may ask for
 _MIN_STREAM_BYTES = 4 << 20  # a smaller dataset (or share of one) is not worth another stream
 
 
 class _Auth(fl.ServerMiddleware):
-    def __init__(self, user: str) -> None:
+    def __init__(self, user: str, token: str) -> None:
         self.user = user
+        self.token = token  # SHA-256 (hex) of the token the call came with
 
 
 class _AuthFactory(fl.ServerMiddlewareFactory):
     """Token check on every call, before any handler runs."""
 
     def __init__(self, lookup: Callable[[str], str | None]) -> None:
-        self.lookup = lookup
+        from ldw.catalog import hash_token  # noqa: PLC0415 - server side only
+
+        self.lookup = lookup  # token SHA-256 -> user
+        self.hash = hash_token
 
     def start_call(self, info: fl.CallInfo, headers: dict[str, list[str]]) -> _Auth:
         values = headers.get("authorization", [])
         token = values[0].removeprefix("Bearer ").strip() if values else ""
-        user = self.lookup(token) if token else None
+        digest = self.hash(token) if token else ""
+        try:
+            user = self.lookup(digest) if token else None
+        except Exception:
+            log.exception("token lookup failed")
+            raise _flight_error(ServerUnavailable("the ldw server cannot check tokens right "
+                                                  "now; retry shortly")) from None
         if user is None:
             raise fl.FlightUnauthenticatedError("a valid ldw token is required "
                                                 "(create one with `ldw user add NAME`)")
-        return _Auth(user)
+        if info.method == fl.FlightMethod.GET_SCHEMA:
+            # pyarrow's GetSchema handler sends any error raised in it with a Python traceback;
+            # refused here, the refusal travels as a plain typed error
+            raise _unsupported("describe schemas by descriptor")
+        return _Auth(user, digest)
 
 
 def _flight_error(exc: BaseException) -> fl.FlightError:
-    """A Flight error whose detail is the JSON of the ldw error (no traceback, no secrets)."""
+    """A typed Flight error for any exception: the JSON of the ldw error as message and
+    ``extra_info`` (type and message; never a traceback, a path or a secret).
+
+    AccessDenied and PolicyViolation are PERMISSION_DENIED (``FlightUnauthorizedError``),
+    except a share that ended (``AccessRevoked``), which like every "not shared with you" is a
+    ``FlightServerError``; errors that are not ldw's are an internal error, logged here."""
+    if isinstance(exc, fl.FlightError):
+        return exc
+    if not isinstance(exc, LdwError):
+        log.error("Flight call failed", exc_info=exc)
     detail = json.dumps(encode_error(exc))
-    if isinstance(exc, AccessDenied):
-        return fl.FlightUnauthorizedError(detail)
-    return fl.FlightServerError(detail)
+    extra = detail.encode()
+    if isinstance(exc, UnknownDataset):
+        return fl.FlightServerError(detail, extra_info=extra)
+    if isinstance(exc, AccessDenied | PolicyViolation):
+        return fl.FlightUnauthorizedError(detail, extra_info=extra)
+    if not isinstance(exc, LdwError):
+        return fl.FlightInternalError(detail, extra_info=extra)
+    return fl.FlightServerError(detail, extra_info=extra)
+
+
+def _unsupported(what: str) -> fl.FlightError:
+    return _flight_error(InvalidMapping(
+        f"ldw does not {what}; use the actions (list_actions) and their tickets"))
+
+
+def _typed_errors(method: Callable[..., T]) -> Callable[..., T]:
+    """Every Flight method: any error leaves as a typed Flight error, never a traceback."""
+
+    @functools.wraps(method)
+    def wrapper(*args: Any) -> T:
+        try:
+            return method(*args)
+        except Exception as exc:
+            raise _flight_error(exc) from None
+
+    return wrapper
+
+
+@dataclass
+class _Ticket:
+    """One single-use ticket: whose, under which token, and the stream it redeems."""
+
+    created: float
+    user: str
+    token: str  # SHA-256 of the token of the call that asked for it
+    schema: pa.Schema
+    batches: Callable[[], Iterable[pa.RecordBatch]]
+    check: Callable[[], None]  # access re-check: raises once the user may no longer read it
 
 
 class FlightEndpoint(fl.FlightServerBase):
-    """The server's TCP face: the same :class:`~ldw.service.Service` as the Unix socket."""
+    """The server's TCP face: the same :class:`~ldw.service.Service` as the Unix socket.
+
+    Tickets are bound to their user and the token they were asked with. Each user may hold
+    ``max_tickets_per_user`` unredeemed tickets and read ``max_streams_per_user`` streams at
+    once ([server] keys); beyond that only that user gets ``CapacityExceeded``. Every stream
+    checks the token, the user, the shares, roles and policy of what it reads when its ticket
+    is redeemed and before each batch.
+    """
 
     def __init__(self, server: Server) -> None:
         settings = server.settings
@@ -101,35 +180,87 @@ class FlightEndpoint(fl.FlightServerBase):
         if tls:
             certificates = [fl.CertKeyPair(settings.tls_cert.read_bytes(),
                                            settings.tls_key.read_bytes())]
+        catalog = server.engine.catalog
         super().__init__(f"{scheme}://{parsed.hostname}:"
                          f"{8815 if parsed.port is None else parsed.port}",
                          tls_certificates=certificates,
-                         middleware={"auth": _AuthFactory(server.engine.catalog.user_for_token)})
+                         middleware={"auth": _AuthFactory(catalog.user_for_token_hash)})
         self.owner = server
         host = parsed.hostname
         self.address = f"{'grpc+tls' if tls else 'grpc'}://{host}:{self.port}"
-        self._tickets: dict[bytes, tuple[float, str, Callable[[], fl.FlightDataStream]]] = {}
+        self.max_tickets = settings.max_tickets_per_user
+        self.max_streams = settings.max_streams_per_user
+        self._tickets: dict[bytes, _Ticket] = {}
+        self._open: dict[str, int] = {}  # streams being read, per user
         self._lock = threading.Lock()
 
-    def _user(self, context: fl.ServerCallContext) -> str:
+    def _auth(self, context: fl.ServerCallContext) -> _Auth:
         middleware = context.get_middleware("auth")
         if middleware is None:  # cannot happen: the factory refuses unauthenticated calls
             raise fl.FlightUnauthenticatedError("not authenticated")
-        return middleware.user
+        return middleware
 
-    def _issue(self, user: str, *streams: Callable[[], fl.FlightDataStream]) -> list[str]:
-        """One single-use ticket per stream, for ``user`` only; all of them or none."""
+    def _user(self, context: fl.ServerCallContext) -> str:
+        return self._auth(context).user
+
+    # -- tickets and quotas ------------------------------------------------------------------
+    def _prune(self, now: float) -> None:
+        """Forget expired tickets (and the streams they hold); the lock is held."""
+        for key in [k for k, t in self._tickets.items() if now - t.created > TICKET_TTL]:
+            del self._tickets[key]
+
+    def _room(self, user: str, wanted: int) -> None:
+        """CapacityExceeded unless ``user`` may hold ``wanted`` more tickets; the lock is held."""
+        held = sum(1 for t in self._tickets.values() if t.user == user)
+        if held + wanted > self.max_tickets:
+            raise CapacityExceeded(
+                f"you hold {held} unredeemed tickets (limit {self.max_tickets}, "
+                "[server] max_tickets_per_user); read them or let them expire "
+                f"({TICKET_TTL:.0f}s) before asking for more")
+        if len(self._tickets) + wanted > _MAX_TICKETS:
+            raise CapacityExceeded("the ldw server holds too many outstanding tickets; retry "
+                                   "shortly")
+
+    def _precheck(self, user: str) -> None:
+        """Refuse early (before any work) a user who could not get a ticket anyway."""
+        with self._lock:
+            self._prune(time.monotonic())
+            self._room(user, 1)
+
+    def _issue(self, auth: _Auth, schema: pa.Schema, check: Callable[[], None],
+               *streams: Callable[[], Iterable[pa.RecordBatch]]) -> list[str]:
+        """One single-use ticket per stream, for this user and token only; all or none."""
         tickets = [secrets.token_bytes(24) for _ in streams]
         now = time.monotonic()
         with self._lock:
-            for key in [k for k, (t, _, _) in self._tickets.items() if now - t > TICKET_TTL]:
-                del self._tickets[key]
-            if len(self._tickets) + len(tickets) > _MAX_TICKETS:
-                raise LdwError("too many outstanding tickets; read or drop pending streams")
-            for ticket, stream in zip(tickets, streams, strict=True):
-                self._tickets[ticket] = (now, user, stream)
+            self._prune(now)
+            self._room(auth.user, len(tickets))
+            for ticket, batches in zip(tickets, streams, strict=True):
+                self._tickets[ticket] = _Ticket(now, auth.user, auth.token, schema, batches,
+                                                check)
         return [ticket.hex() for ticket in tickets]
 
+    def _token_check(self, entry: _Ticket) -> Callable[[], None]:
+        catalog = self.owner.engine.catalog
+
+        def check() -> None:
+            if catalog.user_for_token_hash(entry.token) != entry.user:
+                raise AccessDenied("the token this stream was opened with was revoked or "
+                                   "replaced; connect with the current token")
+            entry.check()
+
+        return check
+
+    def _release(self, user: str) -> None:
+        with self._lock:
+            left = self._open.get(user, 0) - 1
+            if left > 0:
+                self._open[user] = left
+            else:
+                self._open.pop(user, None)
+
+    # -- Flight methods ------------------------------------------------------------------------
+    @_typed_errors
     def list_actions(self, context: fl.ServerCallContext) -> list[tuple[str, str]]:
         from ldw.service import OPS  # noqa: PLC0415
 
@@ -139,24 +270,25 @@ class FlightEndpoint(fl.FlightServerBase):
                           ("scan", "read from the source with pushdown; returns a ticket"),
                           ("sql", "SQL over my datasets; returns a ticket")]
 
+    @_typed_errors
     def do_action(self, context: fl.ServerCallContext, action: fl.Action) -> Iterator[bytes]:
-        user = self._user(context)
+        auth = self._auth(context)
         body = action.body.to_pybytes() if action.body is not None else b"{}"
         if len(body) > MAX_REQUEST:
-            raise _flight_error(InvalidMapping(f"request larger than {MAX_REQUEST} bytes"))
+            raise InvalidMapping(f"request larger than {MAX_REQUEST} bytes")
         try:
             args = json.loads(body or b"{}")
             if not isinstance(args, dict):
                 raise ValueError
         except ValueError:
-            raise _flight_error(InvalidMapping("action body must be a JSON object")) from None
-        return self._run_action(user, action.type, args)
+            raise InvalidMapping("action body must be a JSON object") from None
+        return self._run_action(auth, action.type, args)
 
-    def _run_action(self, user: str, op: str, args: dict[str, Any]) -> Iterator[bytes]:
+    def _run_action(self, auth: _Auth, op: str, args: dict[str, Any]) -> Iterator[bytes]:
         """Run the operation in a worker, streaming its progress frames as they happen."""
         from ldw.service import STREAM_OPS  # noqa: PLC0415
 
-        service = self.owner.service
+        service, user = self.owner.service, auth.user
         events: queue.Queue = queue.Queue(maxsize=256)
 
         def progress(event: Progress) -> None:
@@ -165,11 +297,12 @@ class FlightEndpoint(fl.FlightServerBase):
         def work() -> None:
             try:
                 if op == "attach":
-                    result = self._attach(user, args, progress)
+                    result = self._attach(auth, args, progress)
                 elif op in STREAM_OPS:
-                    reader = service.stream(user, op, args)
-                    result = {"ticket": self._issue(
-                        user, lambda: fl.RecordBatchStream(reader))[0]}
+                    self._precheck(user)
+                    reader, check = service.open_stream(user, op, args)
+                    result = {"ticket": self._issue(auth, reader.schema, check,
+                                                    lambda: reader)[0]}
                 else:
                     result = service.call(user, op, args, progress)
                 events.put({"ok": True, "result": result})
@@ -185,81 +318,113 @@ class FlightEndpoint(fl.FlightServerBase):
             if "progress" not in event:
                 return
 
-    def _attach(self, user: str, args: dict[str, Any],
+    def _attach(self, auth: _Auth, args: dict[str, Any],
                 progress: Callable[[Progress], None]) -> dict[str, Any]:
         """Cache if needed; the info plus ``ticket`` (one stream) or ``tickets`` (``streams``)."""
         streams = args.pop("streams", None)
         if streams is not None and (type(streams) is not int
                                     or not 1 <= streams <= MAX_STREAMS):
             raise InvalidMapping(f"streams must be an integer from 1 to {MAX_STREAMS}")
-        info, table = self.owner.service.attach_table(user, args, progress)
-        engine, owner, name = self.owner.engine, info["owner"], info["name"]
-
-        def still_allowed() -> None:  # a revoked share or role ends every stream
-            engine.readable(user, owner, name)
-
-        def stream(batches: list[pa.RecordBatch]) -> Callable[[], fl.FlightDataStream]:
-            return lambda: fl.GeneratorStream(table.schema, _checked(batches, still_allowed))
-
+        self._precheck(auth.user)
+        service = self.owner.service
+        info, table = service.attach_table(auth.user, args, progress)
+        # a revoked share or role, a changed policy or a revoked user ends every stream
+        check = service.stream_check(auth.user, "attach",
+                                     [(info["owner"], info["name"], info["policy"])])
         batches = table.to_batches()
+        runs = [batches] if streams is None else _split(batches, streams)
+        tickets = self._issue(auth, table.schema, check,
+                              *[(lambda run=run: run) for run in runs])
         if streams is None:
-            info["ticket"] = self._issue(user, stream(batches))[0]
+            info["ticket"] = tickets[0]
         else:
-            info["tickets"] = self._issue(user, *map(stream, _split(batches, streams)))
+            info["tickets"] = tickets
         return info
 
+    @_typed_errors
     def do_get(self, context: fl.ServerCallContext, ticket: fl.Ticket) -> fl.FlightDataStream:
         user = self._user(context)
+        now = time.monotonic()
         with self._lock:  # only its own user can redeem (and so use up) a ticket
+            self._prune(now)
             entry = self._tickets.get(ticket.ticket)
-            if entry is not None and entry[1] == user:
-                del self._tickets[ticket.ticket]
-            else:
-                entry = None
-        if entry is None or time.monotonic() - entry[0] > TICKET_TTL:
-            raise _flight_error(AccessDenied("unknown, used or expired ticket; attach again"))
-        return entry[2]()
-
+            if entry is None or entry.user != user:
+                raise AccessDenied("unknown, used or expired ticket; attach again")
+            if self._open.get(user, 0) >= self.max_streams:  # the ticket stays valid
+                raise CapacityExceeded(
+                    f"you are reading {self._open[user]} streams (limit {self.max_streams}, "
+                    "[server] max_streams_per_user); finish or cancel one first")
+            del self._tickets[ticket.ticket]
+            self._open[user] = self._open.get(user, 0) + 1
+        release = _Once(lambda: self._release(user))
+        try:
+            check = self._token_check(entry)
+            check()  # at redemption, before the stream starts
+            batches = _stream(entry.batches(), check, release)
+        except BaseException:
+            release()
+            raise
+        weakref.finalize(batches, release)  # a stream gRPC never started still lets go
+        return fl.GeneratorStream(entry.schema, batches)
 
     # -- what ldw does not offer: refused plainly (no Python traceback reaches a client) -----
-    def _unsupported(self, what: str) -> fl.FlightError:
-        return fl.FlightServerError(json.dumps(encode_error(InvalidMapping(
-            f"ldw does not {what}; use the actions (list_actions) and their tickets"))))
-
+    @_typed_errors
     def do_put(self, context: fl.ServerCallContext, descriptor: fl.FlightDescriptor,
                reader: fl.MetadataRecordBatchReader, writer: fl.FlightMetadataWriter) -> None:
         self._user(context)
-        raise self._unsupported("accept uploaded data")
+        raise _unsupported("accept uploaded data")
 
+    @_typed_errors
     def do_exchange(self, context: fl.ServerCallContext, descriptor: fl.FlightDescriptor,
                     reader: fl.MetadataRecordBatchReader,
                     writer: fl.MetadataRecordBatchWriter) -> None:
         self._user(context)
-        raise self._unsupported("exchange data")
+        raise _unsupported("exchange data")
 
+    @_typed_errors
     def list_flights(self, context: fl.ServerCallContext, criteria: bytes) -> Iterator:
         self._user(context)
         return iter(())
 
+    @_typed_errors
     def get_flight_info(self, context: fl.ServerCallContext,
                         descriptor: fl.FlightDescriptor) -> fl.FlightInfo:
         self._user(context)
-        raise self._unsupported("describe flights by descriptor")
+        raise _unsupported("describe flights by descriptor")
 
+    @_typed_errors
     def get_schema(self, context: fl.ServerCallContext,
                    descriptor: fl.FlightDescriptor) -> fl.SchemaResult:
-        self._user(context)
-        raise self._unsupported("describe schemas by descriptor")
+        self._user(context)  # refused by the middleware already (see _AuthFactory)
+        raise _unsupported("describe schemas by descriptor")
 
 
-def _checked(batches: list, check: Callable[[], None]) -> Iterator:
-    """The batches, re-checking access before each one; a refusal ends the stream."""
-    for batch in batches:
-        try:
-            check()
-        except LdwError as exc:
-            raise _flight_error(exc) from None
-        yield batch
+class _Once:
+    """A callable that runs its function the first time only (thread-safe)."""
+
+    def __init__(self, function: Callable[[], None]) -> None:
+        self._function: Callable[[], None] | None = function
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        with self._lock:
+            function, self._function = self._function, None
+        if function is not None:
+            function()
+
+
+def _stream(batches: Iterable[pa.RecordBatch], check: Callable[[], None],
+            release: Callable[[], None]) -> Iterator[pa.RecordBatch]:
+    """The batches, access re-checked before each one; any failure ends the stream with a
+    typed Flight error, and the user's stream slot is released however it ends."""
+    from ldw.service import checked  # noqa: PLC0415
+
+    try:
+        yield from checked(batches, check)
+    except Exception as exc:
+        raise _flight_error(exc) from None
+    finally:
+        release()
 
 
 def _split(batches: Sequence[pa.RecordBatch], streams: int) -> list[list[pa.RecordBatch]]:
@@ -405,7 +570,8 @@ class FlightBackend:
         raise _Stopped
 
     def stream(self, op: str, args: dict[str, Any]) -> pa.RecordBatchReader:
-        return self._get(self.call(op, args)["ticket"]).to_reader()
+        reader = self._get(self.call(op, args)["ticket"])
+        return pa.RecordBatchReader.from_batches(reader.schema, _decoded(reader))
 
     def close(self) -> None:
         with self._data_lock:
@@ -413,6 +579,19 @@ class FlightBackend:
         for client in clients:
             client.close()
         self._client.close()
+
+
+def _decoded(reader: fl.FlightStreamReader) -> Iterator[pa.RecordBatch]:
+    """The stream's batches; a Flight error that ends it (e.g. a revoked share) is raised
+    as the ldw error it carries."""
+    try:
+        while True:
+            try:
+                yield reader.read_chunk().data
+            except StopIteration:
+                return
+    except fl.FlightError as exc:
+        raise _decode_flight_error(exc) from None
 
 
 class _Stopped(Exception):
@@ -424,6 +603,14 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _decode_flight_error(exc: fl.FlightError) -> LdwError:
+    extra = getattr(exc, "extra_info", None)
+    if extra:
+        try:
+            data = json.loads(extra)
+            if isinstance(data, dict):
+                return decode_error(data)
+        except ValueError:
+            pass
     text = str(exc)
     start = text.find("{")
     if start >= 0:

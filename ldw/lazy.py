@@ -2,96 +2,19 @@
 
 While a dataset is uncached, polars hands the plugin the columns it needs, a predicate and a row
 limit. The columns and the limit go into the source query; the conjuncts of the predicate that
-translate into SQL go there too, and the *whole* predicate is applied again to every batch
-(polars trusts a plugin to apply it). Once cached, the frame scans the memory-mapped version.
+translate into ldw's predicate format (:mod:`ldw.pushdown`) go there too, and the *whole*
+predicate is applied again to every batch (polars trusts a plugin to apply it). Once cached, the
+frame scans the memory-mapped version.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import json
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator
 
 import polars as pl
-import sqlalchemy as sa
 from polars.io.plugins import register_io_source
 
-__all__ = ["polars_predicate_to_sql", "scan_dataset"]
-
-_OPS: dict[str, Callable[[Any, Any], Any]] = {
-    "Eq": lambda a, b: a == b, "NotEq": lambda a, b: a != b, "Gt": lambda a, b: a > b,
-    "GtEq": lambda a, b: a >= b, "Lt": lambda a, b: a < b, "LtEq": lambda a, b: a <= b,
-}
-
-
-_SCALARS = {"Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16", "UInt32", "UInt64", "Float32",
-            "Float64", "String", "Boolean"}
-
-
-class _Untranslatable(Exception):
-    pass
-
-
-def _literal(node: dict) -> Any:
-    if "Dyn" in node:
-        (kind, value), = node["Dyn"].items()
-        if kind in {"Int", "Float", "Str"}:
-            return value
-    if "Scalar" in node and isinstance(node["Scalar"], dict) and len(node["Scalar"]) == 1:
-        (kind, value), = node["Scalar"].items()
-        if kind in _SCALARS and isinstance(value, int | float | str | bool):
-            return value
-        if kind == "Date" and isinstance(value, int):
-            return dt.date(1970, 1, 1) + dt.timedelta(days=value)
-    raise _Untranslatable
-
-
-def _build(node: Any, columns: Mapping[str, sa.ColumnElement]) -> Any:
-    if not isinstance(node, dict) or len(node) != 1:
-        raise _Untranslatable
-    (kind, body), = node.items()
-    if kind == "Column":
-        if body not in columns:
-            raise _Untranslatable
-        return columns[body]
-    if kind == "Literal":
-        return sa.literal(_literal(body))
-    if kind == "BinaryExpr":
-        op = body["op"]
-        left, right = _build(body["left"], columns), _build(body["right"], columns)
-        if op in _OPS:
-            return _OPS[op](left, right)
-        if op in {"And", "LogicalAnd"}:
-            return sa.and_(left, right)
-        if op in {"Or", "LogicalOr"}:
-            return sa.or_(left, right)
-    raise _Untranslatable
-
-
-def _conjuncts(node: Any) -> Iterator[Any]:
-    if isinstance(node, dict) and "BinaryExpr" in node and node["BinaryExpr"]["op"] in {
-            "And", "LogicalAnd"}:
-        yield from _conjuncts(node["BinaryExpr"]["left"])
-        yield from _conjuncts(node["BinaryExpr"]["right"])
-    else:
-        yield node
-
-
-def polars_predicate_to_sql(predicate: pl.Expr, columns: Mapping[str, sa.ColumnElement]
-                            ) -> tuple[sa.ColumnElement | None, bool]:
-    """SQL for the conjuncts of ``predicate`` that translate exactly, and whether all did."""
-    try:
-        tree = json.loads(predicate.meta.serialize(format="json"))
-    except Exception:
-        return None, False
-    parts, complete = [], True
-    for conjunct in _conjuncts(tree):
-        try:
-            parts.append(_build(conjunct, columns))
-        except (_Untranslatable, KeyError, TypeError, ValueError):
-            complete = False
-    return (sa.and_(*parts) if parts else None), complete
+__all__ = ["scan_dataset"]
 
 
 def scan_dataset(name: str, schema: pl.Schema, *, is_cached: Callable[[], bool],

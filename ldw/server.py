@@ -36,7 +36,7 @@ from ldw.errors import AccessDenied, InvalidMapping, LdwError, ServerUnavailable
 from ldw.service import STREAM_OPS, Service
 from ldw.store import Progress
 from ldw.unix import socket_path
-from ldw.wire import MAX_REQUEST, encode_error, frame, progress_to_json
+from ldw.wire import MAX_REQUEST, STREAM_ERROR, encode_error, frame, progress_to_json
 
 __all__ = ["Server", "running_pid", "serve", "socket_path"]
 
@@ -134,12 +134,32 @@ class _UnixHandler(socketserver.BaseRequestHandler):
         elif op in STREAM_OPS:
             reader = service.stream(user, op, args)
             sock.sendall(frame({"ok": True, "result": None}))
-            with sock.makefile("wb") as out, pa.ipc.new_stream(out, reader.schema) as writer:
-                for batch in reader:
-                    writer.write_batch(batch)
+            with sock.makefile("wb") as out:
+                _send_stream(out, reader)
         else:
             result = service.call(user, op, args, progress)
             sock.sendall(frame({"ok": True, "result": result}))
+
+
+def _send_stream(out: Any, reader: pa.RecordBatchReader) -> None:
+    """Write the reader as an Arrow IPC stream. A failure while reading (a revoked share, a
+    lost source) is sent as an empty batch carrying the error (``STREAM_ERROR`` metadata)
+    before the end, so the client raises it instead of taking a cut result as whole."""
+    writer = pa.ipc.new_stream(out, reader.schema)
+    batches = iter(reader)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            break
+        except Exception as exc:
+            if not isinstance(exc, LdwError):
+                log.exception("stream failed")
+            writer.write_batch(pa.RecordBatch.from_pylist([], schema=reader.schema),
+                               custom_metadata={STREAM_ERROR: json.dumps(encode_error(exc))})
+            break
+        writer.write_batch(batch)
+    writer.close()
 
 
 class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):

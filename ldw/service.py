@@ -12,14 +12,12 @@ and every denial is recorded.
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-import polars as pl
 import pyarrow as pa
 
 from ldw.engine import DatasetRecord, Engine
@@ -31,14 +29,16 @@ from ldw.errors import (
     PolicyViolation,
     UnknownDataset,
 )
-from ldw.lazy import polars_predicate_to_sql
+from ldw.pushdown import predicate_to_sql
 from ldw.wire import decode_value, encode_schema
 
-__all__ = ["OPS", "STREAM_OPS", "Service"]
+__all__ = ["OPS", "STREAM_OPS", "Service", "checked"]
 
 log = logging.getLogger("ldw.service")
 
 ADMIN_ROLE = "admin"  # may read every user's audit records and status
+
+Pinned = tuple[str, str, str]  # (owner, name, policy fingerprint) a stream was opened under
 
 
 def _arg(args: dict[str, Any], name: str, kind: type | tuple, *, required: bool = False) -> Any:
@@ -79,6 +79,7 @@ class Service:
         if op not in OPS:
             raise InvalidMapping(f"unknown operation {op!r}; known: {sorted(OPS)}")
         with self._denials_audited(user, op, args):
+            self.engine.check_user(user)
             return OPS[op](self, user, args, progress)
 
     def attach(self, user: str, args: dict, progress: Callable | None) -> tuple[dict, int]:
@@ -86,6 +87,7 @@ class Service:
         (the caller closes it). On the Ray backend the descriptor holds an in-memory copy;
         :meth:`attach_table` avoids it."""
         with self._denials_audited(user, "attach", args):
+            self.engine.check_user(user)
             owner, name = _target(user, args)
             self.engine.readable(user, owner, name)
             version, fd = self.engine.open_current(owner, name, progress=progress)
@@ -100,6 +102,7 @@ class Service:
         """Like :meth:`attach`, but the cached version as a table: memory-mapped on the local
         backend, zero-copy from this node's object store on Ray."""
         with self._denials_audited(user, "attach", args):
+            self.engine.check_user(user)
             owner, name = _target(user, args)
             self.engine.readable(user, owner, name)
             version, table = self.engine.open_table(owner, name, progress=progress)
@@ -113,15 +116,44 @@ class Service:
                 "rows": version.rows, "bytes": version.bytes}
 
     def stream(self, user: str, op: str, args: dict) -> pa.RecordBatchReader:
-        """A data operation whose result is record batches: ``scan``, ``sql`` or ``preview``."""
+        """A data operation whose result is record batches: ``scan``, ``sql`` or ``preview``;
+        access is checked again before every batch (a revoked user or share ends it)."""
+        reader, check = self.open_stream(user, op, args)
+        return pa.RecordBatchReader.from_batches(reader.schema, checked(reader, check))
+
+    def open_stream(self, user: str, op: str, args: dict
+                    ) -> tuple[pa.RecordBatchReader, Callable[[], None]]:
+        """Like :meth:`stream`, but the batches unchecked and the access re-check apart, for a
+        transport that adds its own checks (Flight: the token)."""
         with self._denials_audited(user, op, args):
+            self.engine.check_user(user)
             if op == "scan":
-                return self._scan(user, args)
-            if op == "sql":
-                return self._sql(user, args)
-            if op == "preview":
-                return self._preview(user, args)
-        raise InvalidMapping(f"unknown data operation {op!r}; known: {sorted(STREAM_OPS)}")
+                reader, pinned = self._scan(user, args)
+            elif op == "sql":
+                reader, pinned = self._sql(user, args)
+            elif op == "preview":
+                reader, pinned = self._preview(user, args), []
+            else:
+                raise InvalidMapping(f"unknown data operation {op!r}; known: "
+                                     f"{sorted(STREAM_OPS)}")
+            return reader, self.stream_check(user, op, pinned)
+
+    def stream_check(self, user: str, op: str, pinned: Sequence[Pinned]) -> Callable[[], None]:
+        """The re-check of a stream by ``user`` over the ``pinned`` datasets: raises (and
+        audits) AccessDenied once the user is revoked or a share, role or policy changed."""
+        datasets = list(pinned)
+
+        def check() -> None:
+            try:
+                self.engine.check_user(user)
+                for owner, name, policy in datasets:
+                    self.engine.check_stream(user, owner, name, policy)
+            except AccessDenied as exc:
+                self.audit(user, op, dataset=",".join(f"{o}/{n}" for o, n, _ in datasets)
+                           or None, outcome="deny", detail=str(exc))
+                raise
+
+        return check
 
     # -- audit --------------------------------------------------------------------------------
     def audit(self, user: str, action: str, record: DatasetRecord | None = None, *,
@@ -392,32 +424,39 @@ class Service:
         return {"provenance": self._provenance(user, record, version), "owner": user}
 
     # -- data streams ---------------------------------------------------------------------------
-    def _scan(self, user: str, args: dict) -> pa.RecordBatchReader:
-        """Stream an uncached dataset from its source, pushing down what translates exactly."""
+    def _scan(self, user: str, args: dict) -> tuple[pa.RecordBatchReader, list[Pinned]]:
+        """Stream an uncached dataset from its source, pushing down what translates exactly.
+
+        ``predicate`` is a list of conjuncts in ldw's predicate format (:mod:`ldw.pushdown`),
+        never a serialized expression; the client applies its whole predicate again."""
         _only(args, "scan", {"name", "owner", "columns", "limit", "predicate"})
         owner, name = _target(user, args)
         columns = _arg(args, "columns", list)
         limit = _arg(args, "limit", int)
+        conjuncts = _arg(args, "predicate", list)
+        if args.get("predicate") is not None and conjuncts is None:
+            raise InvalidMapping("scan predicate must be a JSON list in ldw's predicate format; "
+                                 "serialized polars expressions are refused (update ldw on the "
+                                 "client)")
         record = self.engine.readable(user, owner, name)
         sql_predicate, complete = None, True
-        text = _arg(args, "predicate", str)
-        if text is not None:
-            try:
-                predicate = pl.Expr.deserialize(io.StringIO(text), format="json")
-            except Exception:  # another polars version: no pushdown, the client filters
-                sql_predicate, complete = None, False
+        if conjuncts:
+            query = self.engine.query(record)
+            if query is None:  # derived: no source to push into; the client filters
+                predicate_to_sql(conjuncts, {}, record.schema)  # still validated
+                complete = False
             else:
-                query = self.engine.query(record)
-                sql_predicate, complete = (None, False) if query is None else \
-                    polars_predicate_to_sql(predicate, query.lookup)
+                sql_predicate, complete = predicate_to_sql(conjuncts, query.lookup,
+                                                           record.schema)
         sql, batches = self.engine.scan(owner, name, columns=columns, predicate=sql_predicate,
                                         limit=limit if complete else None)
         self.audit(user, "scan", record, sql=sql)
+        pinned = [(record.owner, record.name, record.policy)]
         first = next(batches, None)
         if first is None:
             fields = [f for f in record.schema if columns is None or f.name in columns]
-            return pa.RecordBatchReader.from_batches(pa.schema(fields), iter(()))
-        return pa.RecordBatchReader.from_batches(first.schema, _chain(first, batches))
+            return pa.RecordBatchReader.from_batches(pa.schema(fields), iter(())), pinned
+        return pa.RecordBatchReader.from_batches(first.schema, _chain(first, batches)), pinned
 
     def _preview(self, user: str, args: dict) -> pa.RecordBatchReader:
         """The first rows of a source table as the user may see them; no dataset is made."""
@@ -432,7 +471,7 @@ class Service:
             return pa.RecordBatchReader.from_batches(pa.schema([]), iter(()))
         return pa.RecordBatchReader.from_batches(rows[0].schema, iter(rows))
 
-    def _sql(self, user: str, args: dict) -> pa.RecordBatchReader:
+    def _sql(self, user: str, args: dict) -> tuple[pa.RecordBatchReader, list[Pinned]]:
         """SQL over datasets the caller may read (``"alice/orders"`` for a shared one), each
         read zero-copy from its cached version."""
         from ldw.sql import referenced_datasets  # noqa: PLC0415 - DuckDB loads on first use
@@ -444,18 +483,33 @@ class Service:
             self.audit(user, "map", record, sql=query)
             version = self.engine.attach(user, record.name)
             self.audit(user, "sql", record, sql=query, rows=version.rows, nbytes=version.bytes)
-            return pa.RecordBatchReader.from_batches(record.schema, iter(()))  # data stays
+            return pa.RecordBatchReader.from_batches(record.schema, iter(())), []  # data stays
         names = referenced_datasets(query)  # validated before any dataset is touched
-        tables = {}
+        tables, pinned = {}, []
         for name in names:
             owner, _, own_name = name.rpartition("/")
             record = self.engine.readable(user, owner or user, own_name)
+            pinned.append((record.owner, record.name, record.policy))
             tables[name] = self.engine.open(record.owner, record.name)
         # streamed as it is read (a stalled reader holds a few batches, not the result);
         # audited before the first row leaves, so the size is not known yet
         result = self.engine.sql_engine().stream(query, tables)
         self.audit(user, "sql", dataset=",".join(names), sql=query)
-        return result
+        return result, pinned
+
+
+def checked(batches: Iterable[pa.RecordBatch], check: Callable[[], None]
+            ) -> Iterator[pa.RecordBatch]:
+    """The batches, with ``check`` run before each one is taken (and before the end is
+    reported); whatever it raises ends the stream."""
+    iterator = iter(batches)
+    while True:
+        check()
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        yield batch
 
 
 def _chain(first: pa.RecordBatch, rest: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:

@@ -23,7 +23,7 @@ import pyarrow as pa
 from ldw.config import Settings, _user
 from ldw.errors import InvalidMapping, ServerUnavailable
 from ldw.store import Progress, open_fd
-from ldw.wire import final_result, frame
+from ldw.wire import STREAM_ERROR, decode_error, final_result, frame
 
 __all__ = ["LocalBackend", "socket_path", "start_server"]
 
@@ -205,9 +205,18 @@ class LocalBackend:
         """Nothing to release: every request has its own connection; the server stays up."""
 
 
-def _closing(reader: pa.RecordBatchReader, conn: _Connection) -> Iterator[pa.RecordBatch]:
+def _closing(reader: pa.ipc.RecordBatchStreamReader, conn: _Connection
+             ) -> Iterator[pa.RecordBatch]:
+    """The batches; a batch carrying an error (the server's stream failed) raises it."""
     try:
-        yield from reader
+        while True:
+            try:
+                batch, metadata = reader.read_next_batch_with_custom_metadata()
+            except StopIteration:
+                return
+            if metadata is not None and STREAM_ERROR.encode() in metadata:
+                raise decode_error(json.loads(metadata[STREAM_ERROR.encode()]))
+            yield batch
     finally:
         conn.close()
 

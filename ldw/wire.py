@@ -18,11 +18,12 @@ import pyarrow as pa
 from ldw import errors
 from ldw.store import Progress
 
-__all__ = ["MAX_REQUEST", "decode_error", "decode_schema", "decode_value", "encode_error",
-           "encode_schema", "encode_value", "final_result", "frame", "progress_from_json",
-           "progress_to_json"]
+__all__ = ["MAX_REQUEST", "STREAM_ERROR", "decode_error", "decode_schema", "decode_value",
+           "encode_error", "encode_schema", "encode_value", "final_result", "frame",
+           "progress_from_json", "progress_to_json"]
 
 MAX_REQUEST = 1 << 20  # bytes of one JSON request; larger ones are refused unread
+STREAM_ERROR = "ldw_error"  # batch metadata key: the stream failed with this (JSON) error
 
 
 def frame(obj: Any) -> bytes:
