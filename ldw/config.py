@@ -6,6 +6,7 @@ variable) or ``keyring`` (a keyring service); the URL must not carry a password.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tempfile
@@ -119,6 +120,8 @@ class Settings:
     tls_key: Path | None = None
     ttl_sweep_seconds: float = 30.0
     mask_key_file: Path = Path("~/.local/share/ldw/mask.key")
+    audit_key_file: Path = Path("~/.local/share/ldw/audit.key")
+    audit_anchor_file: Path = Path("~/.local/share/ldw/audit.anchor")
     policies: dict[str, Any] = field(default_factory=dict)
     users: dict[str, Any] = field(default_factory=dict)
     config_path: Path | None = None
@@ -174,7 +177,22 @@ _SERVER_DEFAULTS: dict[str, Any] = {
     "tls_key": None,
     "ttl_sweep_seconds": 30,
     "mask_key_file": "~/.local/share/ldw/mask.key",
+    "audit_key_file": None,     # default: audit.key beside mask_key_file
+    "audit_anchor_file": None,  # default: beside the audit key, one per catalog
 }
+
+
+def _audit_files(server: dict[str, Any]) -> dict[str, Path]:
+    """The audit MAC key and anchor: outside the catalog, in the server's private state."""
+    key = _expand(server["audit_key_file"]) if server["audit_key_file"] else \
+        _expand(server["mask_key_file"]).parent / "audit.key"
+    if server["audit_anchor_file"]:
+        return {"audit_key_file": key, "audit_anchor_file": _expand(server["audit_anchor_file"])}
+    catalog = str(server["catalog"])
+    if catalog.startswith("sqlite:///") and not catalog.startswith("sqlite:////"):
+        catalog = "sqlite:///" + str(_expand(catalog.removeprefix("sqlite:///")).absolute())
+    digest = hashlib.sha256(catalog.encode()).hexdigest()[:12]
+    return {"audit_key_file": key, "audit_anchor_file": key.parent / f"audit-{digest}.anchor"}
 
 
 def _source_from_table(name: str, table: dict[str, Any]) -> SourceConfig:
@@ -276,6 +294,7 @@ def load_settings(
         tls_key=_expand(server["tls_key"]) if server["tls_key"] else None,
         ttl_sweep_seconds=float(server["ttl_sweep_seconds"]),
         mask_key_file=_expand(server["mask_key_file"]),
+        **_audit_files(server),
         policies=data.get("policies", {}),
         users=data.get("users", {}),
         config_path=path,
