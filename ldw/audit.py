@@ -117,6 +117,7 @@ class AnchorState:
     entries: dict[int, str] = field(default_factory=dict)
     last: int | None = None
     damaged: list[str] = field(default_factory=list)
+    repeated: list[int] = field(default_factory=list)  # numbers anchored more than once
 
 
 class Anchor:
@@ -127,6 +128,34 @@ class Anchor:
         self._fd: int | None = None
         self._memory: list[str] = []
         self._lock = threading.Lock()
+        self._last: int | None = None
+
+    def last_seq(self) -> int:
+        """The highest record number anchored (or the genesis'), read from the file's end."""
+        with self._lock:
+            if self._last is None:
+                self._last = self._read_last()
+            return self._last
+
+    def _read_last(self) -> int:
+        if self.path is None:
+            lines = self._memory
+        else:
+            try:
+                fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
+            except FileNotFoundError:
+                return 0
+            with os.fdopen(fd, "rb") as handle:
+                size = handle.seek(0, os.SEEK_END)
+                handle.seek(max(0, size - 4096))
+                lines = handle.read().decode(errors="replace").split("\n")
+        for line in reversed(lines):
+            parts = line.split()
+            if len(parts) == 2 and parts[0].isdigit():
+                return int(parts[0])
+            if len(parts) == 6 and parts[0] == _MAGIC and parts[2].isdigit():
+                return int(parts[2])
+        return 0
 
     def exists(self) -> bool:
         return self.path.exists() if self.path is not None else bool(self._memory)
@@ -148,9 +177,11 @@ class Anchor:
     def start(self, seq: int, head: str, reason: str) -> None:
         """The genesis line: records up to ``seq`` (ending in ``head``) predate this anchor."""
         self._write(f"{_MAGIC} 1 {seq} {head} {time.time():.3f} {reason}")
+        self._last = seq
 
     def append(self, seq: int, digest: str) -> None:
         self._write(f"{seq} {digest}")
+        self._last = seq
 
     def read(self) -> AnchorState | None:
         """The anchor's contents, or None if there is no anchor."""
@@ -180,7 +211,9 @@ class Anchor:
                 state.damaged.append(f"anchor line {number} is damaged")
                 continue
             seq = int(parts[0])
-            state.entries[seq] = parts[1]  # a later line for a seq replaces an earlier one
+            if seq in state.entries or seq <= state.genesis_seq:
+                state.repeated.append(seq)
+            state.entries[seq] = parts[1]
             state.last = seq
         return state
 
@@ -267,6 +300,10 @@ def verify(rows: Iterable[dict[str, Any]], key: bytes | None, anchor: Anchor) ->
         state = AnchorState(genesis_seq=rows[-1]["seq"] if rows else 0,
                             genesis_hash=rows[-1]["hash"] if rows else ZERO)
     report.problems += state.damaged
+    if state.repeated:
+        report.problems.append(
+            f"record number(s) {_ranges(set(state.repeated))} were anchored more than once: "
+            "records were removed from the catalog after they had been anchored")
     if key is None and any(r["seq"] > state.genesis_seq for r in rows):
         report.problems.append("the audit key file is missing: the keyed chain cannot be "
                                "checked")

@@ -352,7 +352,13 @@ class Catalog:
             with self._engine.begin() as conn:
                 head = conn.execute(sa.select(audit_table.c.seq, audit_table.c.hash).order_by(
                     audit_table.c.seq.desc()).limit(1)).first()
-                seq, prev = (head.seq + 1, head.hash) if head is not None else (1, ZERO)
+                prev = head.hash if head is not None else ZERO
+                anchored = self._seal.anchor.last_seq()
+                seq = max(head.seq if head is not None else 0, anchored) + 1
+                if head is None and anchored or head is not None and head.seq < anchored:
+                    # never reuse an anchored number: the removal stays visible as a gap
+                    log.error("audit: the catalog's log ends before record %d, which is "
+                              "anchored; records were removed (ldw audit --verify)", anchored)
                 digest = self._seal.mac(prev, seq, values)
                 conn.execute(audit_table.insert().values(seq=seq, **values, prev_hash=prev,
                                                          hash=digest))
