@@ -20,6 +20,7 @@ import sys
 import time
 from typing import Any
 
+from ldw.audit import printable
 from ldw.config import Settings, load_settings
 from ldw.errors import LdwError, ServerUnavailable
 
@@ -100,7 +101,8 @@ def cmd_server_status(args: argparse.Namespace) -> int:
           f" (+{_mib(status['spilled_bytes'])} spilled to disk)")
     print(f"datasets   {status['datasets']} ({status['cached']} cached)")
     for key, hits in sorted(status["hits"].items()):
-        print(f"  {key:<30} {hits:>6} hits {_mib(status['bytes_served'][key]):>14} served")
+        print(f"  {printable(key):<30} {hits:>6} hits "
+              f"{_mib(status['bytes_served'][key]):>14} served")
     return 0
 
 
@@ -127,7 +129,8 @@ def cmd_user_revoke(args: argparse.Namespace) -> int:
     catalog = Catalog(settings.catalog)
     revoked = catalog.revoke_token(args.name)
     catalog.close()
-    print(f"token of {args.name} revoked" if revoked else f"{args.name} has no token")
+    name = printable(args.name)
+    print(f"token of {name} revoked" if revoked else f"{name} has no token")
     return 0 if revoked else 1
 
 
@@ -139,8 +142,6 @@ def _local(settings: Settings) -> Any:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from ldw.audit import printable  # noqa: PLC0415
-
     settings, _ = _settings(args)
     if args.verify:
         return _verify_audit(settings)
@@ -157,7 +158,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 def _verify_audit(settings: Settings) -> int:
     """Check the audit log's keyed chain, sequence and anchor; say what is wrong."""
-    from ldw.audit import Anchor, load_audit_key, printable  # noqa: PLC0415
+    from ldw.audit import Anchor, load_audit_key  # noqa: PLC0415
     from ldw.catalog import Catalog  # noqa: PLC0415
 
     key = load_audit_key(settings.audit_key_file, create=False)
@@ -199,7 +200,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"ok: {result.files_checked} file(s), {result.rows:,} rows match the manifest")
         return 0
     for problem in result.problems:
-        print(problem)
+        print(printable(problem))
     return 1
 
 
