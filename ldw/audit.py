@@ -14,6 +14,7 @@ chain (tamper-evident only up to its head, which the genesis pins) and reported 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
 import json
@@ -158,7 +159,16 @@ class Anchor:
         return 0
 
     def exists(self) -> bool:
-        return self.path.exists() if self.path is not None else bool(self._memory)
+        """Whether the anchor was started; OSError if its path is not a regular file of ours."""
+        if self.path is None:
+            return bool(self._memory)
+        try:
+            info = os.lstat(self.path)
+        except FileNotFoundError:
+            return False
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
+            raise OSError(errno.EPERM, "not a regular file owned by the server's user")
+        return True
 
     def _write(self, line: str) -> None:
         with self._lock:
@@ -192,6 +202,9 @@ class Anchor:
                 fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
             except FileNotFoundError:
                 return None
+            except OSError as exc:
+                return AnchorState(damaged=[f"the anchor file {self.path} cannot be read "
+                                            f"({exc.strerror})"])
             with os.fdopen(fd, "rb") as handle:
                 lines = handle.read().decode(errors="replace").split("\n")
             if lines and lines[-1] == "":

@@ -164,7 +164,12 @@ class Catalog:
         self._lock = threading.Lock()
         self._seal = seal
         if seal is not None:
-            self._seal_start()
+            try:
+                self._seal_start()
+            except OSError as exc:
+                raise ConfigError(f"the audit anchor {str(seal.anchor.path)!r} cannot be "
+                                  f"written ({exc.strerror or exc}); it must be a regular file "
+                                  "in a directory private to the server's user") from None
 
     @contextmanager
     def _tx(self) -> Iterator[sa.Connection]:

@@ -327,3 +327,18 @@ def test_records_removed_while_the_server_runs_stay_visible(tmp_path, pg_engine)
         server.stop()
     assert done.returncode == 1, done.stdout
     assert "gap" in done.stdout and "anchored records missing" in done.stdout, done.stdout
+
+
+def test_key_and_anchor_must_be_private_regular_files(tmp_path):
+    from ldw.audit import AuditSeal, load_audit_key
+
+    key = tmp_path / "audit.key"
+    assert len(load_audit_key(key)) == 32 and key.stat().st_mode & 0o777 == 0o600
+    key.chmod(0o644)
+    with pytest.raises(ldw.ConfigError, match="0600"):
+        load_audit_key(key)
+    key.chmod(0o600)
+    (tmp_path / "a.anchor").symlink_to("/etc/passwd")
+    with pytest.raises(ldw.ConfigError, match="audit anchor"):
+        Catalog(f"sqlite:///{tmp_path / 'c.db'}",
+                seal=AuditSeal.open(key, tmp_path / "a.anchor"))
