@@ -7,8 +7,10 @@ so the catalog never points at half a version; files the catalog does not know a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import secrets
 import threading
 import time
@@ -21,9 +23,13 @@ from typing import Any
 import pyarrow as pa
 import sqlalchemy as sa
 
+from ldw.audit import ZERO, Anchor, AuditReport, AuditSeal, printable
+from ldw.audit import verify as verify_audit
 from ldw.errors import ConfigError, UnknownDataset
 
 __all__ = ["Catalog", "DatasetRow", "VersionRow"]
+
+log = logging.getLogger("ldw.catalog")
 
 _meta = sa.MetaData()
 
@@ -95,7 +101,7 @@ audit_table = sa.Table(
 )
 
 AUDIT_FIELDS = ("ts", "user", "action", "dataset", "outcome", "policy", "sql", "rows", "bytes",
-                "detail")
+                "detail")  # what each record's MAC covers, with its seq and the previous MAC
 
 
 @dataclass
@@ -143,7 +149,7 @@ def hash_token(token: str) -> str:
 class Catalog:
     """One owner of the catalog database; every method is one short transaction."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, seal: AuditSeal | None = None) -> None:
         if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
             path = Path(url.removeprefix("sqlite:///")).expanduser()
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -162,6 +168,14 @@ class Catalog:
             with self._engine.begin() as conn:
                 conn.exec_driver_sql("PRAGMA journal_mode=WAL")
         self._lock = threading.Lock()
+        self._seal = seal
+        if seal is not None:
+            try:
+                self._seal_start()
+            except OSError as exc:
+                raise ConfigError(f"the audit anchor {str(seal.anchor.path)!r} cannot be "
+                                  f"written ({exc.strerror or exc}); it must be a regular file "
+                                  "in a directory private to the server's user") from None
 
     @contextmanager
     def _tx(self) -> Iterator[sa.Connection]:
@@ -169,6 +183,8 @@ class Catalog:
             yield conn
 
     def close(self) -> None:
+        if self._seal is not None:
+            self._seal.close()
         self._engine.dispose()
 
     # -- datasets -----------------------------------------------------------------------------
@@ -354,14 +370,52 @@ class Catalog:
                 (grants_table.c.owner == owner) & (grants_table.c.dataset == dataset)))
 
     # -- audit --------------------------------------------------------------------------------
-    def append_audit(self, record: dict[str, Any]) -> None:
-        """Append one record to the hash chain (each hash covers the previous one)."""
-        values = {k: record.get(k) for k in AUDIT_FIELDS}
+    def _seal_start(self) -> None:
+        """Start the anchor if there is none: a new log, or one from an older ldw (its records
+        so far are pinned by the genesis line and checked as the older unkeyed chain)."""
+        assert self._seal is not None
+        if self._seal.anchor.exists():
+            return
         with self._tx() as conn:
-            prev = conn.execute(sa.select(audit_table.c.hash).order_by(
-                audit_table.c.seq.desc()).limit(1)).scalar() or "0" * 64
-            digest = audit_hash(prev, values)
-            conn.execute(audit_table.insert().values(**values, prev_hash=prev, hash=digest))
+            head = conn.execute(sa.select(audit_table.c.seq, audit_table.c.hash).order_by(
+                audit_table.c.seq.desc()).limit(1)).first()
+        if head is None:
+            self._seal.anchor.start(0, ZERO, "new")
+            return
+        reason = "migrated" if self._seal.key_created else "anchor-recreated"
+        log.warning("audit: starting the anchor at record %d (%s)", head.seq, reason)
+        self._seal.anchor.start(head.seq, head.hash, reason)
+
+    def append_audit(self, record: dict[str, Any]) -> None:
+        """Append one record to the keyed chain, then anchor its number and MAC outside the
+        catalog. Names and reasons are stored escaped (no control characters)."""
+        if self._seal is None:
+            raise RuntimeError("this catalog has no audit key: only the server appends audit "
+                               "records")
+        values = {k: record.get(k) for k in AUDIT_FIELDS}
+        for name, width in _AUDIT_TEXT.items():
+            if values[name] is not None:
+                values[name] = printable(values[name])[:width]
+        with self._lock:
+            with self._engine.begin() as conn:
+                head = conn.execute(sa.select(audit_table.c.seq, audit_table.c.hash).order_by(
+                    audit_table.c.seq.desc()).limit(1)).first()
+                prev = head.hash if head is not None else ZERO
+                anchored = self._seal.anchor.last_seq()
+                seq = max(head.seq if head is not None else 0, anchored) + 1
+                if head is None and anchored or head is not None and head.seq < anchored:
+                    # never reuse an anchored number: the removal stays visible as a gap
+                    log.error("audit: the catalog's log ends before record %d, which is "
+                              "anchored; records were removed (ldw audit --verify)", anchored)
+                digest = self._seal.mac(prev, seq, values)
+                conn.execute(audit_table.insert().values(seq=seq, **values, prev_hash=prev,
+                                                         hash=digest))
+            try:
+                self._seal.anchor.append(seq, digest)
+            except BaseException:
+                with contextlib.suppress(Exception), self._engine.begin() as conn:
+                    conn.execute(audit_table.delete().where(audit_table.c.seq == seq))
+                raise
 
     def audit(self, *, user: str | None = None, dataset: str | None = None,
               limit: int = 100) -> list[dict[str, Any]]:
@@ -373,18 +427,22 @@ class Catalog:
         with self._tx() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
 
-    def verify_audit(self) -> tuple[bool, int, int | None]:
-        """(intact, records checked, first broken seq) of the whole hash chain."""
-        prev, count = "0" * 64, 0
+    def audit_records(self) -> list[dict[str, Any]]:
+        """Every audit record in sequence order (for verification)."""
         with self._tx() as conn:
-            for row in conn.execute(audit_table.select().order_by(audit_table.c.seq)):
-                values = {k: getattr(row, k) for k in AUDIT_FIELDS}
-                if row.prev_hash != prev or row.hash != audit_hash(prev, values):
-                    return False, count, row.seq
-                prev, count = row.hash, count + 1
-        return True, count, None
+            return [dict(r._mapping) for r in conn.execute(
+                audit_table.select().order_by(audit_table.c.seq))]
+
+    def verify_audit(self, key: bytes | None = None, anchor: Anchor | None = None
+                     ) -> AuditReport:
+        """Check the whole log: links, MACs, gaps and the anchor (see :func:`ldw.audit.verify`);
+        by default with this catalog's own seal."""
+        if self._seal is not None:
+            key = key if key is not None else self._seal.key
+            anchor = anchor if anchor is not None else self._seal.anchor
+        return verify_audit(self.audit_records(), key, anchor or Anchor(None))
 
 
-def audit_hash(prev: str, values: dict[str, Any]) -> str:
-    canonical = json.dumps(values, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256((prev + canonical).encode()).hexdigest()
+# stored escaped and cut to their column's width
+_AUDIT_TEXT = {"user": 128, "action": 32, "dataset": 260, "outcome": 16, "policy": 64,
+               "detail": 4000}

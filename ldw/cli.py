@@ -20,6 +20,7 @@ import sys
 import time
 from typing import Any
 
+from ldw.audit import printable
 from ldw.config import Settings, load_settings
 from ldw.errors import LdwError, ServerUnavailable
 
@@ -100,7 +101,8 @@ def cmd_server_status(args: argparse.Namespace) -> int:
           f" (+{_mib(status['spilled_bytes'])} spilled to disk)")
     print(f"datasets   {status['datasets']} ({status['cached']} cached)")
     for key, hits in sorted(status["hits"].items()):
-        print(f"  {key:<30} {hits:>6} hits {_mib(status['bytes_served'][key]):>14} served")
+        print(f"  {printable(key):<30} {hits:>6} hits "
+              f"{_mib(status['bytes_served'][key]):>14} served")
     return 0
 
 
@@ -135,11 +137,12 @@ def cmd_user_revoke(args: argparse.Namespace) -> int:
     if args.name not in settings.users and args.name != server_os_user():
         dropped = catalog.drop_user_grants(args.name)  # the user is gone, and so are shares
     catalog.close()
-    print(f"{args.name} revoked{' (token deleted)' if had_token else ''}: every call, ticket and "
+    name = printable(args.name)
+    print(f"{name} revoked{' (token deleted)' if had_token else ''}: every call, ticket and "
           "open stream of theirs is refused, over Flight and the local socket, whatever "
-          f"[users.{args.name}] says; `ldw user add {args.name}` lets them in again")
+          f"[users.{name}] says; `ldw user add {name}` lets them in again")
     if dropped:
-        print(f"{dropped} share(s) with {args.name} dropped")
+        print(f"{dropped} share(s) with {name} dropped")
     return 0
 
 
@@ -153,23 +156,43 @@ def _local(settings: Settings) -> Any:
 def cmd_audit(args: argparse.Namespace) -> int:
     settings, _ = _settings(args)
     if args.verify:
-        from ldw.catalog import Catalog  # noqa: PLC0415
-
-        catalog = Catalog(settings.catalog)
-        intact, checked, broken = catalog.verify_audit()
-        catalog.close()
-        if intact:
-            print(f"audit log intact: {checked} records, hash chain verified")
-            return 0
-        print(f"audit log BROKEN at record {broken} (after {checked} good records)")
-        return 1
+        return _verify_audit(settings)
     frame = _local(settings).audit(user=args.user, dataset=args.dataset, limit=args.last)
     for row in frame.iter_rows(named=True):
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["ts"]))
         size = f" rows={row['rows']}" if row["rows"] is not None else ""
-        print(f"{row['seq']:>6} {when} {row['user']:<12} {row['action']:<12} "
-              f"{row['outcome']:<6} {row['dataset'] or '-'}{size} {row['detail'] or ''}")
+        user, action, outcome, dataset, detail = (printable(row[k] or "") for k in (
+            "user", "action", "outcome", "dataset", "detail"))
+        print(f"{row['seq']:>6} {when} {user:<12} {action:<12} "
+              f"{outcome:<6} {dataset or '-'}{size} {detail}")
     return 0
+
+
+def _verify_audit(settings: Settings) -> int:
+    """Check the audit log's keyed chain, sequence and anchor; say what is wrong."""
+    from ldw.audit import Anchor, load_audit_key  # noqa: PLC0415
+    from ldw.catalog import Catalog  # noqa: PLC0415
+
+    key = load_audit_key(settings.audit_key_file, create=False)
+    catalog = Catalog(settings.catalog)
+    try:
+        report = catalog.verify_audit(key, Anchor(settings.audit_anchor_file))
+    finally:
+        catalog.close()
+    for note in report.notes:
+        print(f"note: {printable(note)}")
+    if report.ok:
+        keyed = (f"keyed MAC chain from record {report.keyed_from}"
+                 if report.keyed_from is not None else "no keyed records yet")
+        print(f"audit log intact: {report.records} records verified ({keyed}; anchored up to "
+              f"record {report.head if report.head is not None else 0}, "
+              f"{report.anchored} anchored)")
+        return 0
+    print(f"audit log BROKEN ({report.records} records in the catalog, {report.anchored} "
+          "anchored):")
+    for problem in report.problems:
+        print(f"  {printable(problem)}")
+    return 1
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -192,7 +215,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
               f"manifest{whose}")
         return 0
     for problem in result.problems:
-        print(problem)
+        print(printable(problem))
     return 1
 
 
@@ -223,7 +246,8 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--user")
     audit.add_argument("--dataset", help="OWNER/NAME")
     audit.add_argument("--last", type=int, default=50)
-    audit.add_argument("--verify", action="store_true", help="check the hash chain")
+    audit.add_argument("--verify", action="store_true",
+                       help="check the keyed chain, sequence gaps and the anchor")
     audit.set_defaults(func=cmd_audit)
     export = verbs.add_parser("export", help="export a dataset to Parquet")
     export.add_argument("name")

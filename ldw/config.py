@@ -6,6 +6,7 @@ variable) or ``keyring`` (a keyring service); the URL must not carry a password.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tempfile
@@ -119,6 +120,8 @@ class Settings:
     tls_key: Path | None = None
     ttl_sweep_seconds: float = 30.0
     mask_key_file: Path = Path("~/.local/share/ldw/mask.key")
+    audit_key_file: Path = Path("~/.local/share/ldw/audit.key")
+    audit_anchor_file: Path = Path("~/.local/share/ldw/audit.anchor")
     policies: dict[str, Any] = field(default_factory=dict)
     users: dict[str, Any] = field(default_factory=dict)
     config_path: Path | None = None
@@ -181,6 +184,8 @@ _SERVER_DEFAULTS: dict[str, Any] = {
     "export_roots": (),
     "max_tickets_per_user": 64,
     "max_streams_per_user": 16,
+    "audit_key_file": None,     # default: audit.key beside mask_key_file
+    "audit_anchor_file": None,  # default: beside the audit key, one per catalog
 }
 
 
@@ -193,6 +198,19 @@ def _positive_int(server: dict[str, Any], key: str) -> int:
     if isinstance(value, bool) or number < 1:
         raise ConfigError(f"[server] {key} must be a positive integer, not {value!r}")
     return number
+
+
+def _audit_files(server: dict[str, Any]) -> dict[str, Path]:
+    """The audit MAC key and anchor: outside the catalog, in the server's private state."""
+    key = _expand(server["audit_key_file"]) if server["audit_key_file"] else \
+        _expand(server["mask_key_file"]).parent / "audit.key"
+    if server["audit_anchor_file"]:
+        return {"audit_key_file": key, "audit_anchor_file": _expand(server["audit_anchor_file"])}
+    catalog = str(server["catalog"])
+    if catalog.startswith("sqlite:///") and not catalog.startswith("sqlite:////"):
+        catalog = "sqlite:///" + str(_expand(catalog.removeprefix("sqlite:///")).absolute())
+    digest = hashlib.sha256(catalog.encode()).hexdigest()[:12]
+    return {"audit_key_file": key, "audit_anchor_file": key.parent / f"audit-{digest}.anchor"}
 
 
 def _source_from_table(name: str, table: dict[str, Any]) -> SourceConfig:
@@ -317,6 +335,7 @@ def load_settings(
         export_roots=export_roots_setting(server["export_roots"], "[server] export_roots"),
         max_tickets_per_user=_positive_int(server, "max_tickets_per_user"),
         max_streams_per_user=_positive_int(server, "max_streams_per_user"),
+        **_audit_files(server),
         policies=data.get("policies", {}),
         users=data.get("users", {}),
         config_path=path,

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pyarrow as pa
 import sqlalchemy as sa
 
+from ldw.audit import AuditSeal
 from ldw.catalog import Catalog, DatasetRow, VersionRow
 from ldw.config import Settings, parse_duration
 from ldw.connectors import Connector, connector_for
@@ -82,6 +83,17 @@ def server_os_user() -> str:
 def check_name(name: object, what: str = "dataset name") -> str:
     if not isinstance(name, str) or not name or len(name) > 128 or not set(name) <= _NAME_OK:
         raise InvalidMapping(f"{what} {name!r} must be 1-128 letters, digits, '_' or '-'")
+    return name
+
+
+_USER_OK = _NAME_OK | frozenset(".@$")  # OS user names may also carry these
+
+
+def check_user(name: object, what: str = "user name") -> str:
+    """A user (owner) name as a client may send it: no '/', spaces or control characters."""
+    if not isinstance(name, str) or not name or len(name) > 128 or not set(name) <= _USER_OK:
+        raise InvalidMapping(f"{what} {name!r} must be 1-128 letters, digits, '_', '-', '.', "
+                             "'@' or '$'")
     return name
 
 
@@ -169,7 +181,9 @@ class Engine:
             self.store = RayStore(settings, disk_root, key=key, ephemeral=ephemeral)
         else:
             self.store = Store(memory_root, disk_root, memory_limit=settings.memory_limit)
-        self.catalog = Catalog("sqlite://" if ephemeral else settings.catalog)
+        self.catalog = Catalog("sqlite://" if ephemeral else settings.catalog,
+                               seal=AuditSeal.ephemeral() if ephemeral else AuditSeal.open(
+                                   settings.audit_key_file, settings.audit_anchor_file))
         self.governance = Governance(settings.policies, settings.users,
                                      mask_key_path=settings.mask_key_file)
         self.governance.extra_roles = self.catalog.user_roles
@@ -405,6 +419,8 @@ class Engine:
         return record
 
     def dataset(self, owner: str, name: str) -> DatasetRecord:
+        check_name(name)
+        check_user(owner, "owner")
         with self._lock:
             record = self._records.get(f"{owner}/{name}")
             if record is None:

@@ -103,7 +103,8 @@ class _UnixHandler(socketserver.BaseRequestHandler):
         sock.settimeout(owner.read_timeout)  # an idle or trickling client is dropped soon
         try:
             pid, uid, user = peer_user(sock)
-            owner.authorize_local(uid, user)
+            with owner.service.refusals_audited(user, "connect", {}):
+                owner.authorize_local(uid, user)
             request = _read_request(sock)
             # the answer may take a long materialization; a client that stops reading what
             # we send is dropped after send_timeout

@@ -20,7 +20,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from ldw.engine import DatasetRecord, Engine
+from ldw.engine import DatasetRecord, Engine, check_name, check_user
 from ldw.errors import (
     AccessDenied,
     AuditUnavailable,
@@ -28,6 +28,8 @@ from ldw.errors import (
     LdwError,
     PolicyViolation,
     UnknownDataset,
+    UnknownSource,
+    UnknownTable,
 )
 from ldw.pushdown import predicate_to_sql
 from ldw.wire import decode_value, encode_schema
@@ -60,9 +62,33 @@ def _only(args: dict[str, Any], op: str, allowed: set[str]) -> None:
 
 def _target(user: str, args: dict[str, Any]) -> tuple[str, str]:
     """(owner, name) a call is about: the caller's own dataset unless ``owner`` says whose."""
-    name = _arg(args, "name", str, required=True)
-    owner = _arg(args, "owner", str) or user
+    name = check_name(_arg(args, "name", str, required=True))
+    owner = check_user(_arg(args, "owner", str) or user, "owner")
     return owner, name
+
+
+# What a refused request raises: each is audited as a denial where requests are dispatched
+# (Service.refusals_audited), whichever check raised it: governance (AccessDenied,
+# PolicyViolation), the SQL sandbox and predicate checks (InvalidMapping), and probes of names
+# the caller cannot see (Unknown*).
+REFUSALS = (AccessDenied, PolicyViolation, InvalidMapping, UnknownDataset, UnknownTable,
+            UnknownSource)
+
+
+def _refused_target(user: str, args: dict[str, Any]) -> str | None:
+    """What a refused request was about, as far as its arguments say (escaped when stored)."""
+    name, table = args.get("name"), args.get("table")
+    if isinstance(name, str):
+        owner = args.get("owner")
+        return f"{owner if isinstance(owner, str) and owner else user}/{name}"
+    return table if isinstance(table, str) else None
+
+
+def _refused_sql(args: dict[str, Any]) -> str | None:
+    """The SQL or predicate text a refused request carried (its values are bound params, not
+    stored), cut to a bounded size."""
+    parts = [f"{k}: {args[k]}" for k in ("sql", "query", "where") if isinstance(args.get(k), str)]
+    return "\n".join(parts)[:10_000] or None
 
 
 class Service:
@@ -76,9 +102,9 @@ class Service:
     # -- entry points -------------------------------------------------------------------------
     def call(self, user: str, op: str, args: dict[str, Any],
              progress: Callable | None = None) -> Any:
-        if op not in OPS:
-            raise InvalidMapping(f"unknown operation {op!r}; known: {sorted(OPS)}")
-        with self._denials_audited(user, op, args):
+        with self.refusals_audited(user, op, args):
+            if op not in OPS:
+                raise InvalidMapping(f"unknown operation {op!r}; known: {sorted(OPS)}")
             self.engine.check_user(user)
             return OPS[op](self, user, args, progress)
 
@@ -86,7 +112,7 @@ class Service:
         """Make sure a version is cached; return its info and a read-only descriptor of it
         (the caller closes it). On the Ray backend the descriptor holds an in-memory copy;
         :meth:`attach_table` avoids it."""
-        with self._denials_audited(user, "attach", args):
+        with self.refusals_audited(user, "attach", args):
             self.engine.check_user(user)
             owner, name = _target(user, args)
             self.engine.readable(user, owner, name)
@@ -101,7 +127,7 @@ class Service:
                      ) -> tuple[dict, pa.Table]:
         """Like :meth:`attach`, but the cached version as a table: memory-mapped on the local
         backend, zero-copy from this node's object store on Ray."""
-        with self._denials_audited(user, "attach", args):
+        with self.refusals_audited(user, "attach", args):
             self.engine.check_user(user)
             owner, name = _target(user, args)
             self.engine.readable(user, owner, name)
@@ -125,7 +151,7 @@ class Service:
                     ) -> tuple[pa.RecordBatchReader, Callable[[], None]]:
         """Like :meth:`stream`, but the batches unchecked and the access re-check apart, for a
         transport that adds its own checks (Flight: the token)."""
-        with self._denials_audited(user, op, args):
+        with self.refusals_audited(user, op, args):
             self.engine.check_user(user)
             if op == "scan":
                 reader, pinned = self._scan(user, args)
@@ -175,7 +201,7 @@ class Service:
                 "the audit log cannot be written, so ldw refuses this call; tell the ldw "
                 "administrator (the server log has the cause)") from None
 
-    class _Denials:
+    class _Refusals:
         def __init__(self, service: Service, user: str, op: str, args: dict) -> None:
             self.service, self.user, self.op, self.args = service, user, op, args
 
@@ -183,19 +209,17 @@ class Service:
             return None
 
         def __exit__(self, kind: type | None, exc: BaseException | None, tb: Any) -> bool:
-            refused = isinstance(exc, AccessDenied | PolicyViolation) or (
-                isinstance(exc, UnknownDataset) and self.args.get("owner") not in
-                (None, self.user))  # another user's dataset that is not shared with them
-            if refused:
-                name = self.args.get("name") or self.args.get("table")
-                owner = self.args.get("owner") or self.user
-                dataset = f"{owner}/{name}" if self.args.get("name") else name
-                self.service.audit(self.user, self.op, dataset=dataset, outcome="deny",
-                                   detail=str(exc))
+            if isinstance(exc, REFUSALS):
+                self.service.audit(self.user, self.op, dataset=_refused_target(self.user,
+                                                                             self.args),
+                                   outcome="deny", sql=_refused_sql(self.args),
+                                   detail=f"{type(exc).__name__}: {exc}")
             return False
 
-    def _denials_audited(self, user: str, op: str, args: dict) -> Service._Denials:
-        return Service._Denials(self, user, op, args)
+    def refusals_audited(self, user: str, op: str, args: dict) -> Service._Refusals:
+        """A context in which a refusal (see REFUSALS) is audited as a denial, then raised;
+        if the denial cannot be audited, AuditUnavailable is raised instead."""
+        return Service._Refusals(self, user, op, args)
 
     # -- descriptions -------------------------------------------------------------------------
     def info(self, record: DatasetRecord, *, viewer: str | None = None) -> dict[str, Any]:
