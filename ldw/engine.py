@@ -457,6 +457,8 @@ class Engine:
 
         Another owner's dataset that is not shared with ``user`` and one that does not exist
         get the same answer, so probing tells nothing about other users' datasets."""
+        check_name(name)
+        check_user(owner, "owner")
         if user != owner:
             roles = self.governance.roles(user)
             grants = self.catalog.grants(owner, name)
