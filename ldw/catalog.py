@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import secrets
 import threading
 import time
@@ -22,6 +23,7 @@ import pyarrow as pa
 import sqlalchemy as sa
 
 from ldw.errors import ConfigError, UnknownDataset
+from ldw.trust import NOT_WRITABLE, create_private, private_dir
 
 __all__ = ["Catalog", "DatasetRow", "VersionRow"]
 
@@ -130,6 +132,13 @@ def _version_row(row: sa.Row) -> VersionRow:
                       row.bytes, row.created, row.seconds, tuple(json.loads(row.source_sql)))
 
 
+def _private_sqlite(path: Path) -> None:
+    """The catalog's folder is ours and nobody else's to change; its file is 0600 from the
+    start (SQLite gives its journal and WAL files the same mode)."""
+    folder = private_dir(path.parent, "catalog folder", forbidden=NOT_WRITABLE)
+    os.close(create_private(folder / path.name))
+
+
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -138,9 +147,9 @@ class Catalog:
     """One owner of the catalog database; every method is one short transaction."""
 
     def __init__(self, url: str) -> None:
-        if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
             path = Path(url.removeprefix("sqlite:///")).expanduser()
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            _private_sqlite(path)
             url = f"sqlite:///{path}"
         options: dict[str, Any] = {}
         if url in ("sqlite://", "sqlite:///:memory:"):  # one shared in-memory database
