@@ -23,7 +23,7 @@ from conftest import ServerHandle
 
 import ldw
 from ldw.config import load_settings
-from ldw.errors import AccessDenied, ConfigError, LdwError
+from ldw.errors import ConfigError, LdwError
 from ldw.store import Store
 
 pytestmark = pytest.mark.postgres
@@ -321,6 +321,14 @@ def test_stop_still_stops_the_real_server(server):
 
 
 # -- F4: a replaced socket -------------------------------------------------------------------------
+def client_datasets(server: ServerHandle) -> subprocess.CompletedProcess:
+    """A client in its own process (bounded in time): list datasets over the socket."""
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        import ldw
+        print(ldw.connect(config={str(server.config)!r}, autostart=False).datasets())
+    """)], capture_output=True, text=True, timeout=60)
+
+
 def test_a_client_never_talks_to_a_socket_another_user_put_in_place(server, attacker, table):
     server.local().map("mine", table)
     socket_file = server.folder / "state" / "ldw.sock"
@@ -351,13 +359,14 @@ def test_a_client_never_talks_to_a_socket_another_user_put_in_place(server, atta
         real = socket_file.with_name("real.sock")
         os.rename(socket_file, real)  # as if someone with write access swapped it
         os.rename(spot / "s.sock", socket_file)
-        with pytest.raises(AccessDenied, match="replaced"):
-            server.local().datasets()
+        refused = client_datasets(server)
+        assert refused.returncode != 0 and "AccessDenied" in refused.stderr, refused.stderr
+        assert "replaced" in refused.stderr, refused.stderr
         assert not heard.exists() or heard.read_bytes() == b"", "a request reached the fake"
         os.chmod(server.folder / "state", 0o777)  # a state_dir others may change: refused
         os.rename(real, socket_file)
-        with pytest.raises(ConfigError, match="open to other users"):
-            server.local().datasets()
+        refused = client_datasets(server)
+        assert "ConfigError" in refused.stderr and "open to other users" in refused.stderr
         os.chmod(server.folder / "state", 0o700)
         assert server.local().datasets()["name"].to_list() == ["mine"]
     finally:
