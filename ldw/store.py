@@ -232,13 +232,18 @@ class Store:
         target = folder / version.path.name
         temp = folder / f".tmp-{version.path.name}"
         identity = self._create(temp)
-        source = self._open_checked(version)
         try:
-            with open(source, "rb", closefd=False) as src, open(temp, "r+b") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-        finally:
-            os.close(source)
-        os.rename(temp, target)
+            source = self._open_checked(version)
+            try:
+                with open(source, "rb", closefd=False) as src, open(temp, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+            finally:
+                os.close(source)
+            os.rename(temp, target)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                temp.unlink()
+            raise
         with self._lock:
             self._published[target] = identity
         self.delete(version)
