@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import secrets
 import threading
 import time
@@ -26,6 +27,7 @@ import sqlalchemy as sa
 from ldw.audit import ZERO, Anchor, AuditReport, AuditSeal, printable
 from ldw.audit import verify as verify_audit
 from ldw.errors import ConfigError, UnknownDataset
+from ldw.trust import NOT_WRITABLE, create_private, private_dir
 
 __all__ = ["Catalog", "DatasetRow", "VersionRow"]
 
@@ -142,6 +144,13 @@ def _version_row(row: sa.Row) -> VersionRow:
                       row.bytes, row.created, row.seconds, tuple(json.loads(row.source_sql)))
 
 
+def _private_sqlite(path: Path) -> None:
+    """The catalog's folder is ours and nobody else's to change; its file is 0600 from the
+    start (SQLite gives its journal and WAL files the same mode)."""
+    folder = private_dir(path.parent, "catalog folder", forbidden=NOT_WRITABLE)
+    os.close(create_private(folder / path.name))
+
+
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -150,9 +159,9 @@ class Catalog:
     """One owner of the catalog database; every method is one short transaction."""
 
     def __init__(self, url: str, *, seal: AuditSeal | None = None) -> None:
-        if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
             path = Path(url.removeprefix("sqlite:///")).expanduser()
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            _private_sqlite(path)
             url = f"sqlite:///{path}"
         options: dict[str, Any] = {}
         if url in ("sqlite://", "sqlite:///:memory:"):  # one shared in-memory database

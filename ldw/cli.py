@@ -71,6 +71,19 @@ def cmd_server_stop(args: argparse.Namespace) -> int:
     if pid is None:
         print("no ldw server running")
         return 0
+    from ldw.unix import LocalBackend, socket_path  # noqa: PLC0415
+
+    # the pid file alone is no proof: only the process serving our socket is stopped
+    try:
+        serving = LocalBackend(socket_path(settings)).server_pid()
+    except ServerUnavailable as exc:
+        serving, reason = None, str(exc)
+    else:
+        reason = f"the process serving {socket_path(settings)} is pid {serving}"
+    if serving != pid:
+        print(f"ldw: not stopping pid {pid}: it is not the ldw server of "
+              f"{settings.state_dir} ({reason}); nothing was killed", file=sys.stderr)
+        return 2
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and _server_pid(settings) == pid:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 import tempfile
 import tomllib
 from dataclasses import dataclass, field
@@ -145,9 +146,25 @@ class Settings:
 def _expand(path: str) -> Path:
     env = dict(os.environ)
     env.setdefault("USER", _user())
-    env.setdefault("XDG_RUNTIME_DIR", str(Path(tempfile.gettempdir()) / f"ldw-run-{env['USER']}"))
+    if not env.get("XDG_RUNTIME_DIR"):
+        env["XDG_RUNTIME_DIR"] = _runtime_dir()
     expanded = re.sub(r"\$\{?(\w+)\}?", lambda m: env.get(m.group(1), m.group(0)), path)
     return Path(expanded).expanduser()
+
+
+def _runtime_dir() -> str:
+    """Stands in for an unset ``$XDG_RUNTIME_DIR``: the login's ``/run/user/UID`` if it is
+    ours and private, else a folder in the home directory; never a predictable name in the
+    shared temp folder, which another user could create first."""
+    run = Path(f"/run/user/{os.geteuid()}")
+    try:
+        info = run.lstat()
+    except OSError:
+        info = None
+    if info is not None and stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid() \
+            and not info.st_mode & 0o077:
+        return str(run)
+    return str(Path.home() / ".cache" / "ldw" / "run")
 
 
 def _user() -> str:

@@ -567,11 +567,10 @@ class RayStore:
     def spill(self, version: Version) -> Version:
         """Copy a version into an Arrow file of the disk tier; drop its objects."""
         table = self.open_table(version)
-        written = self.disk.write(version.dataset, table.schema, table.to_batches())
-        target = written.path.with_name(f"{version.version_id}.arrow")
-        os.rename(written.path, target)
+        written = self.disk.write(version.dataset, table.schema, table.to_batches(),
+                                  version_id=version.version_id)
         self.delete(version)
-        return replace(version, path=target, tier=DISK, bytes=version.bytes)
+        return replace(version, path=written.path, tier=DISK, bytes=version.bytes)
 
     def adopt(self, version: Version) -> bool:
         if version.tier == DISK:

@@ -32,9 +32,10 @@ import pyarrow as pa
 
 from ldw.config import Settings
 from ldw.engine import Engine
-from ldw.errors import AccessDenied, InvalidMapping, LdwError, ServerUnavailable
+from ldw.errors import AccessDenied, ConfigError, InvalidMapping, LdwError, ServerUnavailable
 from ldw.service import STREAM_OPS, Service
 from ldw.store import Progress
+from ldw.trust import NOT_WRITABLE, check_dir, create_private, private_dir
 from ldw.unix import socket_path
 from ldw.wire import MAX_REQUEST, STREAM_ERROR, encode_error, frame, progress_to_json
 
@@ -48,13 +49,24 @@ def pid_path(settings: Settings) -> Path:
 
 
 def running_pid(settings: Settings) -> int | None:
-    """The pid of the server holding this state_dir's lock, or None (zombies hold no lock)."""
+    """The pid of the server holding this state_dir's lock, or None (zombies hold no lock).
+
+    Only a pid file of ours, in a state_dir of ours that nobody else can write to, counts."""
     path = pid_path(settings)
+    if not os.path.lexists(settings.state_dir):
+        return None
+    check_dir(settings.state_dir, "state_dir", forbidden=NOT_WRITABLE)
     try:
-        handle = open(path)  # noqa: SIM115
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
-    with handle:
+    except OSError as exc:  # a link (ELOOP) or unreadable
+        raise ConfigError(f"pid file {str(path)!r} cannot be trusted ({exc.strerror}); "
+                          "remove it") from None
+    if os.fstat(fd).st_uid != os.geteuid():
+        os.close(fd)
+        raise ConfigError(f"pid file {str(path)!r} belongs to another user; remove it")
+    with open(fd) as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -200,7 +212,7 @@ class Server:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.started = time.time()
-        settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(settings.state_dir, "state_dir", forbidden=NOT_WRITABLE)
         self._pid_file = self._lock_pid_file()
         self.engine = Engine(settings)
         self.service = Service(self.engine, describe_server=self.describe)
@@ -211,7 +223,8 @@ class Server:
 
     def _lock_pid_file(self) -> Any:
         path = pid_path(self.settings)
-        handle = open(path, "a+")  # noqa: SIM115 - held open for the server's lifetime
+        # held open for the server's lifetime
+        handle = open(create_private(path), "a+")  # noqa: SIM115
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -290,6 +303,7 @@ class Server:
 
 def serve(settings: Settings) -> None:
     """Run a server in this process until SIGTERM/SIGINT (``ldw server start --foreground``)."""
+    os.umask(0o077)  # every file the server makes is private from its first byte
     server = Server(settings)
     signal.signal(signal.SIGTERM, server.stop)
     signal.signal(signal.SIGINT, server.stop)

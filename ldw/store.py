@@ -1,7 +1,11 @@
 """Immutable dataset versions as Arrow IPC files: a memory tier (shared memory) and a disk tier.
 
 A version is written under a temporary name while batches stream in and published by rename, so
-no reader ever sees half a version. Strings are stored as ``string_view``, the layout polars reads
+no reader ever sees half a version. Folders are 0700 and files 0600 from their first byte; a
+version is only ever opened without following links and served only if it is still the very
+file (device and inode) that was published, so a swapped file is refused, never handed out.
+Each tier's root is locked by the store that owns it: a second server refuses it.
+Strings are stored as ``string_view``, the layout polars reads
 without conversion; opening a version memory-maps it (no copy of the table's bytes), and a reader
 keeps its mapping when the file is later spilled, replaced or deleted.
 
@@ -13,9 +17,11 @@ the store asks its owner to make room (spill or drop other versions) and fails w
 from __future__ import annotations
 
 import contextlib
+import logging
 import mmap
 import os
 import shutil
+import stat
 import threading
 import time
 import uuid
@@ -26,9 +32,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
-from ldw.errors import CapacityExceeded
+from ldw.errors import CapacityExceeded, LdwError
+from ldw.trust import DirLock, create_private, private_dir
 
 __all__ = ["Progress", "Store", "Version", "VersionLost", "open_fd", "storage_schema"]
+
+log = logging.getLogger("ldw.store")
 
 MEMORY, DISK = "memory", "disk"
 
@@ -104,12 +113,45 @@ class Store:
     def __init__(self, memory_root: Path, disk_root: Path, *, memory_limit: int) -> None:
         self.roots = {MEMORY: Path(memory_root), DISK: Path(disk_root)}
         self.memory_limit = memory_limit
-        for root in self.roots.values():
-            root.mkdir(parents=True, exist_ok=True, mode=0o700)
-            os.chmod(root, 0o700)
+        self._locks: list[DirLock] = []
+        try:
+            for tier, what in ((MEMORY, "shm_dir"), (DISK, "spill_dir")):
+                root = self.roots[tier] = private_dir(self.roots[tier], what)
+                if all(lock.folder != root for lock in self._locks):
+                    self._locks.append(DirLock(root, what))
+        except BaseException:
+            self._unlock()
+            raise
         self._lock = threading.Lock()
         self._used = sum(p.stat().st_size for p in self.files(MEMORY))
         self._mapped: dict[Path, pa.Table] = {}  # see open_table
+        self._published: dict[Path, tuple[int, int]] = {}  # path -> (st_dev, st_ino)
+
+    def _unlock(self) -> None:
+        for lock in self._locks:
+            lock.release()
+        self._locks.clear()
+
+    def _folder(self, tier: str, dataset: str) -> Path:
+        """``<root>/<owner>/<name>``, each level created 0700 (never through a link)."""
+        folder = self.roots[tier]
+        for part in dataset.split("/"):
+            folder = folder / part
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(folder, 0o700)
+            info = os.lstat(folder)
+            if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+                raise LdwError(f"{folder} is not a folder of the ldw server's user; remove it")
+        return folder
+
+    def _create(self, path: Path) -> tuple[int, int]:
+        """Create ``path`` 0600 before a byte is written; (device, inode) of the new file."""
+        fd = create_private(path)
+        try:
+            info = os.fstat(fd)
+        finally:
+            os.close(fd)
+        return info.st_dev, info.st_ino
 
     def files(self, tier: str) -> list[Path]:
         """Every file of a tier, published or not (recovery decides what they are)."""
@@ -146,17 +188,18 @@ class Store:
 
     def write(self, dataset: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch], *,
               progress: Callable[[Progress], None] | None = None,
-              make_room: Callable[[int], int] | None = None) -> Version:
+              make_room: Callable[[int], int] | None = None,
+              version_id: str | None = None) -> Version:
         """Stream ``batches`` into a new memory-tier version; publish it only if all arrived."""
-        folder = self.roots[MEMORY] / dataset
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        version_id = new_version_id()
+        folder = self._folder(MEMORY, dataset)
+        version_id = version_id or new_version_id()
         temp = folder / f".tmp-{version_id}.arrow"
         final = folder / f"{version_id}.arrow"
         stored = storage_schema(schema)
         started = time.perf_counter()
         rows = reserved = 0
         try:
+            identity = self._create(temp)
             with pa.OSFile(str(temp), "wb") as sink, ipc.new_file(sink, stored) as writer:
                 for batch in batches:
                     if batch.schema != stored:
@@ -167,8 +210,9 @@ class Store:
                     rows += batch.num_rows
                     if progress:
                         progress(Progress(dataset, rows, reserved, time.perf_counter() - started))
-            os.chmod(temp, 0o600)
             os.rename(temp, final)
+            with self._lock:
+                self._published[final] = identity
         except BaseException:
             self._release(reserved)
             with contextlib.suppress(FileNotFoundError):
@@ -184,33 +228,57 @@ class Store:
 
     def spill(self, version: Version) -> Version:
         """Move a memory-tier version to the disk tier; open readers keep their mapping."""
-        folder = self.roots[DISK] / version.dataset
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        folder = self._folder(DISK, version.dataset)
         target = folder / version.path.name
         temp = folder / f".tmp-{version.path.name}"
-        shutil.copyfile(version.path, temp)
-        os.chmod(temp, 0o600)
-        os.rename(temp, target)
+        identity = self._create(temp)
+        try:
+            source = self._open_checked(version)
+            try:
+                with open(source, "rb", closefd=False) as src, open(temp, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+            finally:
+                os.close(source)
+            os.rename(temp, target)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                temp.unlink()
+            raise
+        with self._lock:
+            self._published[target] = identity
         self.delete(version)
         return replace(version, path=target, tier=DISK)
 
     def adopt(self, version: Version) -> bool:
-        """Count a version that survived a restart, after checking its file is whole."""
+        """Count a version that survived a restart, after checking its file is whole (and a
+        file of ours, reached without a link)."""
         try:
-            with pa.memory_map(str(version.path), "r") as source:
-                reader = ipc.open_file(source)
-                rows = sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
-        except (OSError, pa.ArrowInvalid):
+            fd = os.open(version.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
             return False
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+                return False
+            mapped = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
+            reader = ipc.open_file(pa.BufferReader(pa.py_buffer(mapped)))
+            rows = sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
+        except (OSError, ValueError, pa.ArrowInvalid):
+            return False
+        finally:
+            os.close(fd)
         if rows != version.rows:
             return False
+        with self._lock:
+            self._published[version.path] = (info.st_dev, info.st_ino)
         return True
 
     def delete(self, version: Version) -> None:
         try:
             with self._lock:  # unmapped here once its last reader lets go, not kept by us
                 self._mapped.pop(version.path, None)
-                size = version.path.stat().st_size
+                self._published.pop(version.path, None)
+                size = version.path.lstat().st_size
                 version.path.unlink()
         except FileNotFoundError:
             return
@@ -223,15 +291,36 @@ class Store:
 
     def remove_orphan(self, path: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
-            size = path.stat().st_size
+            size = path.lstat().st_size
             path.unlink()
             if path.is_relative_to(self.roots[MEMORY]):
                 self._release(size)
 
-    @staticmethod
-    def open(version: Version) -> pa.Table:
+    def _open_checked(self, version: Version) -> int:
+        """A read-only descriptor of the version's file, refused unless it is still the file
+        this store published (same device and inode, ours, reached without a link)."""
+        try:
+            fd = os.open(version.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            if isinstance(exc, FileNotFoundError):
+                raise  # replaced by a refresh or spill meanwhile: the caller looks again
+            fd = -1
+        if fd >= 0:
+            info = os.fstat(fd)
+            with self._lock:
+                published = self._published.get(version.path)
+            if stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid() and \
+                    published == (info.st_dev, info.st_ino):
+                return fd
+            os.close(fd)
+        log.error("refused to serve %s: not the file this server published", version.path)
+        raise LdwError(f"the cached file of {version.dataset} was replaced by another file; "
+                       "ldw refuses to serve it. Evict and refresh the dataset, and check who "
+                       f"else can write to {version.path.parent}")
+
+    def open(self, version: Version) -> pa.Table:
         """Memory-map a version: the returned table's buffers are the file's pages."""
-        fd = os.open(version.path, os.O_RDONLY)
+        fd = self._open_checked(version)
         try:
             return open_fd(fd)
         finally:
@@ -256,11 +345,12 @@ class Store:
         """Memory-only data is fine here: the memory tier never spills it (see make_room)."""
 
     def close(self) -> None:
-        """Forget the kept mappings; files are removed by their owner."""
+        """Forget the kept mappings and let go of the folders; files are removed by their
+        owner."""
         with self._lock:
             self._mapped.clear()
+        self._unlock()
 
-    @staticmethod
-    def open_readonly(version: Version) -> int:
+    def open_readonly(self, version: Version) -> int:
         """A read-only descriptor of the version's file, for a local client to map."""
-        return os.open(version.path, os.O_RDONLY | os.O_CLOEXEC)
+        return self._open_checked(version)

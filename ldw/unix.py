@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -21,8 +22,9 @@ from typing import Any
 import pyarrow as pa
 
 from ldw.config import Settings, _user
-from ldw.errors import InvalidMapping, ServerUnavailable
+from ldw.errors import AccessDenied, InvalidMapping, ServerUnavailable
 from ldw.store import Progress, open_fd
+from ldw.trust import NOT_WRITABLE, check_dir, create_private, private_dir
 from ldw.wire import STREAM_ERROR, decode_error, final_result, frame
 
 __all__ = ["LocalBackend", "socket_path", "start_server"]
@@ -42,10 +44,25 @@ def socket_path(settings: Settings) -> Path:
     return settings.state_dir / "ldw.sock"
 
 
+def _server_owner(path: Path) -> int:
+    """The uid the server at ``path`` must run as: the owner of its state_dir, which must be
+    a real folder nobody else can write to (else anyone could have put a socket there)."""
+    try:
+        owner = os.lstat(path.parent).st_uid
+    except FileNotFoundError:
+        return os.geteuid()  # nothing there: connect() says so
+    check_dir(path.parent, "state_dir", owner=owner, forbidden=NOT_WRITABLE)
+    return owner
+
+
 class _Connection:
-    """One request's socket: reads JSON frames (and descriptors sent with them), then bytes."""
+    """One request's socket: reads JSON frames (and descriptors sent with them), then bytes.
+
+    The process at the other end must run as the owner of the socket's folder (its Unix peer
+    credentials say so), so a socket someone else put in its place is never talked to."""
 
     def __init__(self, path: Path, timeout: float | None) -> None:
+        owner = _server_owner(path)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
         try:
@@ -55,6 +72,14 @@ class _Connection:
             raise ServerUnavailable(
                 f"no ldw server is listening at {path}; start one with `ldw server start` "
                 "(ldw.connect() starts it unless autostart=False)") from exc
+        raw = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        self.peer_pid, peer_uid, _gid = struct.unpack("3i", raw)
+        if peer_uid != owner:
+            self.sock.close()
+            raise AccessDenied(
+                f"the socket {path} is served by uid {peer_uid}, not by the owner (uid {owner}) "
+                "of its state_dir: someone may have replaced it; ldw does not talk to it. Stop "
+                "the process behind it and restart the ldw server")
         self.buffer = bytearray()
         self.fds: list[int] = []
 
@@ -201,6 +226,22 @@ class LocalBackend:
             raise
         return pa.RecordBatchReader.from_batches(reader.schema, _closing(reader, conn))
 
+    def server_pid(self, *, timeout: float = 5.0) -> int:
+        """The pid of the ldw server behind the socket, by its peer credentials; if it answers
+        within ``timeout``, it must also say that pid is its own."""
+        conn = _Connection(self.path, timeout)
+        try:
+            conn.sock.sendall(frame({"op": "status", "args": {}}))
+            status = self._result(conn, None)
+        except (TimeoutError, ServerUnavailable):
+            return conn.peer_pid  # busy or hung: the kernel's word is enough
+        finally:
+            conn.close()
+        if not isinstance(status, dict) or status.get("pid") != conn.peer_pid:
+            raise ServerUnavailable(f"the process behind {self.path} (pid {conn.peer_pid}) "
+                                    "did not answer as the ldw server")
+        return conn.peer_pid
+
     def close(self) -> None:
         """Nothing to release: every request has its own connection; the server stays up."""
 
@@ -224,7 +265,7 @@ def _closing(reader: pa.ipc.RecordBatchStreamReader, conn: _Connection
 def start_server(settings: Settings, *, config: Any = None, overrides: dict[str, Any],
                  wait: float = 60.0) -> int:
     """Start the local server detached (own session: it outlives us); return its pid."""
-    settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(settings.state_dir, "state_dir", forbidden=NOT_WRITABLE)
     log_path = settings.state_dir / "server.log"
     env = dict(os.environ)
     for key, value in overrides.items():
@@ -235,7 +276,7 @@ def start_server(settings: Settings, *, config: Any = None, overrides: dict[str,
         env["LDW_CONFIG_JSON"] = json.dumps(config)
     elif config is not None:
         command += ["--config", str(Path(config).expanduser().resolve())]
-    with open(log_path, "ab") as log:
+    with open(create_private(log_path), "ab") as log:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                    env=env, start_new_session=True, close_fds=True)
     deadline = time.monotonic() + wait
