@@ -9,6 +9,7 @@ result or a cache file, for every policy shape.
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
 
@@ -111,7 +112,8 @@ def my_canary(mysql_engine):
         conn.exec_driver_sql(f"drop database {db}")
 
 
-def _warehouse(tmp: Path, source: str, schema: str, shape: str) -> ldw.Warehouse:
+def _warehouse(tmp: Path, source: str, schema: str, shape: str, *,
+               memory_limit: str = "1GiB") -> ldw.Warehouse:
     url = POSTGRES_URL if source == "pg" else MYSQL_URL
     # search_path puts the canary schema first, so unqualified names resolve to its tables
     if source == "pg":
@@ -121,8 +123,9 @@ def _warehouse(tmp: Path, source: str, schema: str, shape: str) -> ldw.Warehouse
     config = {"sources": {source: {"url": url}},
               "policies": _policies(source, schema, shape),
               "users": {_user(): {"roles": ["analyst"]}}}
+    # a small memory limit makes versions spill, so spill files are searched for canaries too
     return ldw.connect(in_process=True, config=config, shm_dir=str(tmp / "shm"),
-                       spill_dir=str(tmp / "spill"), memory_limit="1GiB")
+                       spill_dir=str(tmp / "spill"), memory_limit=memory_limit)
 
 
 def _text(table: pa.Table) -> str:
@@ -418,8 +421,9 @@ def _statement(draw) -> str:
 
 def _generated_sql_check(folder: Path, source: str, schema: str, shape: str,
                          examples: int) -> None:
-    wh = _warehouse(folder, source, schema, shape)
+    wh = _warehouse(folder, source, schema, shape, memory_limit="8KiB")
     seen = {"ran": 0, "refused": 0}
+    exported: list[str] = []
 
     @settings(max_examples=examples, deadline=None, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -436,13 +440,18 @@ def _generated_sql_check(folder: Path, source: str, schema: str, shape: str,
             return
         seen["ran"] += 1
         _assert_clean(data, sql)
+        if len(exported) < 5 and data.num_rows:
+            exported.append(ds.name)
+            ds.export(folder / "exports" / ds.name, compression="none")
 
     try:
         check()
-        _assert_files_clean(folder)
+        states = wh.datasets()["state"].to_list()
+        _assert_files_clean(folder)  # cache versions, spill files and exports
     finally:
         wh.close()
     assert seen["ran"] > 0, seen  # the generator reaches real queries, not only refusals
+    assert "spilled" in states, states  # spill files were searched too
 
 
 @pytest.mark.postgres
@@ -469,3 +478,54 @@ def test_f10_mariadb_connections_are_read_only(tmp_path, my_canary):
             conn.exec_driver_sql("insert into payroll values (2, 'x')")
     finally:
         wh.close()
+
+
+@pytest.mark.postgres
+def test_generated_sql_over_flight_never_sends_a_canary(tmp_path, pg_canary):
+    """The same generator through a real server: the raw Flight bytes and the server's cache
+    and export files never hold a canary."""
+    from test_governance import _Recorder
+
+    policies = _policies("pg", pg_canary, "filter+masks")
+    lines = []
+    for table, policy in policies.items():
+        lines.append(f'[policies."{table}"]')
+        for key, value in policy.items():
+            if key == "columns":
+                lines += [f'columns.{c} = {{ mask = "{m["mask"]}" }}' for c, m in value.items()]
+            elif key == "row_filter":
+                lines += [f'row_filter.{r} = "{f}"' for r, f in value.items()]
+            else:
+                lines.append(f"{key} = {json.dumps(value)}")
+    server = ServerHandle(tmp_path, extra_toml="\n".join(lines),
+                          export_roots=tmp_path / "exports").start()
+    recorder = _Recorder(server.flight)
+    alice = ldw.connect(recorder.address, token=server.token("alice", "analyst"))
+    seen = {"ran": 0, "refused": 0}
+
+    @settings(max_examples=25, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+    @given(_statement())
+    def check(sql: str) -> None:
+        sql = sql.format(s=pg_canary, S=pg_canary.upper())
+        name = f"g{seen['ran'] + seen['refused']}"
+        try:
+            data = alice.map(name, source="pg", sql=sql).to_arrow()
+        except ldw.LdwError:
+            seen["refused"] += 1
+            return
+        seen["ran"] += 1
+        _assert_clean(data, sql)
+        if seen["ran"] <= 3:
+            alice.dataset(name).export(name, compression="none")
+
+    try:
+        check()
+        recorder.close()
+        data = bytes(recorder.received)
+        assert not [c for c in CANARIES if c.encode() in data], "the Flight stream leaks"
+        _assert_files_clean(server.shm)
+        _assert_files_clean(tmp_path / "exports")
+    finally:
+        server.stop()
+    assert seen["ran"] > 0, seen
