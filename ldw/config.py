@@ -124,6 +124,15 @@ class Settings:
     config_path: Path | None = None
     ray_address: str | None = None  # backend = "ray": the cluster ("auto", "host:6379"), or
     # None for a Ray that ldw starts itself (object store sized from memory_limit, no spilling)
+    sql_timeout: float = 600.0  # seconds a wh.sql query may run ([users.NAME] sql_timeout)
+    sql_memory_limit: str = "25%"  # DuckDB's memory for wh.sql, shared by concurrent queries
+
+    def sql_timeout_for(self, user: str) -> tuple[float, str]:
+        """A user's ``wh.sql`` time limit in seconds, and the setting it comes from."""
+        table = self.users.get(user)
+        if isinstance(table, dict) and table.get("sql_timeout") is not None:
+            return table["sql_timeout"], f"[users.{user}] sql_timeout"
+        return self.sql_timeout, "[server] sql_timeout"
 
     def source(self, name: str) -> SourceConfig:
         try:
@@ -174,7 +183,49 @@ _SERVER_DEFAULTS: dict[str, Any] = {
     "tls_key": None,
     "ttl_sweep_seconds": 30,
     "mask_key_file": "~/.local/share/ldw/mask.key",
+    "sql_timeout": "10m",
+    "sql_memory_limit": "25%",
 }
+
+
+def _sql_timeout(value: Any, where: str) -> float:
+    try:
+        seconds = parse_duration(value)
+    except ConfigError:
+        seconds = None
+    if not seconds or seconds <= 0:
+        raise ConfigError(f"{where} sql_timeout must be a positive duration, e.g. '10m', "
+                          f"not {value!r}")
+    return seconds
+
+
+def _sql_memory_limit(value: Any) -> str:
+    """DuckDB's memory limit: a share of RAM (``"25%"``) or a size (``"4GiB"``)."""
+    text = str(value).strip()
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*%", text)
+    if match and 0 < float(match.group(1)) <= 100:
+        return f"{float(match.group(1)):g}%"
+    try:
+        size = parse_bytes(value)
+    except ConfigError:
+        size = 0
+    if size < 2**20:
+        raise ConfigError(f"[server] sql_memory_limit must be a share of RAM ('25%') or a size "
+                          f"of at least 1MiB ('4GiB'), not {value!r}")
+    return f"{size // 2**20}MiB"
+
+
+def _users(users: Any) -> dict[str, Any]:
+    """``[users.*]`` with per-user limits read (``sql_timeout``); roles are read by governance."""
+    if not isinstance(users, dict):
+        raise ConfigError("[users] must be a table of [users.NAME] tables")
+    result = {}
+    for name, table in users.items():
+        if isinstance(table, dict) and table.get("sql_timeout") is not None:
+            table = {**table, "sql_timeout": _sql_timeout(table["sql_timeout"],
+                                                          f"[users.{name}]")}
+        result[name] = table
+    return result
 
 
 def _source_from_table(name: str, table: dict[str, Any]) -> SourceConfig:
@@ -276,7 +327,9 @@ def load_settings(
         tls_key=_expand(server["tls_key"]) if server["tls_key"] else None,
         ttl_sweep_seconds=float(server["ttl_sweep_seconds"]),
         mask_key_file=_expand(server["mask_key_file"]),
+        sql_timeout=_sql_timeout(server["sql_timeout"], "[server]"),
+        sql_memory_limit=_sql_memory_limit(server["sql_memory_limit"]),
         policies=data.get("policies", {}),
-        users=data.get("users", {}),
+        users=_users(data.get("users", {})),
         config_path=path,
     )

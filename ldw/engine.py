@@ -373,7 +373,9 @@ class Engine:
             raise InvalidMapping(f"dataset {name!r} cannot be defined over itself")
         empty = {ref: storage_schema(r.schema).empty_table() for ref, r in zip(names, inputs,
                                                                              strict=True)}
-        schema = self.sql_engine().run(query, empty).schema  # no rows move
+        limit, setting = self.settings.sql_timeout_for(owner)
+        schema = self.sql_engine().run(query, empty, time_limit=limit,
+                                       time_setting=setting).schema  # no rows move
         tables = tuple(sorted({t for r in inputs for t in r.policy_tables}))
         record = DatasetRecord(owner, Mapping(name, DERIVED, sql=query), schema,
                                ttl=parse_duration(ttl), pin=bool(pin),
@@ -480,7 +482,8 @@ class Engine:
         for ref in referenced_datasets(query):
             source = self._input(record.owner, ref)  # access is checked again, now
             tables[ref] = self.open(source.owner, source.name)
-        result = self.sql_engine().run(query, tables)
+        limit, setting = self.settings.sql_timeout_for(record.owner)
+        result = self.sql_engine().run(query, tables, time_limit=limit, time_setting=setting)
         record.source_sql = [query]
         return self.store.write(record.key, record.schema, result.to_batches(),
                                 progress=progress, make_room=lambda n: self.make_room(n, record))
@@ -736,7 +739,11 @@ class Engine:
             if self._sql_engine is None:
                 from ldw.sql import SqlEngine  # noqa: PLC0415
 
-                self._sql_engine = SqlEngine()
+                self._sql_engine = SqlEngine(
+                    memory_limit=self.settings.sql_memory_limit,
+                    time_limit=self.settings.sql_timeout,
+                    memory_setting="[server] sql_memory_limit",
+                    time_setting="[server] sql_timeout")
             return self._sql_engine
 
     def status(self) -> dict[str, Any]:

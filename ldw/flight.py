@@ -13,6 +13,7 @@ parallel connections and joins them in order. Every stream re-checks access befo
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import logging
@@ -108,7 +109,7 @@ class FlightEndpoint(fl.FlightServerBase):
         self.owner = server
         host = parsed.hostname
         self.address = f"{'grpc+tls' if tls else 'grpc'}://{host}:{self.port}"
-        self._tickets: dict[bytes, tuple[float, str, Callable[[], fl.FlightDataStream]]] = {}
+        self._tickets: dict[bytes, tuple[float, str, _StreamFactory]] = {}
         self._lock = threading.Lock()
 
     def _user(self, context: fl.ServerCallContext) -> str:
@@ -117,7 +118,7 @@ class FlightEndpoint(fl.FlightServerBase):
             raise fl.FlightUnauthenticatedError("not authenticated")
         return middleware.user
 
-    def _issue(self, user: str, *streams: Callable[[], fl.FlightDataStream]) -> list[str]:
+    def _issue(self, user: str, *streams: _StreamFactory) -> list[str]:
         """One single-use ticket per stream, for ``user`` only; all of them or none."""
         tickets = [secrets.token_bytes(24) for _ in streams]
         now = time.monotonic()
@@ -150,9 +151,10 @@ class FlightEndpoint(fl.FlightServerBase):
                 raise ValueError
         except ValueError:
             raise _flight_error(InvalidMapping("action body must be a JSON object")) from None
-        return self._run_action(user, action.type, args)
+        return self._run_action(user, action.type, args, context)
 
-    def _run_action(self, user: str, op: str, args: dict[str, Any]) -> Iterator[bytes]:
+    def _run_action(self, user: str, op: str, args: dict[str, Any],
+                    context: fl.ServerCallContext | None = None) -> Iterator[bytes]:
         """Run the operation in a worker, streaming its progress frames as they happen."""
         from ldw.service import STREAM_OPS  # noqa: PLC0415
 
@@ -167,9 +169,12 @@ class FlightEndpoint(fl.FlightServerBase):
                 if op == "attach":
                     result = self._attach(user, args, progress)
                 elif op in STREAM_OPS:
-                    reader = service.stream(user, op, args)
+                    watch = _CallWatch()  # a query stops when the call it serves is cancelled
+                    with watch.during(context):
+                        reader = service.stream(user, op, args, client_gone=watch.gone)
                     result = {"ticket": self._issue(
-                        user, lambda: fl.RecordBatchStream(reader))[0]}
+                        user, lambda get: fl.GeneratorStream(reader.schema,
+                                                             _watched(reader, watch, get)))[0]}
                 else:
                     result = service.call(user, op, args, progress)
                 events.put({"ok": True, "result": result})
@@ -198,8 +203,8 @@ class FlightEndpoint(fl.FlightServerBase):
         def still_allowed() -> None:  # a revoked share or role ends every stream
             engine.readable(user, owner, name)
 
-        def stream(batches: list[pa.RecordBatch]) -> Callable[[], fl.FlightDataStream]:
-            return lambda: fl.GeneratorStream(table.schema, _checked(batches, still_allowed))
+        def stream(batches: list[pa.RecordBatch]) -> _StreamFactory:
+            return lambda _get: fl.GeneratorStream(table.schema, _checked(batches, still_allowed))
 
         batches = table.to_batches()
         if streams is None:
@@ -218,7 +223,7 @@ class FlightEndpoint(fl.FlightServerBase):
                 entry = None
         if entry is None or time.monotonic() - entry[0] > TICKET_TTL:
             raise _flight_error(AccessDenied("unknown, used or expired ticket; attach again"))
-        return entry[2]()
+        return entry[2](context)
 
 
     # -- what ldw does not offer: refused plainly (no Python traceback reaches a client) -----
@@ -250,6 +255,53 @@ class FlightEndpoint(fl.FlightServerBase):
                    descriptor: fl.FlightDescriptor) -> fl.SchemaResult:
         self._user(context)
         raise self._unsupported("describe schemas by descriptor")
+
+
+# A ticket's stream, made when the ticket is redeemed (given the do_get call's context).
+_StreamFactory = Callable[[fl.ServerCallContext], fl.FlightDataStream]
+
+
+class _CallWatch:
+    """Whether the Flight call a SQL query serves was cancelled by its client.
+
+    The call's context is only valid while that call runs, so it is asked only inside
+    :meth:`during`, whose exit waits for a check in progress.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._context: fl.ServerCallContext | None = None
+
+    @contextlib.contextmanager
+    def during(self, context: fl.ServerCallContext | None) -> Iterator[None]:
+        with self._lock:
+            self._context = context
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._context = None
+
+    def gone(self) -> bool:
+        with self._lock:
+            return self._context is not None and self._context.is_cancelled()
+
+
+def _watched(reader: pa.RecordBatchReader, watch: _CallWatch,
+             context: fl.ServerCallContext) -> Iterator[pa.RecordBatch]:
+    """``reader``'s batches; while one is computed, a cancelled call stops the query."""
+    try:
+        while True:
+            with watch.during(context):
+                try:
+                    batch = reader.read_next_batch()
+                except StopIteration:
+                    return
+                except LdwError as exc:
+                    raise _flight_error(exc) from None
+            yield batch
+    finally:
+        reader.close()
 
 
 def _checked(batches: list, check: Callable[[], None]) -> Iterator:

@@ -113,13 +113,16 @@ class Service:
         return {**self.info(record), "version": version.version_id, "rows": version.rows,
                 "bytes": version.bytes}
 
-    def stream(self, user: str, op: str, args: dict) -> pa.RecordBatchReader:
-        """A data operation whose result is record batches: ``scan``, ``sql`` or ``preview``."""
+    def stream(self, user: str, op: str, args: dict, *,
+               client_gone: Callable[[], bool] | None = None) -> pa.RecordBatchReader:
+        """A data operation whose result is record batches: ``scan``, ``sql`` or ``preview``.
+
+        ``client_gone()`` says the caller has disconnected: a SQL query still running stops."""
         with self._denials_audited(user, op, args):
             if op == "scan":
                 return self._scan(user, args)
             if op == "sql":
-                return self._sql(user, args)
+                return self._sql(user, args, client_gone)
             if op == "preview":
                 return self._preview(user, args)
         raise InvalidMapping(f"unknown data operation {op!r}; known: {sorted(STREAM_OPS)}")
@@ -409,7 +412,8 @@ class Service:
             return pa.RecordBatchReader.from_batches(pa.schema([]), iter(()))
         return pa.RecordBatchReader.from_batches(rows[0].schema, iter(rows))
 
-    def _sql(self, user: str, args: dict) -> pa.RecordBatchReader:
+    def _sql(self, user: str, args: dict,
+             client_gone: Callable[[], bool] | None = None) -> pa.RecordBatchReader:
         """SQL over datasets the caller may read (``"alice/orders"`` for a shared one), each
         read zero-copy from its cached version."""
         from ldw.sql import referenced_datasets  # noqa: PLC0415 - DuckDB loads on first use
@@ -430,7 +434,9 @@ class Service:
             tables[name] = self.engine.open(record.owner, record.name)
         # streamed as it is read (a stalled reader holds a few batches, not the result);
         # audited before the first row leaves, so the size is not known yet
-        result = self.engine.sql_engine().stream(query, tables)
+        limit, setting = self.engine.settings.sql_timeout_for(user)
+        result = self.engine.sql_engine().stream(query, tables, time_limit=limit,
+                                                 time_setting=setting, cancelled=client_gone)
         self.audit(user, "sql", dataset=",".join(names), sql=query)
         return result
 
