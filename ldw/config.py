@@ -53,6 +53,10 @@ def parse_duration(value: str | int | float | None) -> float | None:
     return float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
 
 
+DEFAULT_MAX_CONNECTIONS = 8  # per source; a partitioned read holds partitions + 2 at most
+MAX_CONNECTIONS_RANGE = (2, 1000)
+
+
 @dataclass(frozen=True)
 class SourceConfig:
     """A configured source. ``url`` never holds a password; ``password()`` looks it up."""
@@ -72,6 +76,12 @@ class SourceConfig:
         """Seconds ldw waits on the source without progress (a lock, a stalled server) before
         it gives up with ``SourceTimeout``; None waits as long as the source takes."""
         return self.options.get("timeout")
+
+    @property
+    def max_connections(self) -> int:
+        """How many connections ldw opens to this source at once, shared by every read,
+        partition, probe and user (``[sources.NAME] max_connections``)."""
+        return self.options.get("max_connections", DEFAULT_MAX_CONNECTIONS)
 
     def password(self) -> Secret | None:
         if self.password_env:
@@ -250,6 +260,12 @@ def _source_from_table(name: str, table: dict[str, Any]) -> SourceConfig:
         if not timeout or timeout <= 0:
             raise ConfigError(f"[sources.{name}] timeout must be a positive duration, e.g. '30s'")
         options["timeout"] = timeout
+    if "max_connections" in options:
+        value, (low, high) = options["max_connections"], MAX_CONNECTIONS_RANGE
+        if type(value) is not int or not low <= value <= high:
+            raise ConfigError(f"[sources.{name}] max_connections must be an integer from {low} "
+                              f"to {high} (a read holds one connection for its snapshot and one "
+                              f"per partition), not {value!r}")
     return SourceConfig(
         name=name,
         url=url,

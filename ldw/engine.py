@@ -494,7 +494,8 @@ class Engine:
         connector = self.connector(record.mapping.source)
         query = self.query(record)
         partitioned = record.mapping.partition_on is not None and record.mapping.partitions > 1
-        with connector.snapshot(query.tables, partitioned=partitioned) as snapshot:
+        with connector.read_slots(record.mapping.partitions, all_at_once=self.store.distributed), \
+                connector.snapshot(query.tables, partitioned=partitioned) as snapshot:
             plan = read_plan(connector, query, snapshot)
             record.source_sql = [q.sql for q in plan.queries]
             self.query_log.extend((record.mapping.source, q.sql) for q in plan.queries)

@@ -172,3 +172,162 @@ def test_server_stop_finishes_while_a_query_runs(handle, events):
         assert client.returncode != 0  # told the server went away, not left hanging
     finally:
         client.kill()
+
+
+# --- F18: a source's connections are bounded ------------------------------------------------
+
+
+@pytest.fixture
+def napping(pg_engine, pg_schema) -> str:
+    """A PostgreSQL view that takes ~0.4 s to read whole (2 ms a row), so reads overlap."""
+    with pg_engine.begin() as conn:
+        conn.exec_driver_sql(
+            f"create function {pg_schema}.nap(i int) returns boolean language plpgsql "
+            "volatile as $$ begin perform pg_sleep(0.002); return true; end $$")
+        conn.exec_driver_sql(f"create view {pg_schema}.slow as select g as id from "
+                             f"generate_series(1, 200) g where {pg_schema}.nap(g)")
+    return f"{pg_schema}.slow"
+
+
+class _Peak:
+    """Samples how many connections a query counts, every few ms, on a thread."""
+
+    def __init__(self, engine: sa.Engine, query: str, params: dict) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._engine, self._query, self._params = engine, sa.text(query), params
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with self._engine.connect() as conn:
+            while not self._stop.is_set():
+                n = conn.execute(self._query, self._params).scalar_one()
+                conn.rollback()
+                self.peak = max(self.peak, n)
+                time.sleep(0.003)
+
+    def __enter__(self) -> _Peak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+def _concurrently(*calls) -> None:
+    threads = [_in_thread(call) for call in calls]
+    for thread, _ in threads:
+        thread.join(120)
+    for thread, box in threads:
+        assert not thread.is_alive()
+        if "error" in box:
+            raise box["error"]
+
+
+@pytest.mark.parametrize("limit, partitions", [(2, 1), (4, 2)])
+def test_postgres_connections_never_exceed_max_connections(pg_engine, napping, shm_dir, limit,
+                                                           partitions):
+    app = f"ldwlim_{uuid.uuid4().hex[:8]}"
+    url = f"{POSTGRES_URL}?application_name={app}"
+    wh = make_warehouse(shm_dir, pg={"url": url, "max_connections": limit})
+    try:
+        parts = [wh.map(f"p{i}", f"pg.{napping}", partition_on="id", partitions=partitions)
+                 for i in range(3)]
+        plain = [wh.map(f"u{i}", f"pg.{napping}") for i in range(2)]
+        count = "select count(*) from pg_stat_activity where application_name = :app"
+        with _Peak(pg_engine, count, {"app": app}) as peak:
+            _concurrently(*(d.cache for d in parts), *(d.cache for d in plain),
+                          *(lambda d=d: d.lazy().collect() for d in plain),
+                          lambda: wh.map("p9", f"pg.{napping}", partition_on="id",
+                                         partitions=partitions).cache())
+        assert 2 <= peak.peak <= limit, peak.peak
+        assert [d.to_arrow().num_rows for d in parts + plain] == [200] * 5
+    finally:
+        wh.close()
+    with pg_engine.connect() as conn:  # every connection was closed again
+        assert conn.execute(sa.text(count), {"app": app}).scalar_one() == 0
+
+
+def test_too_many_partitions_are_refused_at_map_time(pg_engine, napping, shm_dir):
+    wh = make_warehouse(shm_dir, pg={"url": POSTGRES_URL, "max_connections": 4})
+    try:
+        for partitions in (10**9, 1000, 3):
+            with pytest.raises(ldw.InvalidMapping) as info:
+                wh.map("huge", f"pg.{napping}", partition_on="id", partitions=partitions)
+            message = str(info.value)
+            assert "\n" not in message
+            assert "[sources.pg] max_connections = 4" in message and "partitions=2" in message
+        assert wh.map("ok", f"pg.{napping}", partition_on="id", partitions=2).cache().state \
+            == "cached"
+    finally:
+        wh.close()
+    default = make_warehouse(shm_dir, pg={"url": POSTGRES_URL})
+    try:
+        with pytest.raises(ldw.InvalidMapping, match=r"max_connections = 8"):
+            default.map("huge", f"pg.{napping}", partition_on="id", partitions=10**9)
+    finally:
+        default.close()
+
+
+@pytest.mark.parametrize("value", [0, 1, "4", 10**6, True])
+def test_max_connections_is_validated(value):
+    with pytest.raises(ldw.ConfigError, match=r"\[sources.pg\] max_connections"):
+        ldw.connect(in_process=True, config={"sources": {"pg": {
+            "url": POSTGRES_URL, "max_connections": value}}})
+
+
+@pytest.fixture
+def mysql_user(mysql_engine, mysql_db):
+    """A MariaDB account of its own, so the processlist shows exactly this test's sessions."""
+    user = f"ldwlim{uuid.uuid4().hex[:6]}"
+    with mysql_engine.begin() as conn:
+        conn.exec_driver_sql(f"create user '{user}'@'%%' identified by ''")
+        conn.exec_driver_sql(f"grant select, lock tables on {mysql_db}.* to '{user}'@'%%'")
+        conn.exec_driver_sql(f"grant process on *.* to '{user}'@'%%'")
+        conn.exec_driver_sql(f"create table {mysql_db}.t as select seq as id, "
+                             f"repeat('x', 100) as pad from seq_1_to_20000")
+    yield user
+    with mysql_engine.begin() as conn:
+        conn.exec_driver_sql(f"drop user '{user}'@'%%'")
+
+
+def test_mysql_connections_never_exceed_max_connections(mysql_engine, mysql_db, mysql_user,
+                                                        shm_dir):
+    url = sa.make_url(MYSQL_URL).set(username=mysql_user, database=mysql_db).render_as_string(
+        hide_password=False)
+    wh = make_warehouse(shm_dir, my={"url": url, "max_connections": 4})
+    try:
+        parts = [wh.map(f"p{i}", f"my.{mysql_db}.t", partition_on="id", partitions=2)
+                 for i in range(3)]
+        plain = wh.map("u", f"my.{mysql_db}.t")
+        count = "select count(*) from information_schema.processlist where user = :user"
+        with _Peak(mysql_engine, count, {"user": mysql_user}) as peak:
+            _concurrently(*(d.cache for d in parts), plain.cache,
+                          lambda: plain.lazy().collect())
+        assert 2 <= peak.peak <= 4, peak.peak
+        assert [d.to_arrow().num_rows for d in [*parts, plain]] == [20000] * 4
+    finally:
+        wh.close()
+
+
+def test_waiting_for_a_connection_honours_the_source_timeout():
+    from ldw.connectors.slots import ConnectionSlots
+
+    from ldw.config import load_settings
+
+    source = load_settings({"sources": {"pg": {
+        "url": POSTGRES_URL, "max_connections": 2, "timeout": "0.5s"}}}).source("pg")
+    slots = ConnectionSlots(source)
+    cancel = threading.Event()
+    with slots.lease(2, 2):
+        started = time.monotonic()
+        with pytest.raises(ldw.SourceTimeout, match=r"\[sources.pg\] max_connections = 2"):
+            slots.one()
+        assert time.monotonic() - started < 5
+        cancel.set()
+        with pytest.raises(ldw.Cancelled):
+            slots.new_lease(1, 1, cancel=cancel)
+    release = slots.one()  # free again once the lease ended
+    release()
+    assert slots.in_use == 0
