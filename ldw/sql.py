@@ -531,6 +531,13 @@ class SqlEngine:
         with self._lock:
             return len(self._running)
 
+    def _cursor(self) -> Any:
+        """A new connection to the database (unwatched)."""
+        with self._lock:
+            if self._closed:
+                raise InvalidMapping("sql: this SqlEngine is closed")
+            return self._database.cursor()
+
     def _start(self, time_limit: float | None, time_setting: str | None,
                cancelled: Callable[[], bool] | None) -> _Running:
         """A connection for one query, watched until :meth:`_finish`."""

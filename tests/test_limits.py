@@ -333,3 +333,23 @@ def test_waiting_for_a_connection_honours_the_source_timeout():
     release = slots.one()  # free again once the lease ended
     release()
     assert slots.in_use == 0
+
+
+def test_sql_engine_limits_in_process():
+    from ldw.sql import SqlEngine, run_sql
+
+    endless = ("WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) "
+               "SELECT count(*) FROM r")
+    with pytest.raises(QueryTimeout, match="time_limit"):
+        run_sql(endless, {}, time_limit=0.5)
+    gone = threading.Event()
+    with SqlEngine(threads=1) as engine:
+        threading.Timer(0.5, gone.set).start()
+        with pytest.raises(ldw.Cancelled, match="client went away"):
+            engine.run(endless, {}, cancelled=gone.is_set)
+        thread, box = _in_thread(engine.run, endless, {})
+        time.sleep(0.5)
+        assert engine.running == 1
+    thread.join(10)  # closing the engine stopped it
+    assert isinstance(box.get("error"), ldw.ServerUnavailable), box
+    assert engine.running == 0
