@@ -159,10 +159,11 @@ def test_sql_stops_when_its_client_goes_away(handle, events, remote):
     assert _cpu_seconds(pid) - before < 0.1, "the server keeps running the abandoned query"
 
 
-def test_server_stop_finishes_while_a_query_runs(handle, events):
+@pytest.mark.parametrize("remote", [False, True], ids=["socket", "flight"])
+def test_server_stop_finishes_while_a_query_runs(handle, events, remote):
     h = handle()
     pid = _server_pid(h)
-    client = _start_client(h, events, remote=False)
+    client = _start_client(h, events, remote=remote)
     try:
         started = time.monotonic()
         done = h.cli("server", "stop", check=False)
