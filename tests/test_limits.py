@@ -354,3 +354,20 @@ def test_sql_engine_limits_in_process():
     thread.join(10)  # closing the engine stopped it
     assert isinstance(box.get("error"), ldw.ServerUnavailable), box
     assert engine.running == 0
+
+
+def test_sql_limits_are_read_and_validated():
+    from ldw.config import load_settings
+
+    settings = load_settings({"server": {"sql_timeout": "90s", "sql_memory_limit": "2GiB"},
+                              "users": {"dave": {"roles": [], "sql_timeout": "5s"}}})
+    assert settings.sql_timeout == 90 and settings.sql_memory_limit == "2048MiB"
+    assert settings.sql_timeout_for("dave") == (5, "[users.dave] sql_timeout")
+    assert settings.sql_timeout_for("erin") == (90, "[server] sql_timeout")
+    defaults = load_settings({})
+    assert (defaults.sql_timeout, defaults.sql_memory_limit) == (600, "25%")
+    for bad in ({"server": {"sql_timeout": "0s"}}, {"server": {"sql_timeout": "soon"}},
+                {"server": {"sql_memory_limit": "150%"}}, {"server": {"sql_memory_limit": "1k"}},
+                {"users": {"dave": {"sql_timeout": -1}}}):
+        with pytest.raises(ldw.ConfigError, match="sql_"):
+            load_settings(bad)
