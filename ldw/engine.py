@@ -747,6 +747,13 @@ class Engine:
                     time_setting="[server] sql_timeout")
             return self._sql_engine
 
+    def stop_queries(self) -> None:
+        """Interrupt the SQL queries still running and refuse new ones (the server stops)."""
+        with self._lock:
+            sql = self._sql_engine
+        if sql is not None:
+            sql.close()
+
     def status(self) -> dict[str, Any]:
         records = self.datasets()
         return {

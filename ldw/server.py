@@ -272,10 +272,8 @@ class Server:
     def close(self) -> None:
         self._stop.set()
         # Running SQL queries first: a transport's shutdown waits for the calls they serve.
-        sql = self.engine._sql_engine
-        if sql is not None:
-            with contextlib.suppress(Exception):
-                sql.close()
+        with contextlib.suppress(Exception):
+            self.engine.stop_queries()
         if self._unix is not None:
             self._unix.shutdown()
             self._unix.server_close()
