@@ -34,6 +34,7 @@ from ldw.secrets import redact
 
 from .fan_in import Producer, fan_in
 from .names import GENERIC_RULES, NAME_RULES, NameRules, Relation
+from .slots import ConnectionSlots, Lease, current_lease, uncounted
 
 __all__ = ["CANCEL_BY_TAG", "READ_ONLY_SESSION", "ColumnPlan", "Connector", "ReadPlan",
            "Relation", "SourceQuery", "timeout_error", "wrap_driver_error"]
@@ -246,17 +247,37 @@ def _read_only_session(statement: str) -> Callable[[Any, Any], None]:
     return on_connect
 
 
+class _CountedPool(sa.pool.NullPool):
+    """No idle connections (each one holds a slot of the source's limit while open); every
+    physical close hands its slot back."""
+
+    def _close_connection(self, connection: Any, *, terminate: bool = False) -> None:
+        try:
+            super()._close_connection(connection, terminate=terminate)
+        finally:
+            self._ldw_release(connection)
+
+    @staticmethod
+    def _ldw_release(connection: Any) -> None:  # bound per connector (see Connector.engine)
+        """Hand back the slot ``connection`` held."""
+
+
 class Connector:
     """Base class: SQLAlchemy engine, reflection and browsing shared by every dialect."""
 
     family: ClassVar[str] = "generic"
     transport: ClassVar[str] = "dbapi"
+    # whether this source's connections count against [sources.NAME] max_connections (a
+    # file-based source has no server whose connections to spare)
+    counts_connections: ClassVar[bool] = True
 
     def __init__(self, source: SourceConfig, *, batch_rows: int = 131072) -> None:
         self.source = source
         self.batch_rows = batch_rows
         self._engine: Engine | None = None
         self._lock = threading.Lock()
+        self.slots = ConnectionSlots(source)
+        self._held: dict[int, Callable[[], None]] = {}  # id(DBAPI connection) -> its release
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(source={self.source.name!r})"
@@ -275,14 +296,81 @@ class Connector:
     def engine(self) -> Engine:
         with self._lock:
             if self._engine is None:
+                options: dict[str, Any] = {}
+                if self.counts_connections:
+                    options["poolclass"] = type("CountedPool", (_CountedPool,), {
+                        "_ldw_release": staticmethod(self._release_dbapi)})
                 self._engine = sa.create_engine(
-                    self.sqlalchemy_url(), pool_pre_ping=True, hide_parameters=True
+                    self.sqlalchemy_url(), pool_pre_ping=True, hide_parameters=True, **options
                 )
+                if self.counts_connections:
+                    sa.event.listen(self._engine, "do_connect", self._counted_connect)
                 self.configure_engine(self._engine)
                 statement = READ_ONLY_SESSION.get(self.source.url.get_backend_name())
                 if statement is not None:
                     sa.event.listen(self._engine, "connect", _read_only_session(statement))
             return self._engine
+
+    def _counted_connect(self, dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+        """Open a DBAPI connection once a slot of the source's limit is free."""
+        release = self.slots.one()
+        try:
+            connection = dialect.connect(*cargs, **cparams)
+        except BaseException:
+            release()
+            raise
+        with self._lock:
+            self._held[id(connection)] = release
+        return connection
+
+    def _release_dbapi(self, connection: Any) -> None:
+        with self._lock:
+            release = self._held.pop(id(connection), None)
+        if release is not None:
+            release()
+
+    # -- connection limit ---------------------------------------------------------------------
+    @property
+    def max_partitions(self) -> int:
+        """The most partitions a read may have: a partitioned read holds a connection for its
+        snapshot, one per partition and one for the rows whose key is NULL, all within
+        ``[sources.NAME] max_connections``."""
+        return max(1, self.source.max_connections - 2)
+
+    def read_connections(self, partitions: int) -> tuple[int, int]:
+        """(need, want): connections a cached read of ``partitions`` holds at once at least
+        (its snapshot and one reader; further partition queries wait their turn) and at most
+        (every query of the read at once)."""
+        return 2, _queries(partitions) + 1
+
+    @contextlib.contextmanager
+    def connection_slots(self, count: int) -> Iterator[None]:
+        """Hold ``count`` slots while a driver opens that many connections itself (from the
+        current read's lease, or the source's queue outside one)."""
+        if not self.counts_connections:
+            yield
+            return
+        lease = current_lease()
+        if lease is not None and lease.slots is self.slots:
+            release = lease.take(count)
+        else:
+            own = self.slots.new_lease(count, count)
+            release = own.close
+        try:
+            yield
+        finally:
+            release()
+
+    @contextlib.contextmanager
+    def read_slots(self, partitions: int, *, all_at_once: bool = False) -> Iterator[None]:
+        """Hold the connections of one cached read (snapshot and partitions) for its duration;
+        ``all_at_once``: every partition runs at the same time (e.g. as cluster tasks)."""
+        if not self.counts_connections:
+            yield
+            return
+        need, want = self.read_connections(partitions)
+        with self.slots.lease(want if all_at_once else need, want):
+            yield
 
     def configure_engine(self, engine: Engine) -> None:
         """Driver set-up for every new connection of ``engine`` (e.g. type loaders)."""
@@ -462,13 +550,29 @@ class Connector:
         raise NotImplementedError
 
     def read_in_workers(self, producers: list[Producer], cancel: threading.Event, *,
-                        tag: str = "") -> Iterator[pa.RecordBatch]:
+                        tag: str = "", connections: int = 1) -> Iterator[pa.RecordBatch]:
         """``fan_in`` with this source's ``timeout`` and, given the read's ``tag``, a cancel by
-        tag on a connection of its own when the driver's cancel does not stop a producer."""
-        return fan_in(producers, cancel,
-                      fallback=(lambda: self.cancel_tagged(tag)) if tag else None,
-                      timeout=self.source.timeout,
-                      on_timeout=lambda: timeout_error(self.source, "reading"))
+        tag on a connection of its own when the driver's cancel does not stop a producer.
+
+        The producers open their connections within the current read's lease (see
+        :meth:`read_slots`) or, outside one, within a lease of their own: at least
+        ``connections`` (what one producer opens at once), up to one per producer.
+        """
+        lease = current_lease() if self.counts_connections else None
+        own = None
+        if self.counts_connections and (lease is None or lease.slots is not self.slots):
+            own = lease = self.slots.new_lease(connections,
+                                               max(connections, len(producers)), cancel=cancel)
+        try:
+            if lease is not None:
+                producers = [_in_lease(producer, lease) for producer in producers]
+            yield from fan_in(producers, cancel,
+                              fallback=(lambda: self.cancel_tagged(tag)) if tag else None,
+                              timeout=self.source.timeout,
+                              on_timeout=lambda: timeout_error(self.source, "reading"))
+        finally:
+            if own is not None:
+                own.close()
 
     def cancel_tagged(self, tag: str) -> None:
         """Cancel queries on the source that carry ``tag`` (best effort, own connection).
@@ -481,6 +585,20 @@ class Connector:
         if statements is None or not tag:
             return
         find, kill = statements
-        with contextlib.suppress(Exception), self.engine.connect() as conn:
+        # Uncounted: the reads being cancelled may hold every slot of the source.
+        with contextlib.suppress(Exception), uncounted(), self.engine.connect() as conn:
             for (query_id,) in conn.execute(sa.text(find), {"pattern": f"%{tag}%"}).all():
                 conn.exec_driver_sql(kill.format(id=int(query_id)))
+
+
+def _queries(partitions: int) -> int:
+    """Source queries of a read of ``partitions``: one per partition, one for NULL keys."""
+    return partitions + 1 if partitions > 1 else 1
+
+
+def _in_lease(producer: Producer, lease: Lease) -> Producer:
+    """``producer`` with ``lease`` current in its worker thread."""
+    def produce(interrupt: Any) -> Iterator[pa.RecordBatch]:
+        lease.enter()
+        yield from producer(interrupt)
+    return produce

@@ -219,6 +219,9 @@ class GenericConnector(Connector):
                               note="char(n): trailing blanks trimmed, as the source compares them")
         return ColumnPlan(column.name, source, arrow)
 
+    def read_connections(self, partitions: int) -> tuple[int, int]:
+        return 1, 1  # partitions run in turn on the snapshot's connection
+
     @contextlib.contextmanager
     def snapshot(self, tables: list, *, partitioned: bool) -> Iterator[sa.Connection]:
         """One transaction; partitions of the generic path run on this one connection in turn."""

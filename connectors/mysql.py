@@ -127,6 +127,11 @@ class MySQLConnector(Connector):
         return [_plan_field(field) for field in fields]
 
     # -- snapshot and reading -----------------------------------------------------------------
+    def read_connections(self, partitions: int) -> tuple[int, int]:
+        # the coordinator, and every query at once (they start their snapshots together)
+        _, every = super().read_connections(partitions)
+        return every, every
+
     @contextlib.contextmanager
     def snapshot(self, tables: list, *, partitioned: bool) -> Iterator[sa.Connection]:
         """Coordinator: consistent snapshot for boundaries, table read locks for partitions."""
@@ -174,13 +179,14 @@ class MySQLConnector(Connector):
                         "join information_schema.processlist p on p.id = t.trx_mysql_thread_id "
                         "where p.id > :me and p.user = substring_index(current_user(), '@', 1)")
         try:
-            with self.engine.connect() as watcher:
-                deadline = time.monotonic() + 60
-                while not done.is_set() and time.monotonic() < deadline:
-                    if watcher.execute(probe, {"me": coordinator}).scalar_one() >= expected:
-                        snapshot.exec_driver_sql("UNLOCK TABLES")
-                        return
-                    time.sleep(0.005)
+            # On the coordinator's own connection (idle while the partitions read; the
+            # information_schema is readable under LOCK TABLES): no connection beyond the read's.
+            deadline = time.monotonic() + 60
+            while not done.is_set() and time.monotonic() < deadline:
+                if snapshot.execute(probe, {"me": coordinator}).scalar_one() >= expected:
+                    snapshot.exec_driver_sql("UNLOCK TABLES")
+                    return
+                time.sleep(0.005)
         except Exception:  # no PROCESS privilege: the lock stays until the read ends
             return
 
@@ -216,7 +222,8 @@ class MySQLConnector(Connector):
         try:
             # ConnectorX runs every partition itself: one producer, cancelled by KILL QUERY.
             yield from self.read_in_workers(
-                [lambda interrupt: self._read(plan, setup, interrupt)], cancel, tag=plan.tag)
+                [lambda interrupt: self._read(plan, setup, interrupt)], cancel, tag=plan.tag,
+                connections=len(plan.queries))
         finally:
             started.set()
             if releaser is not None:
@@ -236,7 +243,8 @@ class MySQLConnector(Connector):
         schema = target_schema(plan.columns)
         queries = [q.sql for q in plan.queries]
         try:
-            with self.guard("reading"):
+            # ConnectorX opens one connection per query, all at once
+            with self.connection_slots(len(queries)), self.guard("reading"):
                 reader = cx.read_sql(self._cx_url(), queries if len(queries) > 1 else queries[0],
                                      return_type="arrow_stream", batch_size=self.batch_rows,
                                      pre_execution_query=setup)

@@ -10,7 +10,7 @@ import contextlib
 import math
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 from urllib.parse import quote, urlencode
 
@@ -75,6 +75,23 @@ def _decimal_type(typmod: int) -> pa.DataType | None:
     return pa.decimal128(precision, scale) if precision <= 38 else pa.decimal256(precision, scale)
 
 
+class _Counted:
+    """An ADBC connection whose close also frees its slot of the source's connection limit."""
+
+    def __init__(self, connection: Any, release: Callable[[], None]) -> None:
+        self._connection = connection
+        self._release = release
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._connection, name)
+
+    def close(self) -> None:
+        try:
+            self._connection.close()
+        finally:
+            self._release()
+
+
 class PostgresConnector(Connector):
     family: ClassVar[str] = "postgresql"
     transport: ClassVar[str] = "adbc"
@@ -128,9 +145,16 @@ class PostgresConnector(Connector):
             return {name: max(int(n), 0) for name, n in conn.execute(query, {"schema": schema})}
 
     def _connect(self, *, autocommit: bool) -> Any:
-        """An ADBC connection; failing to open one means the source is unavailable."""
-        with self.guard("connecting", connecting=True):
-            return adbc_pg.connect(self._libpq_uri(), autocommit=autocommit)
+        """An ADBC connection, once a slot of the source's limit is free (closing it frees
+        the slot); failing to open one means the source is unavailable."""
+        release = self.slots.one()
+        try:
+            with self.guard("connecting", connecting=True):
+                return _Counted(adbc_pg.connect(self._libpq_uri(), autocommit=autocommit),
+                                release)
+        except BaseException:
+            release()
+            raise
 
     def plan_columns(self, statement: sa.Select) -> list[ColumnPlan]:
         sql = self.compile(statement, literal=True).sql

@@ -28,6 +28,7 @@ __all__ = ["SQLiteConnector"]
 class SQLiteConnector(GenericConnector):
     family: ClassVar[str] = "sqlite"
     transport: ClassVar[str] = "adbc"
+    counts_connections: ClassVar[bool] = False  # a file: no server whose connections to spare
     SQL_REWRITES: ClassVar[dict[str, Any]] = {
         "text": lambda column: sa.cast(column, sa.Text),
         "real": lambda column: sa.cast(column, sa.Float),

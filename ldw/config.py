@@ -55,6 +55,10 @@ def parse_duration(value: str | int | float | None) -> float | None:
     return float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
 
 
+DEFAULT_MAX_CONNECTIONS = 8  # per source; a partitioned read holds partitions + 2 at most
+MAX_CONNECTIONS_RANGE = (2, 1000)
+
+
 @dataclass(frozen=True)
 class SourceConfig:
     """A configured source. ``url`` never holds a password; ``password()`` looks it up."""
@@ -74,6 +78,12 @@ class SourceConfig:
         """Seconds ldw waits on the source without progress (a lock, a stalled server) before
         it gives up with ``SourceTimeout``; None waits as long as the source takes."""
         return self.options.get("timeout")
+
+    @property
+    def max_connections(self) -> int:
+        """How many connections ldw opens to this source at once, shared by every read,
+        partition, probe and user (``[sources.NAME] max_connections``)."""
+        return self.options.get("max_connections", DEFAULT_MAX_CONNECTIONS)
 
     def password(self) -> Secret | None:
         if self.password_env:
@@ -132,6 +142,15 @@ class Settings:
     # "{user}" stands for the caller's name; [users.NAME] export_roots replaces it per user
     max_tickets_per_user: int = 64  # unredeemed Flight tickets one user may hold
     max_streams_per_user: int = 16  # Flight streams one user may read at once
+    sql_timeout: float = 600.0  # seconds a wh.sql query may run ([users.NAME] sql_timeout)
+    sql_memory_limit: str = "25%"  # DuckDB's memory for wh.sql, shared by concurrent queries
+
+    def sql_timeout_for(self, user: str) -> tuple[float, str]:
+        """A user's ``wh.sql`` time limit in seconds, and the setting it comes from."""
+        table = self.users.get(user)
+        if isinstance(table, dict) and table.get("sql_timeout") is not None:
+            return table["sql_timeout"], f"[users.{user}] sql_timeout"
+        return self.sql_timeout, "[server] sql_timeout"
 
     def source(self, name: str) -> SourceConfig:
         try:
@@ -203,6 +222,8 @@ _SERVER_DEFAULTS: dict[str, Any] = {
     "max_streams_per_user": 16,
     "audit_key_file": None,     # default: audit.key beside mask_key_file
     "audit_anchor_file": None,  # default: beside the audit key, one per catalog
+    "sql_timeout": "10m",
+    "sql_memory_limit": "25%",
 }
 
 
@@ -230,6 +251,46 @@ def _audit_files(server: dict[str, Any]) -> dict[str, Path]:
     return {"audit_key_file": key, "audit_anchor_file": key.parent / f"audit-{digest}.anchor"}
 
 
+def _sql_timeout(value: Any, where: str) -> float:
+    try:
+        seconds = parse_duration(value)
+    except ConfigError:
+        seconds = None
+    if not seconds or seconds <= 0:
+        raise ConfigError(f"{where} sql_timeout must be a positive duration, e.g. '10m', "
+                          f"not {value!r}")
+    return seconds
+
+
+def _sql_memory_limit(value: Any) -> str:
+    """DuckDB's memory limit: a share of RAM (``"25%"``) or a size (``"4GiB"``)."""
+    text = str(value).strip()
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*%", text)
+    if match and 0 < float(match.group(1)) <= 100:
+        return f"{float(match.group(1)):g}%"
+    try:
+        size = parse_bytes(value)
+    except ConfigError:
+        size = 0
+    if size < 2**20:
+        raise ConfigError(f"[server] sql_memory_limit must be a share of RAM ('25%') or a size "
+                          f"of at least 1MiB ('4GiB'), not {value!r}")
+    return f"{size // 2**20}MiB"
+
+
+def _users(users: Any) -> dict[str, Any]:
+    """``[users.*]`` with per-user limits read (``sql_timeout``); roles are read by governance."""
+    if not isinstance(users, dict):
+        raise ConfigError("[users] must be a table of [users.NAME] tables")
+    result = {}
+    for name, table in users.items():
+        if isinstance(table, dict) and table.get("sql_timeout") is not None:
+            table = {**table, "sql_timeout": _sql_timeout(table["sql_timeout"],
+                                                          f"[users.{name}]")}
+        result[name] = table
+    return result
+
+
 def _source_from_table(name: str, table: dict[str, Any]) -> SourceConfig:
     if not isinstance(table, dict) or "url" not in table:
         raise ConfigError(f"[sources.{name}] needs a url, e.g. url = \"postgresql://user@host/db\"")
@@ -252,6 +313,12 @@ def _source_from_table(name: str, table: dict[str, Any]) -> SourceConfig:
         if not timeout or timeout <= 0:
             raise ConfigError(f"[sources.{name}] timeout must be a positive duration, e.g. '30s'")
         options["timeout"] = timeout
+    if "max_connections" in options:
+        value, (low, high) = options["max_connections"], MAX_CONNECTIONS_RANGE
+        if type(value) is not int or not low <= value <= high:
+            raise ConfigError(f"[sources.{name}] max_connections must be an integer from {low} "
+                              f"to {high} (a read holds one connection for its snapshot and one "
+                              f"per partition), not {value!r}")
     return SourceConfig(
         name=name,
         url=url,
@@ -353,7 +420,9 @@ def load_settings(
         max_tickets_per_user=_positive_int(server, "max_tickets_per_user"),
         max_streams_per_user=_positive_int(server, "max_streams_per_user"),
         **_audit_files(server),
+        sql_timeout=_sql_timeout(server["sql_timeout"], "[server]"),
+        sql_memory_limit=_sql_memory_limit(server["sql_memory_limit"]),
         policies=data.get("policies", {}),
-        users=data.get("users", {}),
+        users=_users(data.get("users", {})),
         config_path=path,
     )

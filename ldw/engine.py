@@ -398,7 +398,9 @@ class Engine:
             raise InvalidMapping(f"dataset {name!r} cannot be defined over itself")
         empty = {ref: storage_schema(r.schema).empty_table() for ref, r in zip(names, inputs,
                                                                              strict=True)}
-        schema = self.sql_engine().run(query, empty).schema  # no rows move
+        limit, setting = self.settings.sql_timeout_for(owner)
+        schema = self.sql_engine().run(query, empty, time_limit=limit,
+                                       time_setting=setting).schema  # no rows move
         tables = tuple(sorted({t for r in inputs for t in r.policy_tables}))
         record = DatasetRecord(owner, Mapping(name, DERIVED, sql=query), schema,
                                ttl=parse_duration(ttl), pin=bool(pin),
@@ -579,7 +581,8 @@ class Engine:
         for ref in referenced_datasets(query):
             source = self._input(record.owner, ref)  # access is checked again, now
             tables[ref] = self.open(source.owner, source.name)
-        result = self.sql_engine().run(query, tables)
+        limit, setting = self.settings.sql_timeout_for(record.owner)
+        result = self.sql_engine().run(query, tables, time_limit=limit, time_setting=setting)
         record.source_sql = [query]
         return self.store.write(record.key, record.schema, result.to_batches(),
                                 progress=progress, make_room=lambda n: self.make_room(n, record))
@@ -590,7 +593,8 @@ class Engine:
         connector = self.connector(record.mapping.source)
         query = self.query(record)
         partitioned = record.mapping.partition_on is not None and record.mapping.partitions > 1
-        with connector.snapshot(query.tables, partitioned=partitioned) as snapshot:
+        with connector.read_slots(record.mapping.partitions, all_at_once=self.store.distributed), \
+                connector.snapshot(query.tables, partitioned=partitioned) as snapshot:
             plan = read_plan(connector, query, snapshot)
             record.source_sql = [q.sql for q in plan.queries]
             self.query_log.extend((record.mapping.source, q.sql) for q in plan.queries)
@@ -835,8 +839,19 @@ class Engine:
             if self._sql_engine is None:
                 from ldw.sql import SqlEngine  # noqa: PLC0415
 
-                self._sql_engine = SqlEngine()
+                self._sql_engine = SqlEngine(
+                    memory_limit=self.settings.sql_memory_limit,
+                    time_limit=self.settings.sql_timeout,
+                    memory_setting="[server] sql_memory_limit",
+                    time_setting="[server] sql_timeout")
             return self._sql_engine
+
+    def stop_queries(self) -> None:
+        """Interrupt the SQL queries still running and refuse new ones (the server stops)."""
+        with self._lock:
+            sql = self._sql_engine
+        if sql is not None:
+            sql.close()
 
     def status(self, records: Sequence[DatasetRecord] | None = None) -> dict[str, Any]:
         """The server's capacity and use; dataset counts, hits and bytes served only of

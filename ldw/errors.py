@@ -17,6 +17,7 @@ keeps working for code that does not know ldw::
      +-- SourceError(RuntimeError)          the source rejected a query
      |    +-- SourceUnavailable(ConnectionError)   cannot reach / lost the source
      |    +-- SourceTimeout(TimeoutError)          the source did not answer in time
+     +-- QueryTimeout(TimeoutError)         a query ran longer than its time limit
      +-- ExportError(OSError)               an export could not be written or published
      |    +-- ExportVerificationError           ldw.verify_export found a damaged export
      +-- AuditUnavailable(OSError)          the audit log cannot be written: data calls refused
@@ -44,6 +45,7 @@ __all__ = [
     "InvalidMapping",
     "LdwError",
     "PolicyViolation",
+    "QueryTimeout",
     "ServerUnavailable",
     "SourceError",
     "SourceTimeout",
@@ -110,6 +112,10 @@ class SourceUnavailable(SourceError, ConnectionError):
 
 class SourceTimeout(SourceError, TimeoutError):
     """The source did not answer within the configured limit."""
+
+
+class QueryTimeout(LdwError, TimeoutError):
+    """A query (``wh.sql``) ran longer than its configured time limit and was stopped."""
 
 
 class CapacityExceeded(LdwError, MemoryError):

@@ -13,6 +13,7 @@ parallel connections and joins them in order. Every stream re-checks access befo
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import ipaddress
 import json
@@ -149,7 +150,8 @@ class _Ticket:
     user: str
     token: str  # SHA-256 of the token of the call that asked for it
     schema: pa.Schema
-    batches: Callable[[], Iterable[pa.RecordBatch]]
+    # the stream, made when the ticket is redeemed, given the do_get call's context
+    batches: Callable[[fl.ServerCallContext], Iterable[pa.RecordBatch]]
     check: Callable[[], None]  # access re-check: raises once the user may no longer read it
 
 
@@ -228,7 +230,8 @@ class FlightEndpoint(fl.FlightServerBase):
             self._room(user, 1)
 
     def _issue(self, auth: _Auth, schema: pa.Schema, check: Callable[[], None],
-               *streams: Callable[[], Iterable[pa.RecordBatch]]) -> list[str]:
+               *streams: Callable[[fl.ServerCallContext], Iterable[pa.RecordBatch]]
+               ) -> list[str]:
         """One single-use ticket per stream, for this user and token only; all or none."""
         tickets = [secrets.token_bytes(24) for _ in streams]
         now = time.monotonic()
@@ -282,9 +285,10 @@ class FlightEndpoint(fl.FlightServerBase):
                 raise ValueError
         except ValueError:
             raise InvalidMapping("action body must be a JSON object") from None
-        return self._run_action(auth, action.type, args)
+        return self._run_action(auth, action.type, args, context)
 
-    def _run_action(self, auth: _Auth, op: str, args: dict[str, Any]) -> Iterator[bytes]:
+    def _run_action(self, auth: _Auth, op: str, args: dict[str, Any],
+                    context: fl.ServerCallContext | None = None) -> Iterator[bytes]:
         """Run the operation in a worker, streaming its progress frames as they happen."""
         from ldw.service import STREAM_OPS  # noqa: PLC0415
 
@@ -300,9 +304,13 @@ class FlightEndpoint(fl.FlightServerBase):
                     result = self._attach(auth, args, progress)
                 elif op in STREAM_OPS:
                     self._precheck(user)
-                    reader, check = service.open_stream(user, op, args)
-                    result = {"ticket": self._issue(auth, reader.schema, check,
-                                                    lambda: reader)[0]}
+                    watch = _CallWatch()  # a query stops when the call it serves is cancelled
+                    with watch.during(context):
+                        reader, check = service.open_stream(user, op, args,
+                                                            client_gone=watch.gone)
+                    result = {"ticket": self._issue(
+                        auth, reader.schema, check,
+                        lambda call: _watched(reader, watch, call))[0]}
                 else:
                     result = service.call(user, op, args, progress)
                 events.put({"ok": True, "result": result})
@@ -334,7 +342,7 @@ class FlightEndpoint(fl.FlightServerBase):
         batches = table.to_batches()
         runs = [batches] if streams is None else _split(batches, streams)
         tickets = self._issue(auth, table.schema, check,
-                              *[(lambda run=run: run) for run in runs])
+                              *[(lambda _call, run=run: run) for run in runs])
         if streams is None:
             info["ticket"] = tickets[0]
         else:
@@ -360,7 +368,7 @@ class FlightEndpoint(fl.FlightServerBase):
         try:
             check = self._token_check(entry)
             check()  # at redemption, before the stream starts
-            batches = _stream(entry.batches(), check, release)
+            batches = _stream(entry.batches(context), check, release)
         except BaseException:
             release()
             raise
@@ -425,6 +433,47 @@ def _stream(batches: Iterable[pa.RecordBatch], check: Callable[[], None],
         raise _flight_error(exc) from None
     finally:
         release()
+
+
+class _CallWatch:
+    """Whether the Flight call a SQL query serves was cancelled by its client.
+
+    The call's context is only valid while that call runs, so it is asked only inside
+    :meth:`during`, whose exit waits for a check in progress.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._context: fl.ServerCallContext | None = None
+
+    @contextlib.contextmanager
+    def during(self, context: fl.ServerCallContext | None) -> Iterator[None]:
+        with self._lock:
+            self._context = context
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._context = None
+
+    def gone(self) -> bool:
+        with self._lock:
+            return self._context is not None and self._context.is_cancelled()
+
+
+def _watched(reader: pa.RecordBatchReader, watch: _CallWatch,
+             context: fl.ServerCallContext) -> Iterator[pa.RecordBatch]:
+    """``reader``'s batches; while one is computed, a cancelled call stops the query."""
+    try:
+        while True:
+            with watch.during(context):
+                try:
+                    batch = reader.read_next_batch()
+                except StopIteration:
+                    return
+            yield batch
+    finally:
+        reader.close()
 
 
 def _split(batches: Sequence[pa.RecordBatch], streams: int) -> list[list[pa.RecordBatch]]:

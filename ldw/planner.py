@@ -193,6 +193,14 @@ def plan_mapping(connector: Connector, mapping: Mapping,
         raise InvalidMapping(f"limit must be a non-negative integer, not {mapping.limit!r}")
     if not isinstance(mapping.partitions, int) or mapping.partitions < 1:
         raise InvalidMapping(f"partitions must be a positive integer, not {mapping.partitions!r}")
+    if mapping.partitions > connector.max_partitions:
+        source = connector.source
+        raise InvalidMapping(
+            f"partitions={mapping.partitions} needs {mapping.partitions + 2} connections to "
+            f"source {source.name!r} at once (one per partition, one for NULL keys, one for the "
+            f"snapshot), more than its [sources.{source.name}] max_connections = "
+            f"{source.max_connections}; use partitions={connector.max_partitions} or fewer, or "
+            "raise max_connections")
     if mapping.partitions > 1 and mapping.partition_on is None:
         raise InvalidMapping("partitions > 1 needs partition_on=COLUMN to split the rows by")
     if mapping.partition_on is not None and mapping.limit is not None:

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import pwd
+import select
 import signal
 import socket
 import socketserver
@@ -106,6 +107,16 @@ def _read_request(sock: socket.socket) -> dict[str, Any]:
     return request
 
 
+def _peer_gone(sock: socket.socket) -> bool:
+    """Whether the client closed its end (it sends nothing after its request)."""
+    fd = sock.fileno()
+    if fd < 0:
+        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLRDHUP | select.POLLHUP | select.POLLERR)
+    return bool(poller.poll(0))
+
+
 class _UnixHandler(socketserver.BaseRequestHandler):
     server: _UnixServer
 
@@ -124,8 +135,12 @@ class _UnixHandler(socketserver.BaseRequestHandler):
             self.dispatch(sock, user, request["op"], request.get("args", {}))
         except (BrokenPipeError, ConnectionResetError):
             log.info("client went away")
-        except TimeoutError:
-            log.info("client idle or not reading: connection dropped")
+        except TimeoutError as exc:
+            if isinstance(exc, LdwError):  # QueryTimeout, SourceTimeout: the caller's answer
+                with contextlib.suppress(OSError):
+                    sock.sendall(frame({"ok": False, "error": encode_error(exc)}))
+            else:
+                log.info("client idle or not reading: connection dropped")
         except Exception as exc:  # one frame per failure; internals only in the log
             if not isinstance(exc, LdwError):
                 log.exception("request failed")
@@ -145,7 +160,7 @@ class _UnixHandler(socketserver.BaseRequestHandler):
             finally:
                 os.close(fd)
         elif op in STREAM_OPS:
-            reader = service.stream(user, op, args)
+            reader = service.stream(user, op, args, client_gone=lambda: _peer_gone(sock))
             sock.sendall(frame({"ok": True, "result": None}))
             with sock.makefile("wb") as out:
                 _send_stream(out, reader)
@@ -208,6 +223,7 @@ class Server:
 
     read_timeout = 10.0    # seconds a client has to send its request
     send_timeout = 120.0   # seconds a client may stall while we send (or compute) its answer
+    stop_grace = 10.0      # seconds `ldw server stop` waits for calls to end before exiting
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -289,6 +305,9 @@ class Server:
 
     def close(self) -> None:
         self._stop.set()
+        # Running SQL queries first: a transport's shutdown waits for the calls they serve.
+        with contextlib.suppress(Exception):
+            self.engine.stop_queries()
         if self._unix is not None:
             self._unix.shutdown()
             self._unix.server_close()
@@ -302,7 +321,12 @@ class Server:
 
 
 def serve(settings: Settings) -> None:
-    """Run a server in this process until SIGTERM/SIGINT (``ldw server start --foreground``)."""
+    """Run a server in this process until SIGTERM/SIGINT (``ldw server start --foreground``).
+
+    Stopping always finishes: running queries are interrupted, and if closing still takes more
+    than ``Server.stop_grace`` seconds (a call stuck in a driver) the process exits anyway;
+    nothing half-written is ever published, so that is as safe as a crash.
+    """
     os.umask(0o077)  # every file the server makes is private from its first byte
     server = Server(settings)
     signal.signal(signal.SIGTERM, server.stop)
@@ -311,4 +335,11 @@ def serve(settings: Settings) -> None:
     try:
         server.wait()
     finally:
-        server.close()
+        closing = threading.Thread(target=server.close, name="ldw-close", daemon=True)
+        closing.start()
+        closing.join(server.stop_grace)
+        if closing.is_alive():
+            log.warning("ldw server %d: calls still running after %gs; exiting now",
+                        os.getpid(), server.stop_grace)
+            logging.shutdown()
+            os._exit(1)

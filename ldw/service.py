@@ -141,13 +141,16 @@ class Service:
         return {**self.info(record, viewer=user), "version": version.version_id,
                 "rows": version.rows, "bytes": version.bytes}
 
-    def stream(self, user: str, op: str, args: dict) -> pa.RecordBatchReader:
+    def stream(self, user: str, op: str, args: dict, *,
+               client_gone: Callable[[], bool] | None = None) -> pa.RecordBatchReader:
         """A data operation whose result is record batches: ``scan``, ``sql`` or ``preview``;
-        access is checked again before every batch (a revoked user or share ends it)."""
-        reader, check = self.open_stream(user, op, args)
+        access is checked again before every batch (a revoked user or share ends it).
+        ``client_gone()`` says the caller has disconnected: a SQL query still running stops."""
+        reader, check = self.open_stream(user, op, args, client_gone=client_gone)
         return pa.RecordBatchReader.from_batches(reader.schema, checked(reader, check))
 
-    def open_stream(self, user: str, op: str, args: dict
+    def open_stream(self, user: str, op: str, args: dict, *,
+                    client_gone: Callable[[], bool] | None = None
                     ) -> tuple[pa.RecordBatchReader, Callable[[], None]]:
         """Like :meth:`stream`, but the batches unchecked and the access re-check apart, for a
         transport that adds its own checks (Flight: the token)."""
@@ -156,7 +159,7 @@ class Service:
             if op == "scan":
                 reader, pinned = self._scan(user, args)
             elif op == "sql":
-                reader, pinned = self._sql(user, args)
+                reader, pinned = self._sql(user, args, client_gone)
             elif op == "preview":
                 reader, pinned = self._preview(user, args), []
             else:
@@ -495,7 +498,8 @@ class Service:
             return pa.RecordBatchReader.from_batches(pa.schema([]), iter(()))
         return pa.RecordBatchReader.from_batches(rows[0].schema, iter(rows))
 
-    def _sql(self, user: str, args: dict) -> tuple[pa.RecordBatchReader, list[Pinned]]:
+    def _sql(self, user: str, args: dict, client_gone: Callable[[], bool] | None = None
+             ) -> tuple[pa.RecordBatchReader, list[Pinned]]:
         """SQL over datasets the caller may read (``"alice/orders"`` for a shared one), each
         read zero-copy from its cached version."""
         from ldw.sql import referenced_datasets  # noqa: PLC0415 - DuckDB loads on first use
@@ -517,7 +521,9 @@ class Service:
             tables[name] = self.engine.open(record.owner, record.name)
         # streamed as it is read (a stalled reader holds a few batches, not the result);
         # audited before the first row leaves, so the size is not known yet
-        result = self.engine.sql_engine().stream(query, tables)
+        limit, setting = self.engine.settings.sql_timeout_for(user)
+        result = self.engine.sql_engine().stream(query, tables, time_limit=limit,
+                                                 time_setting=setting, cancelled=client_gone)
         self.audit(user, "sql", dataset=",".join(names), sql=query)
         return result, pinned
 
