@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from ldw.audit import printable
@@ -65,6 +66,21 @@ def cmd_server_start(args: argparse.Namespace) -> int:
     return 0
 
 
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` still exists and has not exited (a zombie has)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
 def cmd_server_stop(args: argparse.Namespace) -> int:
     settings, _ = _settings(args)
     pid = _server_pid(settings)
@@ -86,9 +102,13 @@ def cmd_server_stop(args: argparse.Namespace) -> int:
         return 2
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and _server_pid(settings) == pid:
+
+    def running() -> bool:  # the pid file goes first; the process may still be closing
+        return _server_pid(settings) == pid or _alive(pid)
+
+    while time.monotonic() < deadline and running():
         time.sleep(0.05)
-    if _server_pid(settings) == pid:
+    if running():
         print(f"ldw server (pid {pid}) did not stop within 30s", file=sys.stderr)
         return 1
     print(f"ldw server (pid {pid}) stopped")
