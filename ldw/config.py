@@ -227,6 +227,23 @@ _SERVER_DEFAULTS: dict[str, Any] = {
 }
 
 
+# Every [server] key, each also read from LDW_<KEY> (how a client hands its overrides to the
+# server it autostarts)
+SERVER_KEYS = frozenset(_SERVER_DEFAULTS)
+
+
+def server_env(overrides: dict[str, Any]) -> dict[str, str]:
+    """``LDW_*`` variables carrying ``[server]`` overrides to another process; lists are
+    joined with ``os.pathsep`` (as ``LDW_EXPORT_ROOTS`` holds them)."""
+    env = {}
+    for key, value in overrides.items():
+        if key in SERVER_KEYS and value is not None:
+            text = os.pathsep.join(map(str, value)) if isinstance(value, list | tuple) \
+                else str(value)
+            env[f"LDW_{key.upper()}"] = text
+    return env
+
+
 def _positive_int(server: dict[str, Any], key: str) -> int:
     value = server[key]
     try:

@@ -21,7 +21,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from ldw.config import Settings, _user
+from ldw.config import Settings, _user, server_env
 from ldw.errors import AccessDenied, InvalidMapping, ServerUnavailable
 from ldw.store import Progress, open_fd
 from ldw.trust import NOT_WRITABLE, check_dir, create_private, private_dir
@@ -30,10 +30,6 @@ from ldw.wire import STREAM_ERROR, decode_error, final_result, frame
 __all__ = ["LocalBackend", "socket_path", "start_server"]
 
 ProgressCallback = Callable[[Progress], None]
-
-_ENV_KEYS = ("shm_dir", "spill_dir", "state_dir", "memory_limit", "catalog", "listen",
-             "backend", "batch_rows", "tls_cert", "tls_key", "ttl_sweep_seconds")
-
 
 def socket_path(settings: Settings) -> Path:
     """Where the server of ``settings`` listens; the same as :func:`ldw.server.socket_path`.
@@ -267,10 +263,7 @@ def start_server(settings: Settings, *, config: Any = None, overrides: dict[str,
     """Start the local server detached (own session: it outlives us); return its pid."""
     private_dir(settings.state_dir, "state_dir", forbidden=NOT_WRITABLE)
     log_path = settings.state_dir / "server.log"
-    env = dict(os.environ)
-    for key, value in overrides.items():
-        if key in _ENV_KEYS and value is not None:
-            env[f"LDW_{key.upper()}"] = str(value)
+    env = {**os.environ, **server_env(overrides)}  # every [server] key, none re-listed here
     command = [sys.executable, "-m", "ldw.cli", "server", "start", "--foreground"]
     if isinstance(config, dict):
         env["LDW_CONFIG_JSON"] = json.dumps(config)

@@ -572,3 +572,27 @@ def test_large_streams_over_the_socket_arrive_whole(server, table):
     result = wh.sql("SELECT * FROM events")    # a large SQL result streamed back
     assert result.height == ROWS
     assert result["id"].cast(pl.Int64).sum() == ROWS * (ROWS + 1) // 2
+
+
+def test_an_autostarted_server_gets_every_server_override(tmp_path, table):
+    """connect(**overrides) hands every [server] setting to the server it starts (the client
+    once re-listed them and dropped mask_key_file and ray_address)."""
+    config = _write_config(tmp_path)
+    key = tmp_path / "custom-mask.key"
+    kernel = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        import ldw
+        wh = ldw.connect(config={str(config)!r}, mask_key_file={str(key)!r},
+                         max_streams_per_user=3, sql_timeout="7m")
+        print(wh.status()["pid"])
+    """)], capture_output=True, text=True, timeout=120)
+    try:
+        assert kernel.returncode == 0, kernel.stderr
+        pid = int(kernel.stdout.split()[-1])
+        environ = dict(item.split("=", 1) for item in Path(f"/proc/{pid}/environ").read_text()
+                       .split("\0") if "=" in item)
+        assert environ["LDW_MASK_KEY_FILE"] == str(key)
+        assert environ["LDW_MAX_STREAMS_PER_USER"] == "3"
+        assert environ["LDW_SQL_TIMEOUT"] == "7m"
+    finally:
+        _run("server", "stop", config=config, check=False)
+        subprocess.run(["rm", "-rf", str(load_settings(str(config)).shm_dir)])
