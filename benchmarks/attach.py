@@ -155,13 +155,13 @@ def child(method: str, table: str, config: str, parquet: str, address: str) -> d
     sys.path.append(str(ROOT))  # the checkout's ldw, unless PYTHONPATH says otherwise
     import numpy  # noqa: F401
     import polars as pl
-    import pyarrow.dataset  # noqa: F401 - read_table imports it on first use
+    import pyarrow.dataset  # read_table imports it on first use
     import pyarrow.flight  # noqa: F401
     import pyarrow.parquet as pq
 
     import ldw
     import ldw.flight
-    import ldw.unix  # noqa: F401
+    import ldw.unix
 
     token = os.environ.get("LDW_TOKEN", "")
     plain = os.environ.get("PLAIN_FLIGHT", "")

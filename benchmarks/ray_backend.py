@@ -42,7 +42,7 @@ from typing import Any
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback-only Ray
 
-from tpch_data import schema_name  # noqa: E402
+from tpch_data import schema_name
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results"
@@ -102,7 +102,7 @@ def child(code: str, config: Path, name: str, timeout: float) -> dict[str, Any]:
 
 def run_backend(backend: str, args: argparse.Namespace, address: str | None
                 ) -> dict[str, Any]:
-    import ldw  # noqa: PLC0415
+    import ldw
 
     folder = Path(tempfile.mkdtemp(prefix=f"ldw-bench-{backend}-"))
     config = server_config(folder, args, backend, address)
@@ -184,10 +184,10 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    import ray  # noqa: PLC0415
-    from ray.cluster_utils import Cluster  # noqa: PLC0415
+    import ray
+    from ray.cluster_utils import Cluster
 
-    from ldw.config import parse_bytes  # noqa: PLC0415
+    from ldw.config import parse_bytes
 
     store = parse_bytes(args.memory_limit) + 256 * MB
     node = {"num_cpus": max(1, (os.cpu_count() or 2) // args.nodes),

@@ -34,13 +34,13 @@ from tpch_data import generate, load_postgres
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout's ldw
 
-import polars as pl  # noqa: E402
-import psycopg  # noqa: E402
-import pyarrow as pa  # noqa: E402
-from psycopg import sql as pgsql  # noqa: E402
+import polars as pl
+import psycopg
+import pyarrow as pa
+from psycopg import sql as pgsql
 
-from ldw import tpch  # noqa: E402
-from ldw.sql import SqlEngine, referenced_datasets  # noqa: E402
+from ldw import tpch
+from ldw.sql import SqlEngine, referenced_datasets
 
 ENGINES = ("duckdb", "polars", "postgres")
 RESULTS = Path(__file__).parent / "results"

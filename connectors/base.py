@@ -450,7 +450,7 @@ class Connector:
     @property
     def sqlglot_dialect(self) -> str | None:
         """The sqlglot dialect that parses and writes this source's SQL."""
-        from ldw.predicates import sqlglot_dialect  # noqa: PLC0415 - avoids an import cycle
+        from ldw.predicates import sqlglot_dialect  # avoids an import cycle
 
         return sqlglot_dialect(self.source.dialect)
 
@@ -504,7 +504,7 @@ class Connector:
 
     def result_names(self, sql: str) -> list[str]:
         """Column names of a validated query, from a ``LIMIT 0`` probe (no rows move)."""
-        from ldw.predicates import sqlglot_dialect  # noqa: PLC0415 - avoids an import cycle
+        from ldw.predicates import sqlglot_dialect  # avoids an import cycle
 
         dialect = sqlglot_dialect(self.source.dialect)
         probe = sqlglot.exp.select("*").from_(

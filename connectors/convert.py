@@ -36,7 +36,7 @@ PG_MIN_DATE_DAYS = -2_440_588
 DAY_US = 86_400_000_000
 
 
-class Unrepresentable(Exception):  # noqa: N818 - internal signal, turned into UnsupportedType
+class Unrepresentable(Exception):  # internal signal, turned into UnsupportedType
     """A conversion found a value its Arrow type cannot hold; ``problem`` says which."""
 
     def __init__(self, problem: str, advice: str) -> None:

@@ -98,8 +98,8 @@ class Unloadable:
 
 def _lenient_loader(base: type) -> type:
     """A psycopg loader that returns ``Unloadable`` where ``base`` fails (e.g. '24:00:00')."""
-    import psycopg  # noqa: PLC0415 - only for PostgreSQL sources
-    from psycopg.adapt import Loader  # noqa: PLC0415
+    import psycopg  # only for PostgreSQL sources
+    from psycopg.adapt import Loader
 
     class Lenient(Loader):
         def __init__(self, oid: int, context: Any = None) -> None:
@@ -118,7 +118,7 @@ def _lenient_loader(base: type) -> type:
 
 def _psycopg_setup(dbapi_connection: Any, _record: Any) -> None:
     """PostgreSQL has dates and times Python has not ('infinity', '24:00:00', year 10000)."""
-    from psycopg.pq import Format  # noqa: PLC0415
+    from psycopg.pq import Format
 
     adapters = dbapi_connection.adapters
     for name in ("date", "time", "timetz", "timestamp", "timestamptz"):

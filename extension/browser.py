@@ -16,7 +16,7 @@ import keyword
 from collections.abc import Iterator
 from typing import Any
 
-import ipywidgets as widgets  # noqa: TID251 - the extension may import ipywidgets
+import ipywidgets as widgets  # the extension may import ipywidgets
 import polars as pl
 
 import ldw

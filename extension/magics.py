@@ -11,8 +11,8 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
-from IPython.core.error import UsageError  # noqa: TID251 - the extension may import IPython
-from IPython.core.magic import (  # noqa: TID251
+from IPython.core.error import UsageError  # the extension may import IPython
+from IPython.core.magic import (
     Magics,
     line_cell_magic,
     magics_class,

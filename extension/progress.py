@@ -40,8 +40,8 @@ class _WidgetDisplay:
     """One ipywidgets HTML row per partition key, in a VBox displayed in the cell output."""
 
     def __init__(self) -> None:
-        import ipywidgets as widgets  # noqa: TID251 - the extension may import ipywidgets
-        from IPython.display import display  # noqa: TID251
+        import ipywidgets as widgets  # the extension may import ipywidgets
+        from IPython.display import display
 
         self._widgets = widgets
         self.box = widgets.VBox(layout=widgets.Layout(width="100%"))
@@ -116,13 +116,13 @@ class ProgressReporter:
     def _use_widgets(self) -> bool:
         if self.widgets is not None:
             return self.widgets
-        from IPython import get_ipython  # noqa: TID251
+        from IPython import get_ipython
 
         shell = get_ipython()
         if shell is None or getattr(shell, "kernel", None) is None:
             return False
         try:
-            import ipywidgets  # noqa: F401, TID251
+            import ipywidgets  # noqa: F401
         except ImportError:
             return False
         return True

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from IPython.core.error import UsageError  # noqa: TID251 - the extension may import IPython
+from IPython.core.error import UsageError  # the extension may import IPython
 
 import ldw
 

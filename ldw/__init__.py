@@ -27,7 +27,7 @@ from ldw.store import Progress
 
 def verify_export(path: object, *, strict: bool = False) -> object:
     """Check an export against its manifest (see :func:`ldw.export.verify_export`)."""
-    from ldw.export import verify_export as verify  # noqa: PLC0415 - keeps import light
+    from ldw.export import verify_export as verify  # keeps import light
 
     return verify(path, strict=strict)
 
@@ -63,12 +63,12 @@ __all__ = [
 
 def load_ipython_extension(ipython: object) -> None:
     """``%load_ext ldw``: the magics live in ldw.extension (the core never imports IPython)."""
-    from ldw.extension import load_ipython_extension as load  # noqa: PLC0415
+    from ldw.extension import load_ipython_extension as load
 
     load(ipython)
 
 
 def unload_ipython_extension(ipython: object) -> None:
-    from ldw.extension import unload_ipython_extension as unload  # noqa: PLC0415
+    from ldw.extension import unload_ipython_extension as unload
 
     unload(ipython)

@@ -48,7 +48,7 @@ class InProcessBackend:
     def __init__(self, engine: Engine, user: str) -> None:
         self.engine = engine
         self.user = user
-        from ldw.service import Service  # noqa: PLC0415 - server-side code, in-process only
+        from ldw.service import Service  # server-side code, in-process only
 
         self.service = Service(engine)
 

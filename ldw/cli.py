@@ -36,7 +36,7 @@ def _settings(args: argparse.Namespace) -> tuple[Settings, Any]:
 
 
 def _server_pid(settings: Settings) -> int | None:
-    from ldw.server import running_pid  # noqa: PLC0415
+    from ldw.server import running_pid
 
     return running_pid(settings)
 
@@ -48,13 +48,13 @@ def _mib(n: int) -> str:
 def cmd_server_start(args: argparse.Namespace) -> int:
     settings, config = _settings(args)
     if args.foreground:
-        from ldw.server import serve  # noqa: PLC0415
+        from ldw.server import serve
 
         logging.basicConfig(level=logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         serve(settings)
         return 0
-    from ldw.unix import LocalBackend, start_server  # noqa: PLC0415
+    from ldw.unix import LocalBackend, start_server
 
     if _server_pid(settings) is not None:
         print(f"ldw server already running (pid {_server_pid(settings)})")
@@ -87,7 +87,7 @@ def cmd_server_stop(args: argparse.Namespace) -> int:
     if pid is None:
         print("no ldw server running")
         return 0
-    from ldw.unix import LocalBackend, socket_path  # noqa: PLC0415
+    from ldw.unix import LocalBackend, socket_path
 
     # the pid file alone is no proof: only the process serving our socket is stopped
     try:
@@ -116,7 +116,7 @@ def cmd_server_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_server_status(args: argparse.Namespace) -> int:
-    from ldw.unix import LocalBackend  # noqa: PLC0415
+    from ldw.unix import LocalBackend
 
     settings, _ = _settings(args)
     try:
@@ -140,8 +140,8 @@ def cmd_server_status(args: argparse.Namespace) -> int:
 
 
 def cmd_user_add(args: argparse.Namespace) -> int:
-    from ldw.catalog import Catalog  # noqa: PLC0415
-    from ldw.engine import check_name, server_os_user  # noqa: PLC0415
+    from ldw.catalog import Catalog
+    from ldw.engine import check_name, server_os_user
 
     settings, _ = _settings(args)
     check_name(args.name, "user name")
@@ -159,8 +159,8 @@ def cmd_user_add(args: argparse.Namespace) -> int:
 
 
 def cmd_user_revoke(args: argparse.Namespace) -> int:
-    from ldw.catalog import Catalog  # noqa: PLC0415
-    from ldw.engine import check_name, server_os_user  # noqa: PLC0415
+    from ldw.catalog import Catalog
+    from ldw.engine import check_name, server_os_user
 
     settings, _ = _settings(args)
     check_name(args.name, "user name")
@@ -180,8 +180,8 @@ def cmd_user_revoke(args: argparse.Namespace) -> int:
 
 
 def _local(settings: Settings) -> Any:
-    from ldw.client import Warehouse  # noqa: PLC0415
-    from ldw.unix import LocalBackend  # noqa: PLC0415
+    from ldw.client import Warehouse
+    from ldw.unix import LocalBackend
 
     return Warehouse(LocalBackend.connect(settings, autostart=False))
 
@@ -203,8 +203,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 def _verify_audit(settings: Settings) -> int:
     """Check the audit log's keyed chain, sequence and anchor; say what is wrong."""
-    from ldw.audit import Anchor, load_audit_key  # noqa: PLC0415
-    from ldw.catalog import Catalog  # noqa: PLC0415
+    from ldw.audit import Anchor, load_audit_key
+    from ldw.catalog import Catalog
 
     key = load_audit_key(settings.audit_key_file, create=False)
     catalog = Catalog(settings.catalog)
@@ -238,7 +238,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from ldw.export import verify_export  # noqa: PLC0415
+    from ldw.export import verify_export
 
     result = verify_export(args.path)
     if result.ok:
@@ -299,7 +299,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["demo"]:  # the demo has its own flags
-        from ldw.demo import main as demo  # noqa: PLC0415
+        from ldw.demo import main as demo
 
         return demo(argv[1:])
     args = _parser().parse_args(argv)

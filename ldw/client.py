@@ -174,7 +174,7 @@ class Dataset:
         user; a remote server writes them under the export roots it allows you (a relative
         ``path`` lands under the first). Files are ``0600``, folders ``0700``.
         """
-        from ldw.export import ExportedFile, ExportResult  # noqa: PLC0415
+        from ldw.export import ExportedFile, ExportResult
 
         backend = self._wh._backend
         options = {"partition_by": list(partition_by) if partition_by else None,
@@ -190,8 +190,8 @@ class Dataset:
                      progress: ProgressCallback | None) -> Any:
         """The server checks the policy, audits and says what the manifest records; this
         process writes the version it attached, with its own file system rights."""
-        from ldw.errors import ExportError  # noqa: PLC0415
-        from ldw.export import export_table  # noqa: PLC0415
+        from ldw.errors import ExportError
+        from ldw.export import export_table
 
         for _ in range(5):  # a refresh between the two calls: ask again for the new version
             plan = self._call("export_manifest", progress=progress, path=path)
@@ -285,7 +285,7 @@ class Warehouse:
         """A handle to a dataset another user shared with me: ``"alice/orders"``."""
         owner, _, name = ref.rpartition("/") if isinstance(ref, str) else ("", "", "")
         if not owner or not name:
-            from ldw.errors import InvalidMapping  # noqa: PLC0415
+            from ldw.errors import InvalidMapping
 
             raise InvalidMapping(f"attach takes OWNER/NAME, e.g. \"alice/orders\", not {ref!r}")
         dataset = Dataset(self, name, owner=owner)
@@ -339,25 +339,25 @@ def connect(url: str | None = None, *, in_process: bool = False, token: str | No
 
     >>> wh = ldw.connect(in_process=True, config="ldw.toml")  # doctest: +SKIP
     """
-    from ldw.config import _user, load_settings  # noqa: PLC0415
+    from ldw.config import _user, load_settings
 
     if url is not None:
         if in_process:
-            from ldw.errors import ConfigError  # noqa: PLC0415
+            from ldw.errors import ConfigError
 
             raise ConfigError("in_process=True runs the engine here; it takes no URL")
-        from ldw.flight import FlightBackend  # noqa: PLC0415
+        from ldw.flight import FlightBackend
 
         return Warehouse(FlightBackend(url, token=token, tls_root_certs=tls_root_certs),
                          progress=progress)
     loaded = load_settings(config, **settings)
     if in_process:
-        from ldw.backend import InProcessBackend  # noqa: PLC0415
-        from ldw.engine import Engine  # noqa: PLC0415
+        from ldw.backend import InProcessBackend
+        from ldw.engine import Engine
 
         return Warehouse(InProcessBackend(Engine(loaded, ephemeral=True), _user()),
                          progress=progress)
-    from ldw.unix import LocalBackend  # noqa: PLC0415
+    from ldw.unix import LocalBackend
 
     return Warehouse(LocalBackend.connect(loaded, config=config, overrides=settings,
                                           autostart=autostart), progress=progress)

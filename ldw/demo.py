@@ -67,7 +67,7 @@ def _label(scale: float) -> str:
 
 def tpchgen_executable() -> str:
     """Path of ``tpchgen-cli``: on PATH or next to this Python (a venv not activated)."""
-    from ldw.errors import ConfigError  # noqa: PLC0415
+    from ldw.errors import ConfigError
 
     found = shutil.which("tpchgen-cli")
     if found:
@@ -85,7 +85,7 @@ def generate(scale: float, folder: Path) -> Path:
     Generated into a temporary folder and renamed when complete: an interrupted run leaves
     nothing half-written behind, and a complete folder is reused.
     """
-    from ldw.errors import ConfigError  # noqa: PLC0415
+    from ldw.errors import ConfigError
 
     target = folder / f"tpch-sf{_label(scale)}"
     if all((target / f"{t}.parquet").is_file() for t in TABLES):
@@ -115,11 +115,11 @@ def generate(scale: float, folder: Path) -> Path:
 def build_sqlite(data: Path, database: Path) -> Path:
     """A SQLite database with the eight TPC-H tables (declared types, primary keys) from the
     Parquet files in ``data``; built under a temporary name, so it is complete or absent."""
-    import adbc_driver_sqlite.dbapi as adbc_sqlite  # noqa: PLC0415
-    import pyarrow as pa  # noqa: PLC0415
-    import pyarrow.parquet as pq  # noqa: PLC0415
+    import adbc_driver_sqlite.dbapi as adbc_sqlite
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    from ldw import tpch  # noqa: PLC0415
+    from ldw import tpch
 
     if database.is_file():
         return database
@@ -154,7 +154,7 @@ def build_sqlite(data: Path, database: Path) -> Path:
 # -- configuration and server ----------------------------------------------------------------
 
 def _user() -> str:
-    from ldw.config import _user as user  # noqa: PLC0415
+    from ldw.config import _user as user
 
     return user()
 
@@ -223,7 +223,7 @@ def prepare(folder: str | os.PathLike[str] = DEFAULT_DIR, *, scale: float = DEFA
     >>> config = prepare("~/.cache/ldw/demo", scale=0.01)  # doctest: +SKIP
     >>> wh = ldw.connect(config=config)  # doctest: +SKIP
     """
-    from ldw.errors import ConfigError  # noqa: PLC0415
+    from ldw.errors import ConfigError
 
     if not scale > 0:
         raise ConfigError(f"scale must be positive, not {scale!r}")
@@ -250,8 +250,8 @@ def prepare(folder: str | os.PathLike[str] = DEFAULT_DIR, *, scale: float = DEFA
 
 def server_pid(config: str | os.PathLike[str]) -> int | None:
     """The pid of the server running for ``config``, or None."""
-    from ldw.config import load_settings  # noqa: PLC0415
-    from ldw.server import running_pid  # noqa: PLC0415
+    from ldw.config import load_settings
+    from ldw.server import running_pid
 
     return running_pid(load_settings(config))
 
@@ -263,9 +263,9 @@ def stop_server(config: str | os.PathLike[str], *, free_memory: bool = True,
     With ``free_memory`` the cached versions in its shared-memory folder are removed too: a
     demo should not keep hundreds of MB of RAM after it stopped.
     """
-    from ldw.config import load_settings  # noqa: PLC0415
-    from ldw.errors import ServerUnavailable  # noqa: PLC0415
-    from ldw.server import running_pid  # noqa: PLC0415
+    from ldw.config import load_settings
+    from ldw.errors import ServerUnavailable
+    from ldw.server import running_pid
 
     settings = load_settings(config)
     pid = running_pid(settings)
@@ -286,7 +286,7 @@ def stop_server(config: str | os.PathLike[str], *, free_memory: bool = True,
 # -- TPC-H over a SQLite-sourced cache -------------------------------------------------------
 
 def _date_columns() -> frozenset[str]:
-    from ldw import tpch  # noqa: PLC0415
+    from ldw import tpch
 
     return frozenset(name for columns in tpch.TABLES.values()
                      for name, kind in columns if kind == "date")
@@ -299,10 +299,10 @@ def tpch_query(number: int) -> str:
     says so in ``info()["columns"]``). DuckDB will not compare text with a date, so every date
     column is read as ``CAST(col AS DATE)``; the rest is the standard text of ``ldw.tpch``.
     """
-    import sqlglot  # noqa: PLC0415
-    from sqlglot import exp  # noqa: PLC0415
+    import sqlglot
+    from sqlglot import exp
 
-    from ldw import tpch  # noqa: PLC0415
+    from ldw import tpch
 
     dates = _date_columns()
     tree = sqlglot.parse_one(tpch.query(number), read="duckdb")
@@ -358,9 +358,9 @@ def _attach_in_new_process(config: str, names: Sequence[str]) -> None:
     ``arrow_s``: connect + memory-map every cached version (``to_arrow()``, zero-copy);
     ``polars_s``: the same, plus viewing each as a polars DataFrame (what ``to_polars()`` costs).
     """
-    import polars as pl  # noqa: PLC0415 - imports are not timed: a kernel has done them already
+    import polars as pl  # imports are not timed: a kernel has done them already
 
-    import ldw  # noqa: PLC0415
+    import ldw
 
     started = time.perf_counter()
     wh = ldw.connect(config=config, autostart=False)
@@ -379,7 +379,7 @@ def attach_from_new_process(config: Path, names: Sequence[str]) -> dict[str, Any
     done = subprocess.run([sys.executable, "-c", code, str(config), *names],
                           capture_output=True, text=True, timeout=300, check=False)
     if done.returncode != 0:
-        from ldw.errors import ServerUnavailable  # noqa: PLC0415
+        from ldw.errors import ServerUnavailable
 
         tail = " | ".join(done.stderr.strip().splitlines()[-3:])
         raise ServerUnavailable(f"the second process could not attach: {tail}")
@@ -403,7 +403,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def run(scale: float, folder: Path, *, keep: bool = False, out: Any = None) -> dict[str, Any]:
     """The demo; returns its measurements (``main`` prints them as a table)."""
-    import ldw  # noqa: PLC0415
+    import ldw
 
     out = out or sys.stdout
 
@@ -505,14 +505,14 @@ def report(results: dict[str, Any]) -> str:
 def _private_settings() -> None:
     """The demo server is private: LDW_STATE_DIR, LDW_SHM_DIR, ... set for the user's own
     server (they beat ldw.toml) must not move the demo's files there."""
-    from ldw.config import _SERVER_DEFAULTS  # noqa: PLC0415
+    from ldw.config import _SERVER_DEFAULTS
 
     for key in [*(f"LDW_{k.upper()}" for k in _SERVER_DEFAULTS), "LDW_CONFIG", "LDW_CONFIG_JSON"]:
         os.environ.pop(key, None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from ldw.errors import LdwError  # noqa: PLC0415
+    from ldw.errors import LdwError
 
     args = _parser().parse_args(argv)
     _private_settings()

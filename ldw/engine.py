@@ -174,7 +174,7 @@ class Engine:
             memory_root, disk_root = memory_root / private, disk_root / private
         self.store: Store | RayStore
         if settings.backend == "ray":
-            from ldw.ray_store import RayStore  # noqa: PLC0415 - the optional ``ray`` extra
+            from ldw.ray_store import RayStore  # the optional ``ray`` extra
 
             # one holder actor per server identity (its catalog); a private one in-process
             key = f"inproc-{uuid.uuid4().hex}" if ephemeral else settings.catalog
@@ -389,7 +389,7 @@ class Engine:
     def map_derived(self, owner: str, name: str, query: str, *,
                     ttl: str | float | None = None, pin: bool = False) -> DatasetRecord:
         """A dataset defined by SQL over other datasets: its lineage is the query."""
-        from ldw.sql import referenced_datasets  # noqa: PLC0415
+        from ldw.sql import referenced_datasets
 
         check_name(name)
         names = referenced_datasets(query)
@@ -574,7 +574,7 @@ class Engine:
 
     def _run_derived(self, record: DatasetRecord,
                      progress: Callable[[Progress], None] | None) -> Version:
-        from ldw.sql import referenced_datasets  # noqa: PLC0415
+        from ldw.sql import referenced_datasets
 
         query = record.mapping.sql or ""
         tables = {}
@@ -837,7 +837,7 @@ class Engine:
         """The sandboxed DuckDB engine for SQL over datasets, created on first use."""
         with self._lock:
             if self._sql_engine is None:
-                from ldw.sql import SqlEngine  # noqa: PLC0415
+                from ldw.sql import SqlEngine
 
                 self._sql_engine = SqlEngine(
                     memory_limit=self.settings.sql_memory_limit,

@@ -77,7 +77,7 @@ class _AuthFactory(fl.ServerMiddlewareFactory):
     """Token check on every call, before any handler runs."""
 
     def __init__(self, lookup: Callable[[str], str | None]) -> None:
-        from ldw.catalog import hash_token  # noqa: PLC0415 - server side only
+        from ldw.catalog import hash_token  # server side only
 
         self.lookup = lookup  # token SHA-256 -> user
         self.hash = hash_token
@@ -265,7 +265,7 @@ class FlightEndpoint(fl.FlightServerBase):
     # -- Flight methods ------------------------------------------------------------------------
     @_typed_errors
     def list_actions(self, context: fl.ServerCallContext) -> list[tuple[str, str]]:
-        from ldw.service import OPS  # noqa: PLC0415
+        from ldw.service import OPS
 
         actions = [(op, (getattr(fn, "__doc__", None) or op).strip().splitlines()[0])
                    for op, fn in sorted(OPS.items())]
@@ -290,7 +290,7 @@ class FlightEndpoint(fl.FlightServerBase):
     def _run_action(self, auth: _Auth, op: str, args: dict[str, Any],
                     context: fl.ServerCallContext | None = None) -> Iterator[bytes]:
         """Run the operation in a worker, streaming its progress frames as they happen."""
-        from ldw.service import STREAM_OPS  # noqa: PLC0415
+        from ldw.service import STREAM_OPS
 
         service, user = self.owner.service, auth.user
         events: queue.Queue = queue.Queue(maxsize=256)
@@ -425,7 +425,7 @@ def _stream(batches: Iterable[pa.RecordBatch], check: Callable[[], None],
             release: Callable[[], None]) -> Iterator[pa.RecordBatch]:
     """The batches, access re-checked before each one; any failure ends the stream with a
     typed Flight error, and the user's stream slot is released however it ends."""
-    from ldw.service import checked  # noqa: PLC0415
+    from ldw.service import checked
 
     try:
         yield from checked(batches, check)

@@ -145,7 +145,7 @@ def _ipc_payload(batch: pa.RecordBatch) -> np.ndarray:
 def _mask_and_store(batch: pa.RecordBatch, stored: pa.Schema, hashed: frozenset[str],
                     key: bytes | None) -> pa.RecordBatch:
     if hashed:
-        from ldw.governance import hash_array  # noqa: PLC0415
+        from ldw.governance import hash_array
 
         arrays = [hash_array(col, key) if field.name in hashed else col
                   for col, field in zip(batch.columns, batch.schema, strict=True)]
@@ -159,7 +159,7 @@ def _mask_and_store(batch: pa.RecordBatch, stored: pa.Schema, hashed: frozenset[
 
 def _read_partition(spec: dict[str, Any]) -> Iterator[Any]:
     """A Ray task: read one partition on a connection of its own; yield (meta, payload) pairs."""
-    from ldw.connectors import ReadPlan, SourceQuery, connector_for  # noqa: PLC0415
+    from ldw.connectors import ReadPlan, SourceQuery, connector_for
 
     connector = connector_for(spec["source"], batch_rows=spec["batch_rows"])
     plan = ReadPlan([SourceQuery(spec["sql"])], spec["columns"], spec["tables"], spec["tag"])
@@ -182,7 +182,7 @@ def _read_partition(spec: dict[str, Any]) -> Iterator[Any]:
 def _warm() -> str:
     """A no-op task that starts a worker process and imports the connectors, so the first
     partition read does not pay for it (Ray reuses the holder's worker processes)."""
-    import ldw.connectors  # noqa: F401, PLC0415
+    import ldw.connectors  # noqa: F401
 
     return ray.get_runtime_context().get_node_id()
 
@@ -233,7 +233,7 @@ class VersionHolder:
         """Launch one task per partition, dealt round-robin over the live nodes with CPUs
         (soft affinity: a busy or vanished node's share runs elsewhere). Ray's own SPREAD is
         best effort and, on a loaded cluster, may put every partition on one node."""
-        from ray.util.scheduling_strategies import (  # noqa: PLC0415
+        from ray.util.scheduling_strategies import (
             NodeAffinitySchedulingStrategy,
         )
 
@@ -440,7 +440,7 @@ class RayStore:
     @staticmethod
     def _cluster_spills() -> bool:
         try:
-            from ray._private.state import state  # noqa: PLC0415
+            from ray._private.state import state
 
             config = state.get_system_config()
         except Exception:  # cannot tell: assume Ray's default, which spills

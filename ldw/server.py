@@ -240,7 +240,7 @@ class Server:
     def _lock_pid_file(self) -> Any:
         path = pid_path(self.settings)
         # held open for the server's lifetime
-        handle = open(create_private(path), "a+")  # noqa: SIM115
+        handle = open(create_private(path), "a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -280,7 +280,7 @@ class Server:
         os.chmod(path, 0o666)  # anyone may knock; peer credentials decide who gets in
         self._spawn(self._unix.serve_forever, "ldw-unix")
         if self.settings.listen:
-            from ldw.flight import FlightEndpoint  # noqa: PLC0415
+            from ldw.flight import FlightEndpoint
 
             # serving starts with the endpoint; its serve() would take over SIGTERM
             self._flight = FlightEndpoint(self)

@@ -419,8 +419,8 @@ class Service:
         (``export_manifest``)."""
         _only(args, "export", {"name", "owner", "path", "partition_by", "compression",
                                "overwrite"})
-        from ldw.export import export_table  # noqa: PLC0415
-        from ldw.export_roots import confine_export_path, export_roots_for  # noqa: PLC0415
+        from ldw.export import export_table
+        from ldw.export_roots import confine_export_path, export_roots_for
 
         record = self._exportable(user, args)
         path = confine_export_path(_arg(args, "path", str, required=True),
@@ -502,7 +502,7 @@ class Service:
              ) -> tuple[pa.RecordBatchReader, list[Pinned]]:
         """SQL over datasets the caller may read (``"alice/orders"`` for a shared one), each
         read zero-copy from its cached version."""
-        from ldw.sql import referenced_datasets  # noqa: PLC0415 - DuckDB loads on first use
+        from ldw.sql import referenced_datasets  # DuckDB loads on first use
 
         _only(args, "sql", {"query", "name"})
         query = _arg(args, "query", str, required=True)

@@ -376,7 +376,7 @@ class _Running:
             self.reason = reason
             try:
                 self.con.interrupt()
-            except Exception:  # noqa: S110 - the connection may have just closed
+            except Exception:  # the connection may have just closed
                 pass
 
     def check(self, now: float) -> None:

@@ -71,7 +71,7 @@ class Version:
     tier: str = MEMORY
 
 
-class VersionLost(Exception):  # noqa: N818 - internal signal, never reaches a user
+class VersionLost(Exception):  # internal signal, never reaches a user
     """A published version's bytes are gone (e.g. a Ray node holding them died); the engine
     recomputes the dataset from its mapping."""
 

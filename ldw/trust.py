@@ -29,7 +29,7 @@ NOT_WRITABLE = 0o022  # a state or catalog folder may be entered by others, neve
 
 
 def _who(uid: int) -> str:
-    import pwd  # noqa: PLC0415
+    import pwd
 
     try:
         return pwd.getpwuid(uid).pw_name

@@ -200,7 +200,7 @@ class LocalBackend:
             except InvalidMapping:  # spilled to the server's disk: the descriptor path below
                 pass
             else:
-                from ldw.ray_store import read_ticket  # noqa: PLC0415 - only in a Ray driver
+                from ldw.ray_store import read_ticket  # only in a Ray driver
 
                 return info, read_ticket(info.pop("ticket"))
         conn = self._open("attach", dict(ref))

@@ -14,9 +14,9 @@ import polars as pl
 import pytest
 import sqlalchemy as sa
 from conftest import POSTGRES_URL
-from IPython.core.error import UsageError  # noqa: TID251 - tests of the extension use IPython
-from IPython.core.interactiveshell import InteractiveShell  # noqa: TID251
-from IPython.utils.capture import capture_output  # noqa: TID251
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+from IPython.utils.capture import capture_output
 from ldw.extension import (
     Details,
     LdwMagics,

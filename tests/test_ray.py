@@ -16,20 +16,20 @@ import os
 # cluster; every process (the server, scripts) inherits it. Must precede ``import ray``.
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
-import hashlib  # noqa: E402
-import json  # noqa: E402
-import socket  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import textwrap  # noqa: E402
-import tomllib  # noqa: E402
-import uuid  # noqa: E402
-from pathlib import Path  # noqa: E402
+import hashlib
+import json
+import socket
+import subprocess
+import sys
+import textwrap
+import tomllib
+import uuid
+from pathlib import Path
 
-import pyarrow as pa  # noqa: E402
-import pytest  # noqa: E402
-from conftest import IN_CI, POSTGRES_URL, ServerHandle  # noqa: E402
-from test_governance import (  # noqa: E402, F401 - fixtures and tests reused on both backends
+import pyarrow as pa
+import pytest
+from conftest import IN_CI, POSTGRES_URL, ServerHandle
+from test_governance import (  # noqa: F401 - fixtures and tests reused on both backends
     CANARIES,
     ROWS,
     _policies,
@@ -40,7 +40,7 @@ from test_governance import (  # noqa: E402, F401 - fixtures and tests reused on
     test_users_with_different_row_filters_never_see_each_others_rows,
 )
 
-import ldw  # noqa: E402
+import ldw
 
 try:
     import ray

@@ -207,7 +207,7 @@ def test_no_flight_method_sends_a_traceback(server):
                                                    options=options)),
     }
     for method, call in calls.items():
-        with pytest.raises(Exception) as info:  # noqa: PT011 - each method its own class
+        with pytest.raises(Exception) as info:  # each method its own class
             call()
         _clean(str(info.value))
         assert '"type"' in str(info.value), (method, info.value)  # structured detail
