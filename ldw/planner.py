@@ -164,8 +164,6 @@ def _base(connector: Connector, mapping: Mapping, policy_for: PolicyLookup | Non
         lookup = {k: relation.c[k] for k in relation.c.keys() if k not in masked_by_hash}
         tables = [(mapping.schema, mapping.table, None)]
     else:
-        if not isinstance(mapping.sql, str) or not mapping.sql.strip():
-            raise InvalidMapping("sql must be a non-empty SELECT statement")
         governed = govern_sql(connector, mapping.sql, policy_for,
                               lambda table, policy: _policy_relation(connector, table, policy))
         sql, policies, tables = governed.sql, governed.policies, governed.tables

@@ -24,7 +24,8 @@ from sqlglot.errors import ParseError, TokenError
 from ldw.allowlist import check_query_nodes
 from ldw.errors import InvalidMapping
 
-__all__ = ["ALLOWED_FUNCTIONS", "parse_where", "validate_select_sql", "sqlglot_dialect"]
+__all__ = ["ALLOWED_FUNCTIONS", "parse_query", "parse_where", "validate_select_sql",
+           "sqlglot_dialect"]
 
 _DIALECTS = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql", "sqlite": "sqlite",
              "mssql": "tsql", "oracle": "oracle", "duckdb": "duckdb"}
@@ -242,14 +243,20 @@ def parse_where(text: str, columns: Mapping[str, sa.ColumnElement], *,
     return translated
 
 
-def validate_select_sql(sql: str, *, dialect: str | None = None) -> str:
-    """Check ``sql`` is one read-only query of allowed syntax and functions (see
-    :mod:`ldw.allowlist`) and return it regenerated for ``dialect``."""
+def parse_query(sql: str, dialect: str | None) -> exp.Query:
+    """``sql`` parsed in the sqlglot ``dialect`` as one query of allowed syntax, functions and
+    cast targets (see :mod:`ldw.allowlist`); InvalidMapping otherwise."""
     if not isinstance(sql, str) or not sql.strip():
         raise InvalidMapping("sql must be a non-empty SELECT statement")
-    glot = sqlglot_dialect(dialect or "")
-    tree = _parse_one(sql, glot, "sql")
+    tree = _parse_one(sql, dialect, "sql")
     if not isinstance(tree, exp.Query):
         raise InvalidMapping(f"sql must be a SELECT query, not {tree.key.upper()}")
-    check_query_nodes(tree, glot)
-    return tree.sql(dialect=glot)
+    check_query_nodes(tree, dialect)
+    return tree
+
+
+def validate_select_sql(sql: str, *, dialect: str | None = None) -> str:
+    """Check ``sql`` is one read-only query of allowed syntax and functions and return it
+    regenerated for ``dialect``."""
+    glot = sqlglot_dialect(dialect or "")
+    return parse_query(sql, glot).sql(dialect=glot)

@@ -19,14 +19,14 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 import sqlglot
 from sqlglot import exp
-from sqlglot.errors import OptimizeError, ParseError, TokenError
+from sqlglot.errors import OptimizeError
 from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
 from sqlglot.optimizer.scope import traverse_scope
 
-from ldw.allowlist import check_query_nodes
 from ldw.connectors import Connector
 from ldw.errors import InvalidMapping, PolicyViolation
 from ldw.governance import EffectivePolicy
+from ldw.predicates import parse_query
 
 __all__ = ["GovernedSQL", "govern_sql"]
 
@@ -42,20 +42,6 @@ class GovernedSQL:
     policies: list[EffectivePolicy] = field(default_factory=list)
     # (schema, name, alias) of every relation read, as resolved: for snapshot locks
     tables: list[tuple[str | None, str, str | None]] = field(default_factory=list)
-
-
-def _parse(sql: str, dialect: str | None) -> exp.Query:
-    try:
-        statements = [s for s in sqlglot.parse(sql, read=dialect) if s is not None]
-    except (ParseError, TokenError) as exc:
-        raise InvalidMapping(f"cannot parse sql {sql!r}: {str(exc).splitlines()[0]}") from None
-    if len(statements) != 1:
-        raise InvalidMapping(f"sql {sql!r} must be a single query, found {len(statements)} "
-                             "statements (no ';')")
-    tree = statements[0]
-    if not isinstance(tree, exp.Query):
-        raise InvalidMapping(f"sql must be a SELECT query, not {tree.key.upper()}")
-    return tree
 
 
 def _normalize_names(tree: exp.Expression, dialect: str | None) -> None:
@@ -132,8 +118,7 @@ def govern_sql(connector: Connector, sql: str, policy_for: PolicyLookup | None,
     whose policy hashes a column are refused: hash masks are applied in Arrow, after reading.
     """
     dialect = connector.sqlglot_dialect
-    tree = _parse(sql, dialect)
-    check_query_nodes(tree, dialect)
+    tree = parse_query(sql, dialect)
     _normalize_names(tree, dialect)
     governed = GovernedSQL("")
     for node in base_relations(tree):
