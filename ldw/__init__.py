@@ -22,7 +22,7 @@ from ldw.errors import (
     UnknownTable,
     UnsupportedType,
 )
-from ldw.store import Progress
+from ldw.types import Progress
 
 
 def verify_export(path: object, *, strict: bool = False) -> object:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import pyarrow as pa
 
-from ldw.store import Progress
+from ldw.types import Progress
 
 if TYPE_CHECKING:
     from ldw.engine import Engine

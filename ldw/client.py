@@ -20,7 +20,7 @@ import pyarrow as pa
 from ldw.backend import Backend
 from ldw.lazy import scan_dataset
 from ldw.pushdown import encode_polars_predicate
-from ldw.store import Progress
+from ldw.types import Progress
 from ldw.wire import decode_schema, encode_value
 
 __all__ = ["Dataset", "Warehouse", "connect"]

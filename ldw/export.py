@@ -62,7 +62,7 @@ from ldw.errors import (
     LdwError,
     UnsupportedType,
 )
-from ldw.store import Progress
+from ldw.types import Progress
 
 __all__ = [
     "MANIFEST_NAME",

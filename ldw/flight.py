@@ -43,7 +43,7 @@ from ldw.errors import (
     ServerUnavailable,
     UnknownDataset,
 )
-from ldw.store import Progress
+from ldw.types import Progress
 from ldw.wire import (
     MAX_REQUEST,
     decode_error,

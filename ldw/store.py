@@ -34,27 +34,13 @@ import pyarrow.ipc as ipc
 
 from ldw.errors import CapacityExceeded, LdwError
 from ldw.trust import DirLock, create_private, private_dir
+from ldw.types import Progress, Tier
 
 __all__ = ["Progress", "Store", "Version", "VersionLost", "open_fd", "storage_schema"]
 
 log = logging.getLogger("ldw.store")
 
-MEMORY, DISK = "memory", "disk"
-
-
-@dataclass(frozen=True)
-class Progress:
-    """What a running materialization reports after each batch."""
-
-    dataset: str
-    rows: int
-    bytes: int
-    seconds: float
-    done: bool = False
-
-    @property
-    def mb_per_s(self) -> float:
-        return self.bytes / 1e6 / self.seconds if self.seconds > 0 else 0.0
+MEMORY, DISK = Tier.MEMORY, Tier.DISK
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,9 @@ import pyarrow as pa
 
 from ldw.config import Settings, _user, server_env
 from ldw.errors import AccessDenied, InvalidMapping, ServerUnavailable
-from ldw.store import Progress, open_fd
+from ldw.store import open_fd
 from ldw.trust import NOT_WRITABLE, check_dir, create_private, private_dir
+from ldw.types import Progress
 from ldw.wire import STREAM_ERROR, decode_error, final_result, frame
 
 __all__ = ["LocalBackend", "socket_path", "start_server"]

@@ -16,7 +16,7 @@ from typing import Any
 import pyarrow as pa
 
 from ldw import errors
-from ldw.store import Progress
+from ldw.types import Progress
 
 __all__ = ["MAX_REQUEST", "STREAM_ERROR", "decode_error", "decode_schema", "decode_value",
            "encode_error", "encode_schema", "encode_value", "final_result", "frame",
