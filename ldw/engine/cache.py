@@ -1,0 +1,283 @@
+"""Materialization and capacity: reading a dataset's source into a new version, serving the
+current version, and making room in the memory tier (spill, drop, evict, expire)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import pyarrow as pa
+import sqlalchemy as sa
+
+from ldw.config import Settings
+from ldw.connectors import Connector
+from ldw.engine.datasets import Datasets
+from ldw.engine.sources import Sources
+from ldw.errors import DatasetLost, LdwError, SourceUnavailable, UnknownDataset
+from ldw.governance import Governance, hash_array
+from ldw.lifecycle import DatasetRecord, Lifecycle
+from ldw.planner import MappedQuery, narrow, read_plan, single_plan
+from ldw.query_log import QueryLog
+from ldw.store import DISK, MEMORY, Store, Version, VersionLost
+from ldw.types import DatasetState, Progress
+
+if TYPE_CHECKING:
+    from ldw.ray_store import RayStore
+
+__all__ = ["Cache"]
+
+log = logging.getLogger("ldw.engine")
+
+T = TypeVar("T")
+ProgressFn = Callable[[Progress], None] | None
+
+
+class Cache:
+    """Puts dataset versions into the store and serves them."""
+
+    def __init__(self, settings: Settings, lifecycle: Lifecycle, store: Store | RayStore,
+                 governance: Governance, sources: Sources, datasets: Datasets,
+                 sql_engine: Callable[[], Any], query_log: QueryLog) -> None:
+        self.settings = settings
+        self.lifecycle = lifecycle
+        self.store = store
+        self.governance = governance
+        self.sources = sources
+        self.datasets = datasets
+        self.sql_engine = sql_engine
+        self.query_log = query_log
+
+    # -- reading a source -------------------------------------------------------------------------
+    def _log(self, record: DatasetRecord, sql: Sequence[str]) -> None:
+        self.query_log.extend((record.mapping.source, q) for q in sql)
+        record.source_queries += len(sql)
+
+    def _run_derived(self, record: DatasetRecord, progress: ProgressFn) -> Version:
+        from ldw.sql import referenced_datasets
+
+        query = record.mapping.sql or ""
+        tables = {}
+        for ref in referenced_datasets(query):
+            other, _, name = ref.rpartition("/")
+            source = self.datasets.readable(record.owner, other or record.owner, name)
+            tables[ref] = self.open(source.owner, source.name)  # access is checked again, now
+        limit, setting = self.settings.sql_timeout_for(record.owner)
+        result = self.sql_engine().run(query, tables, time_limit=limit, time_setting=setting)
+        record.source_sql = [query]
+        return self.store.write(record.key, record.schema, result.to_batches(),
+                                progress=progress, make_room=lambda n: self.make_room(n, record))
+
+    def _run(self, record: DatasetRecord, progress: ProgressFn) -> Version:
+        if record.derived:
+            return self._run_derived(record, progress)
+        connector = self.sources.connector(record.mapping.source)
+        query = self.datasets.query(record)
+        partitioned = record.mapping.partition_on is not None and record.mapping.partitions > 1
+        with connector.read_slots(record.mapping.partitions, all_at_once=self.store.distributed), \
+                connector.snapshot(query.tables, partitioned=partitioned) as snapshot:
+            plan = read_plan(connector, query, snapshot)
+            record.source_sql = [q.sql for q in plan.queries]
+            self._log(record, record.source_sql)
+            if self.store.distributed and connector.family == "postgresql":
+                return self._run_tasks(record, connector, plan, query, snapshot, progress)
+            cancel = threading.Event()
+            batches = connector.stream(plan, cancel, snapshot)
+            masked = self.masked(batches, query)
+            try:
+                return self.store.write(record.key, record.schema, masked, progress=progress,
+                                        make_room=lambda n: self.make_room(n, record))
+            except BaseException as exc:
+                cancel.set()
+                batches.close()  # the connector cancels its own source queries
+                if not isinstance(exc, SourceUnavailable):  # no point knocking on a dead source
+                    connector.cancel_tagged(plan.tag)
+                raise
+
+    def _run_tasks(self, record: DatasetRecord, connector: Connector, plan: Any,
+                   query: MappedQuery, snapshot: Any, progress: ProgressFn) -> Version:
+        """Ray backend: every partition query runs as a task in the cluster, importing the
+        snapshot this server exported; masks are applied in the task, before the object store."""
+        store: RayStore = self.store  # type: ignore[assignment]
+        specs = store.task_specs(connector, plan, snapshot.info.get("ldw_snapshot"),
+                                 record.schema, query.hashed,
+                                 self.governance.mask_key if query.hashed else None)
+        try:
+            return store.write_tasks(record.key, specs, progress=progress,
+                                     make_room=lambda n: self.make_room(n, record))
+        except BaseException as exc:
+            if not isinstance(exc, SourceUnavailable):
+                connector.cancel_tagged(plan.tag)
+            raise
+
+    def masked(self, batches: Iterator[pa.RecordBatch], query: MappedQuery
+               ) -> Iterator[pa.RecordBatch]:
+        """Apply keyed-hash masks: each masked column is rebuilt into fresh buffers."""
+        if not query.hashed:
+            yield from batches
+            return
+        key = self.governance.mask_key
+        for batch in batches:
+            arrays, fields = list(batch.columns), list(batch.schema)
+            for i, field_ in enumerate(fields):
+                if field_.name in query.hashed:
+                    arrays[i] = hash_array(arrays[i], key)
+                    fields[i] = field_.with_type(pa.string())
+            yield pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
+
+    def materialize(self, owner: str, name: str, *, progress: ProgressFn = None,
+                    refresh: bool = False) -> Version:
+        """Cache a dataset (single flight: concurrent callers wait for one source read)."""
+        record = self.datasets.dataset(owner, name)
+        with record.lock:
+            if record.version is not None and not refresh:
+                return record.version
+            if record.state == DatasetState.LOST and not refresh:
+                raise DatasetLost(
+                    f"dataset {name!r} is memory-only and its cached version was lost (server "
+                    "restart or crash); call refresh() to read the source again")
+            if record.memory_only:
+                self.store.check_memory_only(record.key)
+            previous = self.lifecycle.start(record)
+            try:
+                version = self._run(record, progress)
+            except BaseException as exc:
+                self.lifecycle.failed(record, previous, exc)
+                raise
+            self.lifecycle.published(record, version)
+            log.info("materialized %s: %d rows, %d bytes in %.2fs", record.key, version.rows,
+                     version.bytes, version.seconds)
+        if previous is not None:
+            self.lifecycle.drop_version(previous)
+        return version
+
+    # -- capacity ---------------------------------------------------------------------------------
+    def make_room(self, needed: int, writing: DatasetRecord | None = None) -> int:
+        """Free ``needed`` bytes of the memory tier: spill the least recently used unpinned
+        versions to disk; memory-only ones are dropped instead (they never touch disk)."""
+        candidates = sorted(
+            (r for r in self.lifecycle.records() if r is not writing and not r.pin
+             and r.version is not None and r.version.tier == MEMORY),
+            key=lambda r: r.last_access or r.version.created)
+        freed = 0
+        for record in candidates:
+            if freed >= needed:
+                break
+            if not record.lock.acquire(blocking=False):
+                continue  # being materialized or evicted right now
+            try:
+                version = record.version
+                if version is None or version.tier != MEMORY:
+                    continue
+                if record.memory_only:
+                    self.lifecycle.dropped(record)
+                    log.info("capacity: dropped memory-only %s", record.key)
+                else:
+                    self.lifecycle.spilled(record, self.store.spill(version))
+                    log.info("capacity: spilled %s to disk", record.key)
+                freed += version.bytes
+            finally:
+                record.lock.release()
+        return freed
+
+    def evict(self, owner: str, name: str, *, reason: str = "evicted") -> None:
+        record = self.lifecycle.get(f"{owner}/{name}")
+        if record is None:
+            raise UnknownDataset(f"no dataset named {name!r}; map it first")
+        with record.lock:
+            self.lifecycle.dropped(record)
+        log.info("%s %s", reason, record.key)
+
+    def expire(self) -> int:
+        """Evict every version past its TTL; returns how many."""
+        expired = [r for r in self.lifecycle.records() if r.expired()]
+        for record in expired:
+            self.evict(record.owner, record.name, reason="expired")
+        return len(expired)
+
+    def version_lost(self, owner: str, name: str, version: Version) -> None:
+        """A version whose bytes are gone (a Ray node died with them): forget it, so the next
+        access recomputes it from the mapping; a memory-only one is reported lost instead."""
+        record = self.datasets.dataset(owner, name)
+        with record.lock:
+            if record.version is None or record.version.version_id != version.version_id:
+                return  # someone else noticed first
+            log.warning("version %s of %s was lost; it will be recomputed from its mapping",
+                        version.version_id, record.key)
+            self.lifecycle.dropped(record, lost=True, forget=self.store.forget)
+
+    # -- serving ----------------------------------------------------------------------------------
+    def attach(self, owner: str, name: str, *, progress: ProgressFn = None) -> Version:
+        """The current version (materialized first if needed), counted as a hit."""
+        record = self.datasets.dataset(owner, name)
+        version = record.version or self.materialize(owner, name, progress=progress)
+        record.hits += 1
+        record.bytes_served += version.bytes
+        record.last_access = time.time()
+        return version
+
+    def open_with(self, opener: Callable[[Version], T], owner: str, name: str,
+                  progress: ProgressFn) -> tuple[Version, T]:
+        """Open the current version with ``opener``. A version replaced in between (a refresh,
+        a spill) is looked up again, so a reader never meets a vanished file."""
+        for _ in range(16):
+            version = self.attach(owner, name, progress=progress)
+            try:
+                return version, opener(version)
+            except VersionLost:
+                self.version_lost(owner, name, version)
+            except FileNotFoundError:
+                continue
+        raise LdwError(f"dataset {name!r} kept changing while it was being opened; retry")
+
+    def open(self, owner: str, name: str) -> pa.Table:
+        """The cached table, memory-mapped; materialized first if needed."""
+        return self.open_with(self.store.open_table, owner, name, None)[1]
+
+    def scan(self, owner: str, name: str, *, columns: Sequence[str] | None = None,
+             predicate: sa.ColumnElement | None = None, limit: int | None = None
+             ) -> tuple[list[str], Iterator[pa.RecordBatch]]:
+        """Stream from the source with pushdown (a lazy read of an uncached dataset): the SQL
+        sent and the batches."""
+        record = self.datasets.dataset(owner, name)
+        if record.derived:  # no source to push into: read the cached result
+            table = self.open(owner, name)
+            if columns is not None:
+                table = table.select(list(columns))
+            return [record.mapping.sql or ""], iter(table.to_batches())
+        connector = self.sources.connector(record.mapping.source)
+        query = narrow(self.datasets.query(record), columns=columns, predicate=predicate,
+                       limit=limit)
+        plan = single_plan(connector, query)
+        self._log(record, [q.sql for q in plan.queries])
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            cancel = threading.Event()
+            stream = connector.stream(plan, cancel)
+            try:
+                yield from self.masked(stream, query)
+            finally:
+                if not cancel.is_set():
+                    cancel.set()
+                stream.close()
+
+        return [q.sql for q in plan.queries], batches()
+
+    def status(self, records: Sequence[DatasetRecord]) -> dict[str, Any]:
+        """The store's capacity and use; dataset counts, hits and bytes served of ``records``."""
+        everything = self.lifecycle.records()
+        return {
+            "backend": self.settings.backend,
+            "ray_address": getattr(self.store, "address", None),
+            "memory_limit": self.settings.memory_limit,
+            "used_bytes": self.store.used_bytes(),
+            "spilled_bytes": sum(r.version.bytes for r in everything
+                                 if r.version is not None and r.version.tier == DISK),
+            "datasets": len(records),
+            "cached": sum(r.version is not None for r in records),
+            "hits": {r.key: r.hits for r in records},
+            "bytes_served": {r.key: r.bytes_served for r in records},
+            "source_queries": {r.key: r.source_queries for r in records},
+        }
