@@ -138,6 +138,8 @@ class Lifecycle:
         go too unless the definition is the same (what was shared is what is defined now)."""
         with self._lock:
             old = self._records.get(record.key)
+            if old is not None:  # the count is the dataset's, across its definitions
+                record.source_queries += old.source_queries
             self.catalog.put_dataset(record.owner, record.name,
                                      mapping=mapping_to_json(record.mapping),
                                      options=record.options, schema=record.schema)
