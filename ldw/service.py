@@ -415,12 +415,12 @@ class Service:
 
     def op_export(self, user: str, args: dict, progress: Callable | None) -> Any:
         """The server writes the export, as its own OS user, only inside the caller's export
-        roots (:mod:`ldw.export_roots`); local clients write theirs themselves
+        roots (:mod:`ldw.export.roots`); local clients write theirs themselves
         (``export_manifest``)."""
         _only(args, "export", {"name", "owner", "path", "partition_by", "compression",
                                "overwrite"})
         from ldw.export import export_table
-        from ldw.export_roots import confine_export_path, export_roots_for
+        from ldw.export.roots import confine_export_path, export_roots_for
 
         record = self._exportable(user, args)
         path = confine_export_path(_arg(args, "path", str, required=True),

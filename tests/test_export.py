@@ -172,11 +172,11 @@ def test_many_partitions_stay_within_the_memory_budget(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """Shuffled keys over more partitions than may stay open: files are closed early and a
     partition continues in its next part file; nothing is lost or duplicated."""
-    import ldw.export
+    import ldw.export.parquet
 
-    monkeypatch.setattr(ldw.export, "_PARTITION_BUFFER", 256 * 1024)
-    monkeypatch.setattr(ldw.export, "_MAX_OPEN_FILES", 4)
-    monkeypatch.setattr(ldw.export, "_FILE_BYTES", 64 * 1024)
+    monkeypatch.setattr(ldw.export.parquet, "_PARTITION_BUFFER", 256 * 1024)
+    monkeypatch.setattr(ldw.export.parquet, "_MAX_OPEN_FILES", 4)
+    monkeypatch.setattr(ldw.export.parquet, "_FILE_BYTES", 64 * 1024)
     table = sample_table(20_000)
     result = export_table(table, tmp_path / "orders", partition_by=["day", "bucket"],
                           manifest=PROVENANCE)
@@ -229,9 +229,9 @@ def test_overwrite_replaces_only_an_earlier_export(tmp_path: Path) -> None:
 
 def test_publishing_without_renameat2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Where the C library has no renameat2 (not Linux), plain renames publish the export."""
-    import ldw.export
+    import ldw.export.atomic
 
-    monkeypatch.setattr(ldw.export, "_renameat2_fn", None)
+    monkeypatch.setattr(ldw.export.atomic, "_renameat2_fn", None)
     target = tmp_path / "orders"
     export_table(sample_table(10), target, manifest=PROVENANCE)
     with pytest.raises(ExportError, match="already exists"):

@@ -27,7 +27,7 @@ from conftest import ServerHandle
 import ldw
 from ldw.config import load_settings
 from ldw.export import MANIFEST_NAME
-from ldw.export_roots import confine_export_path, export_roots_for
+from ldw.export.roots import confine_export_path, export_roots_for
 
 pytestmark = pytest.mark.postgres
 

@@ -26,11 +26,11 @@ from pathlib import Path, PurePosixPath
 
 from ldw.config import Settings, export_roots_setting
 from ldw.errors import AccessDenied
+from ldw.export.manifest import MANIFEST_NAME
 
 __all__ = ["confine_export_path", "export_roots_for"]
 
 _USER_IN_PATH = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
-_MANIFEST_NAME = "_ldw_manifest.json"  # ldw.export.MANIFEST_NAME, without importing pyarrow
 
 
 def export_roots_for(settings: Settings, user: str) -> tuple[str, ...]:
@@ -141,6 +141,6 @@ def _step(folder: Path, part: str, refuse: Callable[[str], AccessDenied]) -> Pat
         raise refuse(f"{child} is not a directory")
     if not _trusted(st):
         raise refuse(f"{child} is writable by others")
-    if os.path.lexists(child / _MANIFEST_NAME):
+    if os.path.lexists(child / MANIFEST_NAME):
         raise refuse(f"{child} is an export; an export cannot hold another")
     return child
