@@ -26,7 +26,9 @@ from psycopg import sql as pgsql
 
 import ldw
 from ldw import tpch
-from ldw.sql import SqlEngine, _connect, _duckdb_ready, _threads, referenced_datasets, run_sql
+from ldw.sql import SqlEngine, referenced_datasets, run_sql
+from ldw.sql.arrow_types import _duckdb_ready
+from ldw.sql.run import _connect, _threads
 
 T = pa.table({"k": pa.array(["a", "b", "a"], pa.string_view()), "v": pa.array([1, 2, 3])})
 
@@ -37,7 +39,7 @@ def no_engine(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(**_: object) -> None:
         raise AssertionError("a rejected query reached DuckDB")
 
-    monkeypatch.setattr("ldw.sql._connect", refuse)
+    monkeypatch.setattr("ldw.sql.run._connect", refuse)
 
 
 # --- validation ----------------------------------------------------------------------------------
