@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import sqlalchemy as sa
@@ -56,10 +56,16 @@ from ldw.planner import (
     read_plan,
     single_plan,
 )
-from ldw.store import DISK, MEMORY, Progress, Store, Version, VersionLost, storage_schema
-
-if TYPE_CHECKING:
-    from ldw.ray_store import RayStore
+from ldw.storage import (
+    DISK,
+    MEMORY,
+    Version,
+    VersionLost,
+    VersionStore,
+    make_store,
+    storage_schema,
+)
+from ldw.types import Progress
 
 __all__ = ["DatasetRecord", "Engine"]
 
@@ -172,15 +178,8 @@ class Engine:
         if ephemeral:
             private = f"inproc-{uuid.uuid4().hex[:10]}"
             memory_root, disk_root = memory_root / private, disk_root / private
-        self.store: Store | RayStore
-        if settings.backend == "ray":
-            from ldw.ray_store import RayStore  # the optional ``ray`` extra
-
-            # one holder actor per server identity (its catalog); a private one in-process
-            key = f"inproc-{uuid.uuid4().hex}" if ephemeral else settings.catalog
-            self.store = RayStore(settings, disk_root, key=key, ephemeral=ephemeral)
-        else:
-            self.store = Store(memory_root, disk_root, memory_limit=settings.memory_limit)
+        self.store: VersionStore = make_store(settings, memory_root, disk_root,
+                                              ephemeral=ephemeral)
         self.catalog = Catalog("sqlite://" if ephemeral else settings.catalog,
                                seal=AuditSeal.ephemeral() if ephemeral else AuditSeal.open(
                                    settings.audit_key_file, settings.audit_anchor_file))
@@ -599,7 +598,8 @@ class Engine:
             record.source_sql = [q.sql for q in plan.queries]
             self.query_log.extend((record.mapping.source, q.sql) for q in plan.queries)
             if self.store.distributed and connector.family == "postgresql":
-                return self._run_tasks(record, connector, plan, query, snapshot, progress)
+                return self._write_partitions(record, connector, plan, query, snapshot,
+                                              progress)
             cancel = threading.Event()
             batches = connector.stream(plan, cancel, snapshot)
             masked = self._hash_masked(batches, query)
@@ -613,18 +613,16 @@ class Engine:
                     connector.cancel_tagged(plan.tag)
                 raise
 
-    def _run_tasks(self, record: DatasetRecord, connector: Connector, plan: Any,
-                   query: MappedQuery, snapshot: Any, progress: Callable[[Progress], None] | None
-                   ) -> Version:
-        """Ray backend: every partition query runs as a task in the cluster, importing the
-        snapshot this server exported; masks are applied in the task, before the object store."""
-        store: RayStore = self.store  # type: ignore[assignment]
-        specs = store.task_specs(connector, plan, snapshot.info.get("ldw_snapshot"),
-                                 record.schema, query.hashed,
-                                 self.governance.mask_key if query.hashed else None)
+    def _write_partitions(self, record: DatasetRecord, connector: Connector, plan: Any,
+                          query: MappedQuery, snapshot: Any,
+                          progress: Callable[[Progress], None] | None) -> Version:
+        """A distributed store: every partition query runs where the data lands, importing the
+        snapshot this server exported; masks are applied there, before the store."""
         try:
-            return store.write_tasks(record.key, specs, progress=progress,
-                                     make_room=lambda n: self.make_room(n, record))
+            return self.store.write_partitions(
+                record.key, connector, plan, snapshot, record.schema, hashed=query.hashed,
+                mask_key=self.governance.mask_key if query.hashed else None,
+                progress=progress, make_room=lambda n: self.make_room(n, record))
         except BaseException as exc:
             if not isinstance(exc, SourceUnavailable):
                 connector.cancel_tagged(plan.tag)
@@ -860,7 +858,7 @@ class Engine:
         records = everything if records is None else list(records)
         return {
             "backend": self.settings.backend,
-            "ray_address": getattr(self.store, "address", None),
+            "ray_address": self.store.address,
             "memory_limit": self.settings.memory_limit,
             "used_bytes": self.store.used_bytes(),
             "spilled_bytes": sum(r.version.bytes for r in everything
