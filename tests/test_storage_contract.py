@@ -22,8 +22,8 @@ CALLERS = ["ldw/engine.py", "ldw/service.py", "ldw/unix.py", "ldw/flight.py", "l
 
 def _modules() -> list[Path]:
     """Every module of ldw, connectors and extension outside the storage package."""
-    return [p for folder in ("ldw", "connectors", "extension") for p in (ROOT / folder).rglob("*.py")
-            if STORAGE not in p.parents]
+    return [path for folder in ("ldw", "connectors", "extension")
+            for path in (ROOT / folder).rglob("*.py") if STORAGE not in path.parents]
 
 
 def _imported(path: Path) -> set[str]:
