@@ -60,7 +60,7 @@ ATTACH_IN_CLUSTER = """
 import json, sys, time
 import ray
 import ldw
-from ldw.ray_store import read_ticket
+from ldw.storage.ray_reader import read_ticket
 wh = ldw.connect(config=sys.argv[1], autostart=False)
 ticket = wh._backend.call("ray_attach", {"name": sys.argv[2]})["ticket"]
 ray.init(address=ticket["address"], namespace="ldw", log_to_driver=False)

@@ -25,7 +25,7 @@ from ldw.planner import MappedQuery, Mapping, mapping_from_json, mapping_to_json
 from ldw.types import DatasetState, Tier
 
 if TYPE_CHECKING:
-    from ldw.store import Store, Version
+    from ldw.storage import Version, VersionStore
 
 __all__ = ["DERIVED", "TRANSITIONS", "DatasetRecord", "IllegalTransition", "Lifecycle"]
 
@@ -118,7 +118,7 @@ def _at_rest(version: Version) -> DatasetState:
 class Lifecycle:
     """The registry of dataset records; the only code that changes a record's state."""
 
-    def __init__(self, catalog: Catalog, store: Store) -> None:
+    def __init__(self, catalog: Catalog, store: VersionStore) -> None:
         self.catalog = catalog
         self.store = store
         self._records: dict[str, DatasetRecord] = {}

@@ -309,8 +309,8 @@ class Service:
 
     def op_ray_attach(self, user: str, args: dict, progress: Callable | None) -> Any:
         """Ray backend: cache if needed, check access, and return a single-use ticket that a
-        client inside the Ray cluster redeems at the version holder (ldw.ray_store.read_ticket)
-        to map the version zero-copy from its node's object store."""
+        client inside the Ray cluster redeems at the version holder (the store's direct reader,
+        ldw.storage.direct_reader) to map the version zero-copy from its node's object store."""
         _only(args, "ray_attach", {"name", "owner"})
         owner, name = _target(user, args)
         self.engine.readable(user, owner, name)
@@ -323,8 +323,7 @@ class Service:
             if version.tier != "memory":
                 raise InvalidMapping(f"{owner}/{name} is spilled to the server's disk; attach "
                                      "it through the server")
-            store.refs(version)  # VersionLost if its objects are gone: recomputed, then retried
-            return store.ticket(version)
+            return store.ticket(version)  # VersionLost if its bytes are gone: recomputed, retried
 
         version, ticket = self.engine.open_with(ticket_for, owner, name, progress)
         return {**self._attached(user, owner, name, version), "ticket": ticket}

@@ -22,8 +22,8 @@ from typing import Any
 import pyarrow as pa
 
 from ldw.config import Settings, _user, server_env
-from ldw.errors import AccessDenied, InvalidMapping, ServerUnavailable
-from ldw.store import open_fd
+from ldw.errors import AccessDenied, ServerUnavailable
+from ldw.storage import direct_reader, open_fd
 from ldw.trust import NOT_WRITABLE, check_dir, create_private, private_dir
 from ldw.types import Progress
 from ldw.wire import STREAM_ERROR, decode_error, final_result, frame
@@ -137,22 +137,10 @@ class LocalBackend:
         self.timeout = timeout
         self.user = _user()
         self._where: str | None = None
-        self._ray_address: str | None = None  # the server's Ray cluster ("" if none)
+        self._direct = direct_reader(self.call)  # the store's own zero-copy path, if any
         # Is anyone listening? Connecting says so without a request and its round trip (the
         # server reads an empty request and drops it); the first call answers the rest.
         _Connection(path, timeout).close()
-
-    def _in_servers_ray_cluster(self) -> bool:
-        """Whether this process is a Ray driver of the cluster that holds the server's versions
-        (backend = "ray"): then attach maps them from this node's object store, zero-copy."""
-        ray = sys.modules.get("ray")
-        if ray is None or not ray.is_initialized():
-            return False
-        if self._ray_address is None:
-            status = self.call("status")
-            self._ray_address = status.get("ray_address") or ""
-        return bool(self._ray_address) and \
-            ray.get_runtime_context().gcs_address == self._ray_address
 
     @property
     def where(self) -> str:
@@ -195,15 +183,9 @@ class LocalBackend:
 
     def attach(self, ref: dict[str, Any], *, progress: ProgressCallback | None = None
                ) -> tuple[dict[str, Any], pa.Table]:
-        if self._in_servers_ray_cluster():
-            try:
-                info = self.call("ray_attach", dict(ref), progress=progress)
-            except InvalidMapping:  # spilled to the server's disk: the descriptor path below
-                pass
-            else:
-                from ldw.ray_store import read_ticket  # only in a Ray driver
-
-                return info, read_ticket(info.pop("ticket"))
+        direct = self._direct.attach(ref, progress)
+        if direct is not None:
+            return direct
         conn = self._open("attach", dict(ref))
         try:
             info = self._result(conn, progress)

@@ -24,7 +24,7 @@ from conftest import ServerHandle
 import ldw
 from ldw.config import load_settings
 from ldw.errors import ConfigError, LdwError
-from ldw.store import Store
+from ldw.storage import Store
 
 pytestmark = pytest.mark.postgres
 

@@ -238,7 +238,7 @@ def test_in_cluster_client_redeems_a_single_use_ticket(cluster, pg_table, tmp_pa
         # a client in the cluster: a separate driver process, no ldw server or catalog
         done = _script("""
             import json, sys
-            from ldw.ray_store import read_ticket
+            from ldw.storage.ray_reader import read_ticket
             import ldw
             ticket = json.loads(sys.argv[1])
             table = read_ticket(ticket)

@@ -1,6 +1,6 @@
 """Structure facts the architecture promises (docs/architecture.md), checked on the code itself:
 no import circle among ldw's modules (imports inside functions included), small modules, a
-small engine facade, and Ray named only inside the storage package."""
+small engine facade. (Ray named only inside the storage package: tests/test_storage_contract.py.)"""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ PACKAGES = {"ldw": "ldw", "connectors": "ldw.connectors", "extension": "ldw.exte
 MAX_LINES = 600
 FACADE = "ldw.engine.facade"
 FACADE_MAX_LINES = 300
-STORAGE = "ldw.storage"
 
 
 def _modules() -> dict[str, Path]:
@@ -127,22 +126,3 @@ def test_no_module_is_over_600_lines(module: str) -> None:
 
 def test_the_engine_facade_is_small() -> None:
     assert len(MODULES[FACADE].read_text().splitlines()) < FACADE_MAX_LINES
-
-
-def test_only_the_storage_package_names_ray() -> None:
-    offenders = []
-    for module, path in MODULES.items():
-        if module == STORAGE or module.startswith(STORAGE + "."):
-            continue
-        tree = ast.parse(path.read_text())
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                names = [node.module or ""]
-            else:
-                names = [node.id] if isinstance(node, ast.Name) else []
-            if any(n == "ray" or n.startswith("ray.") or "ray_" in n.rpartition(".")[2]
-                   or n == "RayStore" for n in names):
-                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
-    assert offenders == []

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.mysql
 UTC = dt.UTC
 SOURCES = ("my", "my_dbapi")
 
-# How the cache stores a type (see ldw.store): strings and binaries as view layouts.
+# How the cache stores a type (see ldw.storage): strings and binaries as view layouts.
 STORED = {pa.string(): pa.string_view(), pa.binary(): pa.binary_view()}
 
 

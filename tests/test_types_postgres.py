@@ -34,7 +34,7 @@ pytestmark = pytest.mark.postgres
 UTC = dt.UTC
 SOURCES = ("pg", "pg_dbapi")
 
-# How the cache stores a type (see ldw.store): strings and binaries as view layouts.
+# How the cache stores a type (see ldw.storage): strings and binaries as view layouts.
 STORED = {pa.string(): pa.string_view(), pa.binary(): pa.binary_view()}
 
 

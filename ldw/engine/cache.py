@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import sqlalchemy as sa
@@ -21,11 +21,8 @@ from ldw.governance import Governance, hash_array
 from ldw.lifecycle import DatasetRecord, Lifecycle
 from ldw.planner import MappedQuery, narrow, read_plan, single_plan
 from ldw.query_log import QueryLog
-from ldw.store import DISK, MEMORY, Store, Version, VersionLost
+from ldw.storage import DISK, MEMORY, Version, VersionLost, VersionStore
 from ldw.types import DatasetState, Progress
-
-if TYPE_CHECKING:
-    from ldw.ray_store import RayStore
 
 __all__ = ["Cache"]
 
@@ -38,7 +35,7 @@ ProgressFn = Callable[[Progress], None] | None
 class Cache:
     """Puts dataset versions into the store and serves them."""
 
-    def __init__(self, settings: Settings, lifecycle: Lifecycle, store: Store | RayStore,
+    def __init__(self, settings: Settings, lifecycle: Lifecycle, store: VersionStore,
                  governance: Governance, sources: Sources, datasets: Datasets,
                  sql_engine: Callable[[], Any], query_log: QueryLog) -> None:
         self.settings = settings
@@ -82,7 +79,8 @@ class Cache:
             record.source_sql = [q.sql for q in plan.queries]
             self._log(record, record.source_sql)
             if self.store.distributed and connector.family == "postgresql":
-                return self._run_tasks(record, connector, plan, query, snapshot, progress)
+                return self._write_partitions(record, connector, plan, query, snapshot,
+                                              progress)
             cancel = threading.Event()
             batches = connector.stream(plan, cancel, snapshot)
             masked = self.masked(batches, query)
@@ -96,17 +94,15 @@ class Cache:
                     connector.cancel_tagged(plan.tag)
                 raise
 
-    def _run_tasks(self, record: DatasetRecord, connector: Connector, plan: Any,
-                   query: MappedQuery, snapshot: Any, progress: ProgressFn) -> Version:
-        """Ray backend: every partition query runs as a task in the cluster, importing the
-        snapshot this server exported; masks are applied in the task, before the object store."""
-        store: RayStore = self.store  # type: ignore[assignment]
-        specs = store.task_specs(connector, plan, snapshot.info.get("ldw_snapshot"),
-                                 record.schema, query.hashed,
-                                 self.governance.mask_key if query.hashed else None)
+    def _write_partitions(self, record: DatasetRecord, connector: Connector, plan: Any,
+                          query: MappedQuery, snapshot: Any, progress: ProgressFn) -> Version:
+        """A distributed store: every partition query runs where the store keeps its data,
+        importing the snapshot this server exported; masks are applied there, before storing."""
         try:
-            return store.write_tasks(record.key, specs, progress=progress,
-                                     make_room=lambda n: self.make_room(n, record))
+            return self.store.write_partitions(
+                record.key, connector, plan, snapshot, record.schema, hashed=query.hashed,
+                mask_key=self.governance.mask_key if query.hashed else None,
+                progress=progress, make_room=lambda n: self.make_room(n, record))
         except BaseException as exc:
             if not isinstance(exc, SourceUnavailable):
                 connector.cancel_tagged(plan.tag)
@@ -270,7 +266,7 @@ class Cache:
         everything = self.lifecycle.records()
         return {
             "backend": self.settings.backend,
-            "ray_address": getattr(self.store, "address", None),
+            "ray_address": self.store.address,
             "memory_limit": self.settings.memory_limit,
             "used_bytes": self.store.used_bytes(),
             "spilled_bytes": sum(r.version.bytes for r in everything

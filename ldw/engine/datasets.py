@@ -19,7 +19,7 @@ from ldw.errors import AccessDenied, AccessRevoked, InvalidMapping, UnknownDatas
 from ldw.governance import Governance, combine_fingerprints
 from ldw.lifecycle import DERIVED, DatasetRecord, Lifecycle
 from ldw.planner import MappedQuery, Mapping, parse_table_ref
-from ldw.store import storage_schema
+from ldw.storage import storage_schema
 
 __all__ = ["Datasets"]
 

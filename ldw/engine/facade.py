@@ -16,7 +16,7 @@ import shutil
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyarrow as pa
 import sqlalchemy as sa
@@ -32,11 +32,8 @@ from ldw.governance import Governance
 from ldw.lifecycle import DatasetRecord, Lifecycle
 from ldw.planner import MappedQuery, PolicyLookup
 from ldw.query_log import QueryLog
-from ldw.store import Store, Version
+from ldw.storage import Version, VersionStore, make_store
 from ldw.types import Progress
-
-if TYPE_CHECKING:
-    from ldw.ray_store import RayStore
 
 __all__ = ["Engine"]
 
@@ -57,15 +54,8 @@ class Engine:
         if ephemeral:
             private = f"inproc-{uuid.uuid4().hex[:10]}"
             memory_root, disk_root = memory_root / private, disk_root / private
-        self.store: Store | RayStore
-        if settings.backend == "ray":
-            from ldw.ray_store import RayStore  # the optional ``ray`` extra
-
-            # one holder actor per server identity (its catalog); a private one in-process
-            key = f"inproc-{uuid.uuid4().hex}" if ephemeral else settings.catalog
-            self.store = RayStore(settings, disk_root, key=key, ephemeral=ephemeral)
-        else:
-            self.store = Store(memory_root, disk_root, memory_limit=settings.memory_limit)
+        self.store: VersionStore = make_store(settings, memory_root, disk_root,
+                                              ephemeral=ephemeral)
         self.catalog = Catalog("sqlite://" if ephemeral else settings.catalog,
                                seal=AuditSeal.ephemeral() if ephemeral else AuditSeal.open(
                                    settings.audit_key_file, settings.audit_anchor_file))

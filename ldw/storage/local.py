@@ -24,56 +24,31 @@ import shutil
 import stat
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
-from ldw.errors import CapacityExceeded, LdwError
+from ldw.errors import LdwError
+from ldw.storage.base import (
+    DISK,
+    MEMORY,
+    MakeRoom,
+    MemoryBudget,
+    ProgressCallback,
+    Version,
+    VersionStore,
+    new_version_id,
+    storage_schema,
+)
 from ldw.trust import DirLock, create_private, private_dir
-from ldw.types import Progress, Tier
+from ldw.types import Progress
 
-__all__ = ["Progress", "Store", "Version", "VersionLost", "open_fd", "storage_schema"]
+__all__ = ["Store", "open_fd"]
 
 log = logging.getLogger("ldw.store")
-
-MEMORY, DISK = Tier.MEMORY, Tier.DISK
-
-
-@dataclass(frozen=True)
-class Version:
-    """A published, immutable version of a dataset."""
-
-    dataset: str  # "owner/name"
-    version_id: str
-    path: Path
-    rows: int
-    bytes: int
-    created: float
-    seconds: float
-    tier: str = MEMORY
-
-
-class VersionLost(Exception):  # internal signal, never reaches a user
-    """A published version's bytes are gone (e.g. a Ray node holding them died); the engine
-    recomputes the dataset from its mapping."""
-
-
-def _storage_type(arrow_type: pa.DataType) -> pa.DataType:
-    if arrow_type in (pa.string(), pa.large_string()):
-        return pa.string_view()
-    if arrow_type in (pa.binary(), pa.large_binary()):
-        return pa.binary_view()
-    return arrow_type
-
-
-def storage_schema(schema: pa.Schema) -> pa.Schema:
-    """The schema a version is stored with: view layouts for strings and binaries."""
-    return pa.schema([f.with_type(_storage_type(f.type)) for f in schema],
-                     metadata=schema.metadata)
 
 
 def open_fd(fd: int) -> pa.Table:
@@ -82,11 +57,7 @@ def open_fd(fd: int) -> pa.Table:
     return ipc.open_file(pa.BufferReader(pa.py_buffer(mapped))).read_all()
 
 
-def new_version_id() -> str:
-    return time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
-
-
-class Store:
+class Store(VersionStore):
     """Versions under ``<tier root>/<owner>/<name>/<version>.arrow``, private to the server user.
 
     ``make_room(nbytes)`` is the owner's policy for a full memory tier: it frees at least
@@ -94,11 +65,8 @@ class Store:
     how many bytes it freed.
     """
 
-    distributed = False  # the Ray store (ldw.ray_store.RayStore) runs reads as cluster tasks
-
     def __init__(self, memory_root: Path, disk_root: Path, *, memory_limit: int) -> None:
         self.roots = {MEMORY: Path(memory_root), DISK: Path(disk_root)}
-        self.memory_limit = memory_limit
         self._locks: list[DirLock] = []
         try:
             for tier, what in ((MEMORY, "shm_dir"), (DISK, "spill_dir")):
@@ -109,7 +77,8 @@ class Store:
             self._unlock()
             raise
         self._lock = threading.Lock()
-        self._used = sum(p.stat().st_size for p in self.files(MEMORY))
+        self.budget = MemoryBudget(memory_limit, sum(p.stat().st_size
+                                                     for p in self.files(MEMORY)))
         self._mapped: dict[Path, pa.Table] = {}  # see open_table
         self._published: dict[Path, tuple[int, int]] = {}  # path -> (st_dev, st_ino)
 
@@ -143,38 +112,9 @@ class Store:
         """Every file of a tier, published or not (recovery decides what they are)."""
         return [p for p in self.roots[tier].glob("*/*/*") if p.is_file()]
 
-    def used_bytes(self) -> int:
-        with self._lock:
-            return self._used
-
-    def _reserve(self, nbytes: int, make_room: Callable[[int], int] | None, dataset: str,
-                 *, written: int) -> None:
-        with self._lock:
-            over = self._used + nbytes - self.memory_limit
-            if over <= 0:
-                self._used += nbytes
-                return
-        # spilling others cannot help a version larger than the whole memory tier
-        if make_room is not None and written + nbytes <= self.memory_limit:
-            make_room(over)
-        with self._lock:
-            if self._used + nbytes <= self.memory_limit:
-                self._used += nbytes
-                return
-            left = max(self.memory_limit - self._used, 0)
-        raise CapacityExceeded(
-            f"dataset {dataset!r} does not fit: {left / 2**20:.0f} MiB of memory_limit "
-            f"({self.memory_limit / 2**30:.2f} GiB) is free and every other cached version is "
-            "pinned or in use; evict or unpin datasets, map fewer columns or rows, or raise "
-            "memory_limit")
-
-    def _release(self, nbytes: int) -> None:
-        with self._lock:
-            self._used -= nbytes
-
     def write(self, dataset: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch], *,
-              progress: Callable[[Progress], None] | None = None,
-              make_room: Callable[[int], int] | None = None,
+              progress: ProgressCallback | None = None,
+              make_room: MakeRoom | None = None,
               version_id: str | None = None) -> Version:
         """Stream ``batches`` into a new memory-tier version; publish it only if all arrived."""
         folder = self._folder(MEMORY, dataset)
@@ -190,7 +130,7 @@ class Store:
                 for batch in batches:
                     if batch.schema != stored:
                         batch = batch.cast(stored)
-                    self._reserve(batch.nbytes, make_room, dataset, written=reserved)
+                    self.budget.reserve(batch.nbytes, make_room, dataset, written=reserved)
                     reserved += batch.nbytes
                     writer.write_batch(batch)
                     rows += batch.num_rows
@@ -200,13 +140,12 @@ class Store:
             with self._lock:
                 self._published[final] = identity
         except BaseException:
-            self._release(reserved)
+            self.budget.release(reserved)
             with contextlib.suppress(FileNotFoundError):
                 temp.unlink()
             raise
         size = final.stat().st_size
-        with self._lock:
-            self._used += size - reserved  # IPC framing and padding beyond the batches
+        self.budget.add(size - reserved)  # IPC framing and padding beyond the batches
         seconds = time.perf_counter() - started
         if progress:
             progress(Progress(dataset, rows, reserved, seconds, done=True))
@@ -269,7 +208,7 @@ class Store:
         except FileNotFoundError:
             return
         if version.tier == MEMORY:
-            self._release(size)
+            self.budget.release(size)
 
     def forget(self, version: Version) -> None:
         """Drop a version whose bytes were lost (whatever is left of them)."""
@@ -280,7 +219,7 @@ class Store:
             size = path.lstat().st_size
             path.unlink()
             if path.is_relative_to(self.roots[MEMORY]):
-                self._release(size)
+                self.budget.release(size)
 
     def _open_checked(self, version: Version) -> int:
         """A read-only descriptor of the version's file, refused unless it is still the file

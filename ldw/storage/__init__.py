@@ -1,0 +1,55 @@
+"""ldw's cache backends behind one contract (:class:`VersionStore`).
+
+:func:`make_store` builds the store a server's settings ask for: the local store (Arrow files
+in shared memory and on disk, :mod:`ldw.storage.local`) or the Ray store (``backend = "ray"``,
+Ray's object store, the optional ``ray`` extra, :mod:`ldw.storage.ray_store`).
+:func:`direct_reader` is the client side: a way to read a version straight from the store when
+the client's process can. Nothing outside this package needs to know which backend it talks to.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ldw.storage.base import (
+    DISK,
+    MEMORY,
+    DirectReader,
+    MemoryBudget,
+    Version,
+    VersionLost,
+    VersionStore,
+    storage_schema,
+)
+from ldw.storage.local import Store, open_fd
+
+if TYPE_CHECKING:
+    from ldw.config import Settings
+
+__all__ = ["DISK", "MEMORY", "DirectReader", "MemoryBudget", "Store", "Version", "VersionLost",
+           "VersionStore", "direct_reader", "make_store", "open_fd", "storage_schema"]
+
+
+def make_store(settings: Settings, memory_root: Path, disk_root: Path, *,
+               ephemeral: bool = False) -> VersionStore:
+    """The version store of ``settings.backend``, its tiers under ``memory_root`` and
+    ``disk_root``; ``ephemeral`` (an in-process engine) keeps its versions private to it."""
+    if settings.backend == "ray":
+        from ldw.storage.ray_store import RayStore  # the optional ``ray`` extra
+
+        # one holder actor per server identity (its catalog); a private one in-process
+        key = f"inproc-{uuid.uuid4().hex}" if ephemeral else settings.catalog
+        return RayStore(settings, disk_root, key=key, ephemeral=ephemeral)
+    return Store(memory_root, disk_root, memory_limit=settings.memory_limit)
+
+
+def direct_reader(call: Callable[..., Any]) -> DirectReader:
+    """The client's way to read versions straight from the server's store, bypassing the
+    descriptor the server hands out; ``call`` is the client's ``call(op, args, progress=)``.
+    Its ``attach`` returns None when this process cannot (then attach through the server)."""
+    from ldw.storage.ray_reader import RayReader  # imports no Ray until a driver has it
+
+    return RayReader(call)

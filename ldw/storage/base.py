@@ -1,0 +1,221 @@
+"""The contract of a cache backend: what the engine, the service and the transports may ask of a
+version store, and the pieces every store shares.
+
+A store holds immutable dataset versions in two tiers: the memory tier (capped at
+``memory_limit``, accounted batch by batch) and the disk tier (where the memory tier spills).
+The engine owns the policy (what to spill, drop or recompute); a store only keeps, serves and
+forgets bytes. :class:`VersionStore` names every call the rest of ldw makes, so a new backend
+implements one abstract class and nothing outside :mod:`ldw.storage` needs to know which store
+it talks to.
+"""
+
+from __future__ import annotations
+
+import abc
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from ldw.errors import CapacityExceeded, InvalidMapping
+from ldw.types import Progress, Tier
+
+__all__ = ["DISK", "MEMORY", "DirectReader", "MakeRoom", "MemoryBudget", "ProgressCallback",
+           "Version", "VersionLost", "VersionStore", "new_version_id", "storage_schema"]
+
+MEMORY, DISK = Tier.MEMORY, Tier.DISK
+
+ProgressCallback = Callable[[Progress], None]
+MakeRoom = Callable[[int], int]  # frees at least n bytes of the memory tier; returns how many
+
+
+@dataclass(frozen=True)
+class Version:
+    """A published, immutable version of a dataset."""
+
+    dataset: str  # "owner/name"
+    version_id: str
+    path: Path
+    rows: int
+    bytes: int
+    created: float
+    seconds: float
+    tier: str = MEMORY
+
+
+class VersionLost(Exception):  # internal signal, never reaches a user
+    """A published version's bytes are gone (e.g. a Ray node holding them died); the engine
+    recomputes the dataset from its mapping."""
+
+
+def _storage_type(arrow_type: pa.DataType) -> pa.DataType:
+    if arrow_type in (pa.string(), pa.large_string()):
+        return pa.string_view()
+    if arrow_type in (pa.binary(), pa.large_binary()):
+        return pa.binary_view()
+    return arrow_type
+
+
+def storage_schema(schema: pa.Schema) -> pa.Schema:
+    """The schema a version is stored with: view layouts for strings and binaries."""
+    return pa.schema([f.with_type(_storage_type(f.type)) for f in schema],
+                     metadata=schema.metadata)
+
+
+def new_version_id() -> str:
+    return time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+
+
+class MemoryBudget:
+    """The memory tier's byte count against ``memory_limit``, reserved batch by batch while a
+    version streams in. When a batch would cross the limit, the owner's ``make_room`` is asked
+    to free space (spill or drop other versions); if it cannot, ``CapacityExceeded``."""
+
+    def __init__(self, limit: int, used: int = 0) -> None:
+        self.limit = limit
+        self._used = used
+        self._lock = threading.Lock()
+
+    def used(self) -> int:
+        with self._lock:
+            return self._used
+
+    def reserve(self, nbytes: int, make_room: MakeRoom | None, dataset: str, *,
+                written: int) -> None:
+        """Count ``nbytes`` more of ``dataset`` (``written`` of it counted already)."""
+        with self._lock:
+            over = self._used + nbytes - self.limit
+            if over <= 0:
+                self._used += nbytes
+                return
+        # spilling others cannot help a version larger than the whole memory tier
+        if make_room is not None and written + nbytes <= self.limit:
+            make_room(over)
+        with self._lock:
+            if self._used + nbytes <= self.limit:
+                self._used += nbytes
+                return
+            left = max(self.limit - self._used, 0)
+        raise CapacityExceeded(
+            f"dataset {dataset!r} does not fit: {left / 2**20:.0f} MiB of memory_limit "
+            f"({self.limit / 2**30:.2f} GiB) is free and every other cached version is "
+            "pinned or in use; evict or unpin datasets, map fewer columns or rows, or raise "
+            "memory_limit")
+
+    def add(self, nbytes: int) -> None:
+        """Count ``nbytes`` without a check (e.g. file framing beyond the reserved batches)."""
+        with self._lock:
+            self._used += nbytes
+
+    def release(self, nbytes: int) -> None:
+        self.add(-nbytes)
+
+    def reset(self, used: int) -> None:
+        """Start over from a fresh count of what the tier holds."""
+        with self._lock:
+            self._used = used
+
+
+class VersionStore(abc.ABC):
+    """A cache backend: versions in a memory tier and a disk tier.
+
+    ``roots`` are the tiers' folders on the server (removed by an ephemeral engine on close);
+    ``distributed`` says partitioned reads run where the data lands (:meth:`write_partitions`);
+    ``address`` is the cluster a client may read versions from directly (:meth:`ticket`), or
+    None.
+    """
+
+    distributed: bool = False
+    address: str | None = None
+    roots: dict[Tier, Path]
+    budget: MemoryBudget
+
+    @property
+    def memory_limit(self) -> int:
+        return self.budget.limit
+
+    def used_bytes(self) -> int:
+        """Bytes the memory tier holds now."""
+        return self.budget.used()
+
+    # -- writing --------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def write(self, dataset: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch], *,
+              progress: ProgressCallback | None = None,
+              make_room: MakeRoom | None = None) -> Version:
+        """Stream ``batches`` into a new memory-tier version; publish it only if all arrived."""
+
+    def write_partitions(self, dataset: str, connector: Any, plan: Any, snapshot: Any,
+                         schema: pa.Schema, *, hashed: Iterable[str], mask_key: bytes | None,
+                         progress: ProgressCallback | None = None,
+                         make_room: MakeRoom | None = None,
+                         cancel: threading.Event | None = None) -> Version:
+        """Run every partition query of ``plan`` where the data lands, each on a connection of
+        its own importing ``snapshot``, with the ``hashed`` columns masked; only a
+        ``distributed`` store can."""
+        raise NotImplementedError(f"{type(self).__name__} reads partitions in the server; "
+                                  "call write() (the store is not distributed)")
+
+    @abc.abstractmethod
+    def check_memory_only(self, dataset: str) -> None:
+        """Refuse (``PolicyViolation``) a memory-only dataset this store would put on disk."""
+
+    # -- tiers and lifecycle --------------------------------------------------------------------
+    @abc.abstractmethod
+    def spill(self, version: Version) -> Version:
+        """Move a memory-tier version to the disk tier; open readers keep what they hold."""
+
+    @abc.abstractmethod
+    def adopt(self, version: Version) -> bool:
+        """Count a version that survived a restart if its bytes are whole and ours."""
+
+    @abc.abstractmethod
+    def delete(self, version: Version) -> None:
+        """Drop a version (readers holding it keep their copy or mapping)."""
+
+    @abc.abstractmethod
+    def forget(self, version: Version) -> None:
+        """Drop a version whose bytes were lost (whatever is left of them)."""
+
+    @abc.abstractmethod
+    def files(self, tier: str) -> list[Path]:
+        """Every version of a tier, published or not, by path (recovery decides what they are)."""
+
+    @abc.abstractmethod
+    def remove_orphan(self, path: Path) -> None:
+        """Remove a version (from :meth:`files`) that no dataset points at."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Let go of the tiers; the versions stay for the next owner unless ephemeral."""
+
+    # -- reading --------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def open_table(self, version: Version) -> pa.Table:
+        """The version as a table, without a copy where the store can."""
+
+    @abc.abstractmethod
+    def open_readonly(self, version: Version) -> int:
+        """A read-only descriptor of the version as an Arrow IPC file, for a local client to
+        map (the caller closes it)."""
+
+    def ticket(self, version: Version) -> dict[str, Any]:
+        """A single-use ticket for a client at :attr:`address` to read ``version`` straight
+        from the store (see :func:`ldw.storage.direct_reader`); only a store with an address."""
+        raise InvalidMapping(f"this server's cache cannot hand out {version.dataset} directly; "
+                             "attach it through the server")
+
+
+class DirectReader(abc.ABC):
+    """The client side of :meth:`VersionStore.ticket`: reads a version straight from the store
+    when this process can (e.g. it is a driver of the cluster that holds it)."""
+
+    @abc.abstractmethod
+    def attach(self, ref: dict[str, Any], progress: ProgressCallback | None
+               ) -> tuple[dict[str, Any], pa.Table] | None:
+        """The attach info and the table, or None: read it through the server instead."""
