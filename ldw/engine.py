@@ -43,7 +43,8 @@ from ldw.errors import (
     SourceUnavailable,
     UnknownDataset,
 )
-from ldw.governance import Governance, combine_fingerprints, hash_array
+from ldw.governance import Governance, combine_fingerprints
+from ldw.masks import masked_schema
 from ldw.planner import (
     MappedQuery,
     Mapping,
@@ -150,12 +151,8 @@ class DatasetRecord:
 
 
 def _schema_of(query: MappedQuery) -> pa.Schema:
-    """The stored schema: the planned Arrow types, hashed columns as hex strings."""
-    schema = target_schema(query.columns)
-    for name in query.hashed:
-        i = schema.get_field_index(name)
-        schema = schema.set(i, schema.field(i).with_type(pa.string()))
-    return schema
+    """The stored schema: the planned Arrow types, as masks applied in Arrow leave them."""
+    return masked_schema(target_schema(query.columns), query.arrow_masks)
 
 
 class Engine:
@@ -305,8 +302,8 @@ class Engine:
         plan = single_plan(connector, query)
         self.query_log.extend((source, q.sql) for q in plan.queries)
         cancel = threading.Event()
-        return [q.sql for q in plan.queries], self._hash_masked(
-            connector.stream(plan, cancel), query)
+        return [q.sql for q in plan.queries], self.governance.mask_batches(
+            connector.stream(plan, cancel), query.arrow_masks)
 
     def describe(self, user: str, ref: str) -> list[dict[str, Any]]:
         source, schema, table = parse_table_ref(ref)
@@ -324,8 +321,8 @@ class Engine:
                     row["source_type"] = str(column.type.compile(
                         dialect=connector.engine.dialect))
                 row["nullable"] = bool(column.nullable)
-            if plan.name in query.hashed:
-                row["arrow_type"] = "string"
+            if plan.name in query.arrow_masks:
+                row["arrow_type"] = str(query.arrow_masks[plan.name].result_type(plan.arrow_type))
             row["policy_tags"] = policy.tags(plan.name) if policy is not None else []
             rows.append(row)
         return rows
@@ -598,11 +595,11 @@ class Engine:
             plan = read_plan(connector, query, snapshot)
             record.source_sql = [q.sql for q in plan.queries]
             self.query_log.extend((record.mapping.source, q.sql) for q in plan.queries)
-            if self.store.distributed and connector.family == "postgresql":
+            if self.store.distributed and connector.supports_distributed_reads:
                 return self._run_tasks(record, connector, plan, query, snapshot, progress)
             cancel = threading.Event()
             batches = connector.stream(plan, cancel, snapshot)
-            masked = self._hash_masked(batches, query)
+            masked = self.governance.mask_batches(batches, query.arrow_masks)
             try:
                 return self.store.write(record.key, record.schema, masked, progress=progress,
                                         make_room=lambda n: self.make_room(n, record))
@@ -620,8 +617,8 @@ class Engine:
         snapshot this server exported; masks are applied in the task, before the object store."""
         store: RayStore = self.store  # type: ignore[assignment]
         specs = store.task_specs(connector, plan, snapshot.info.get("ldw_snapshot"),
-                                 record.schema, query.hashed,
-                                 self.governance.mask_key if query.hashed else None)
+                                 record.schema, query.arrow_masks,
+                                 self.governance.mask_key if query.arrow_masks else None)
         try:
             return store.write_tasks(record.key, specs, progress=progress,
                                      make_room=lambda n: self.make_room(n, record))
@@ -665,21 +662,6 @@ class Engine:
         if previous is not None:
             self._drop_version(previous)
         return version
-
-    def _hash_masked(self, batches: Iterator[pa.RecordBatch], query: MappedQuery
-                     ) -> Iterator[pa.RecordBatch]:
-        """Apply keyed-hash masks: each masked column is rebuilt into fresh buffers."""
-        if not query.hashed:
-            yield from batches
-            return
-        key = self.governance.mask_key
-        for batch in batches:
-            arrays, fields = list(batch.columns), list(batch.schema)
-            for i, field_ in enumerate(fields):
-                if field_.name in query.hashed:
-                    arrays[i] = hash_array(arrays[i], key)
-                    fields[i] = field_.with_type(pa.string())
-            yield pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
 
     def _drop_version(self, version: Version) -> None:
         self.store.delete(version)
@@ -825,7 +807,7 @@ class Engine:
             cancel = threading.Event()
             stream = connector.stream(plan, cancel)
             try:
-                yield from self._hash_masked(stream, query)
+                yield from self.governance.mask_batches(stream, query.arrow_masks)
             finally:
                 if not cancel.is_set():
                     cancel.set()

@@ -40,7 +40,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,7 @@ import pyarrow.ipc as ipc
 import ldw.errors as errors
 from ldw.config import Settings, SourceConfig
 from ldw.errors import ConfigError, LdwError, PolicyViolation, ServerUnavailable
+from ldw.masks import Mask, mask_batch
 from ldw.secrets import Secret, redact
 from ldw.store import (
     DISK,
@@ -142,16 +143,9 @@ def _ipc_payload(batch: pa.RecordBatch) -> np.ndarray:
     return np.frombuffer(sink.getvalue(), dtype=np.uint8)
 
 
-def _mask_and_store(batch: pa.RecordBatch, stored: pa.Schema, hashed: frozenset[str],
+def _mask_and_store(batch: pa.RecordBatch, stored: pa.Schema, masks: Mapping[str, Mask],
                     key: bytes | None) -> pa.RecordBatch:
-    if hashed:
-        from ldw.governance import hash_array
-
-        arrays = [hash_array(col, key) if field.name in hashed else col
-                  for col, field in zip(batch.columns, batch.schema, strict=True)]
-        fields = [field.with_type(pa.string()) if field.name in hashed else field
-                  for field in batch.schema]
-        batch = pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
+    batch = mask_batch(batch, masks, key)
     if batch.schema != stored:
         batch = batch.cast(stored)
     return batch
@@ -163,13 +157,12 @@ def _read_partition(spec: dict[str, Any]) -> Iterator[Any]:
 
     connector = connector_for(spec["source"], batch_rows=spec["batch_rows"])
     plan = ReadPlan([SourceQuery(spec["sql"])], spec["columns"], spec["tables"], spec["tag"])
-    hashed = frozenset(spec["hashed"])
     node = ray.get_runtime_context().get_node_id()
     cancel = threading.Event()
     batches = connector.stream(plan, cancel, _TokenSnapshot(spec["token"]))
     try:
         for batch in batches:
-            batch = _mask_and_store(batch, spec["schema"], hashed, spec["mask_key"])
+            batch = _mask_and_store(batch, spec["schema"], spec["masks"], spec["mask_key"])
             payload = _ipc_payload(batch)
             yield {"rows": batch.num_rows, "bytes": int(payload.nbytes), "node": node}
             yield payload
@@ -448,17 +441,17 @@ class RayStore:
         return bool(config.get("automatic_object_spilling_enabled", True))
 
     def task_specs(self, connector: Any, plan: Any, token: str | None, schema: pa.Schema,
-                   hashed: Iterable[str], mask_key: bytes | None) -> list[dict[str, Any]]:
+                   masks: Mapping[str, Mask], mask_key: bytes | None) -> list[dict[str, Any]]:
         """One task per partition query; the source's password is resolved here, once."""
         source = connector.source
         secret = source.password()
         travelling = _TaskSource(source.name, source.url, None, None, dict(source.options),
                                  secret.reveal() if secret is not None else None)
-        hashed = sorted(hashed)
+        masks = {name: mask for name, mask in masks.items() if mask.applied_in_arrow}
         return [{"source": travelling, "batch_rows": connector.batch_rows, "sql": query.sql,
                  "columns": plan.columns, "tables": plan.tables, "tag": plan.tag,
-                 "token": token, "schema": storage_schema(schema), "hashed": hashed,
-                 "mask_key": mask_key if hashed else None} for query in plan.queries]
+                 "token": token, "schema": storage_schema(schema), "masks": masks,
+                 "mask_key": mask_key if masks else None} for query in plan.queries]
 
     def check_memory_only(self, dataset: str) -> None:
         """Refuse a memory-only dataset on a cluster that would spill its objects to disk."""
@@ -494,7 +487,7 @@ class RayStore:
         rows = reserved = 0
         try:
             for batch in _at_least_one(batches, stored):
-                batch = _mask_and_store(batch, stored, frozenset(), None)
+                batch = _mask_and_store(batch, stored, {}, None)
                 payload = _ipc_payload(batch)
                 self._reserve(payload.nbytes, make_room, dataset, written=reserved)
                 reserved += payload.nbytes

@@ -115,7 +115,8 @@ def govern_sql(connector: Connector, sql: str, policy_for: PolicyLookup | None,
     """The query as it may run for the user whose policies ``policy_for`` gives.
 
     ``view`` builds the policy view of a reflected table (row filters, masks, limits). Tables
-    whose policy hashes a column are refused: hash masks are applied in Arrow, after reading.
+    whose policy masks a column in Arrow (a keyed hash) are refused: those masks are applied
+    after reading, and the query would compute on the raw values.
     """
     dialect = connector.sqlglot_dialect
     tree = parse_query(sql, dialect)
@@ -131,7 +132,7 @@ def govern_sql(connector: Connector, sql: str, policy_for: PolicyLookup | None,
             governed.policies.append(policy)
         governed.tables.append((relation.schema, relation.name, alias.name))
         if policy is not None and policy.restricts_rows_or_values:
-            hashed = [c for c, m in policy.masks.items() if m.kind == "hash"]
+            hashed = [c for c, m in policy.masks.items() if m.applied_in_arrow]
             if hashed:
                 raise PolicyViolation(
                     f"sql= cannot read {policy.table}: column(s) {hashed} are masked by a keyed "
