@@ -161,7 +161,7 @@ class Connector(abc.ABC):
     """
 
     family: ClassVar[str] = "generic"
-    dialect: ClassVar[Dialect] = GENERIC_DIALECT  # error codes, cancel, sqlglot name, mask SQL
+    dialect: Dialect = GENERIC_DIALECT  # error codes, cancel, sqlglot name, mask SQL
     # whether partition queries may run as cluster tasks that import this read's exported
     # snapshot (the connector's snapshot() exports one and stream() imports it)
     supports_distributed_reads: ClassVar[bool] = False

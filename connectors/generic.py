@@ -200,7 +200,7 @@ class GenericConnector(Connector):
         if dialect is None and type(self).dialect is GENERIC_DIALECT:
             dialect = FAMILY_DIALECTS.get(source.dialect)
         if dialect is not None:
-            self.dialect = dialect  # type: ignore[misc]  # this instance's, over the class's
+            self.dialect = dialect  # this instance's, over the class's
 
 
     def sqlalchemy_url(self) -> sa.URL:

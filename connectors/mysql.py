@@ -128,7 +128,7 @@ def _plan_field(field: Any) -> ColumnPlan:
 class MySQLConnector(Connector):
     family: ClassVar[str] = "mysql"
     transport: ClassVar[str] = "connectorx"
-    dialect: ClassVar[Dialect] = MYSQL
+    dialect: Dialect = MYSQL
     SQL_REWRITES: ClassVar[dict[str, Any]] = {
         "char": lambda column: sa.cast(column, sa.CHAR),
         "time_us": lambda column: sa.cast(sa.func.time_to_sec(column) * 1000000, sa.BigInteger),

@@ -111,7 +111,7 @@ class _Counted:
 class PostgresConnector(Connector):
     family: ClassVar[str] = "postgresql"
     transport: ClassVar[str] = "adbc"
-    dialect: ClassVar[Dialect] = POSTGRES
+    dialect: Dialect = POSTGRES
     supports_distributed_reads: ClassVar[bool] = True  # partitions import an exported snapshot
     SQL_REWRITES: ClassVar[dict[str, Any]] = {
         "text": lambda column: sa.cast(column, sa.Text),

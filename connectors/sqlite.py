@@ -58,7 +58,7 @@ def _concat(parts: tuple) -> sa.ColumnElement:
 class SQLiteConnector(GenericConnector):
     family: ClassVar[str] = "sqlite"
     transport: ClassVar[str] = "adbc"
-    dialect: ClassVar[Dialect] = SQLITE
+    dialect: Dialect = SQLITE
     counts_connections: ClassVar[bool] = False  # a file: no server whose connections to spare
     SQL_REWRITES: ClassVar[dict[str, Any]] = {
         "text": lambda column: sa.cast(column, sa.Text),

@@ -132,10 +132,10 @@ def govern_sql(connector: Connector, sql: str, policy_for: PolicyLookup | None,
             governed.policies.append(policy)
         governed.tables.append((relation.schema, relation.name, alias.name))
         if policy is not None and policy.restricts_rows_or_values:
-            hashed = [c for c, m in policy.masks.items() if m.applied_in_arrow]
-            if hashed:
+            in_arrow = [c for c, m in policy.masks.items() if m.applied_in_arrow]
+            if in_arrow:
                 raise PolicyViolation(
-                    f"sql= cannot read {policy.table}: column(s) {hashed} are masked by a keyed "
+                    f"sql= cannot read {policy.table}: column(s) {in_arrow} are masked by a keyed "
                     "hash, which ldw applies after reading; map the table itself instead")
             table = connector.reflect(relation.schema, relation.name)
             text = connector.compile(sa.select(*view(table, policy).c), literal=True).sql
