@@ -8,9 +8,8 @@ one consistent snapshot of the source.
 
 from __future__ import annotations
 
+import abc
 import contextlib
-import errno
-import socket
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,12 +31,13 @@ from ldw.errors import (
 )
 from ldw.secrets import redact
 
+from .dialect import GENERIC_DIALECT, Dialect
 from .fan_in import Producer, fan_in
 from .names import GENERIC_RULES, NAME_RULES, NameRules, Relation
 from .slots import ConnectionSlots, Lease, current_lease, uncounted
 
-__all__ = ["CANCEL_BY_TAG", "READ_ONLY_SESSION", "ColumnPlan", "Connector", "ReadPlan",
-           "Relation", "SourceQuery", "timeout_error", "wrap_driver_error"]
+__all__ = ["ColumnPlan", "Connector", "ReadPlan", "Relation", "SourceQuery", "timeout_error",
+           "wrap_driver_error"]
 
 
 @dataclass(frozen=True)
@@ -82,67 +82,6 @@ class ReadPlan:
     tag: str = ""  # marks the queries on the source so they can be found and cancelled
 
 
-# What a driver error says about the connection, from its structured fields first: SQLSTATE
-# classes/codes (psycopg, ADBC), MySQL/MariaDB error numbers (PyMySQL), SQLite result codes, OS
-# errno values. Only an error that carries none of them is judged by its message (ConnectorX
-# raises plain RuntimeErrors; libpq reports a lost socket as an I/O error without a SQLSTATE).
-_UNREACHABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300")  # prefixes
-_UNREACHABLE_MYSQL_ERRORS = frozenset({
-    1040,  # ER_CON_COUNT_ERROR: too many connections
-    1053,  # ER_SERVER_SHUTDOWN
-    1927,  # ER_CONNECTION_KILLED (MariaDB)
-    2002, 2003, 2005,  # CR_CONNECTION_ERROR, CR_CONN_HOST_ERROR, CR_UNKNOWN_HOST
-    2006, 2013, 2055,  # CR_SERVER_GONE_ERROR, CR_SERVER_LOST, CR_SERVER_LOST_EXTENDED
-    4031,  # ER_CLIENT_INTERACTION_TIMEOUT (MySQL 8)
-})
-_UNREACHABLE_SQLITE_CODES = frozenset({10, 14})  # SQLITE_IOERR, SQLITE_CANTOPEN
-_UNREACHABLE_ERRNOS = frozenset({
-    errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.EHOSTUNREACH,
-    errno.ENETUNREACH, errno.ENETDOWN, errno.ETIMEDOUT, errno.EPIPE, errno.ENOTCONN,
-})
-_UNREACHABLE_WORDS = (
-    "could not connect", "connection refused", "can't connect", "server closed",
-    "lost connection", "terminating connection", "connection reset", "failed to connect",
-    "name or service not known", "timeout expired", "gone away", "broken pipe",
-)
-
-
-# How to cancel a running query from another connection, per SQLAlchemy backend: the query that
-# finds the queries carrying a read's tag (bound ``pattern``; never our own connection) and the
-# statement that cancels one by its id (an int, formatted in).
-_MYSQL_CANCEL = ("select id from information_schema.processlist "
-                 "where info like :pattern and id <> connection_id()", "KILL QUERY {id}")
-CANCEL_BY_TAG: dict[str, tuple[str, str]] = {
-    "postgresql": ("select pid from pg_stat_activity "
-                   "where query like :pattern and pid <> pg_backend_pid()",
-                   "select pg_cancel_backend({id})"),
-    "mysql": _MYSQL_CANCEL,
-    "mariadb": _MYSQL_CANCEL,
-}
-
-
-# Errors that mean "the source gave up waiting" (a lock held too long, the statement limit):
-# PostgreSQL lock_timeout, MySQL/MariaDB lock waits and statement time limits, and the same in
-# ConnectorX's plain-text errors.
-_TIMEOUT_SQLSTATES = frozenset({"55P03"})  # lock_not_available (lock_timeout)
-_TIMEOUT_MYSQL_ERRORS = frozenset({1205, 1969, 3024})  # lock wait, max_statement_time
-_TIMEOUT_WORDS = ("lock wait timeout exceeded", "max_statement_time exceeded",
-                  "canceling statement due to lock timeout")
-
-
-def _timed_out(exc: BaseException) -> bool:
-    """Whether ``exc`` is the source giving up on a wait that ldw's ``timeout`` bounded."""
-    if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None:
-        exc = exc.orig
-    module = type(exc).__module__.split(".")[0]
-    if module in ("pymysql", "MySQLdb") and exc.args and isinstance(exc.args[0], int):
-        return exc.args[0] in _TIMEOUT_MYSQL_ERRORS
-    sqlstate = getattr(exc, "sqlstate", None)
-    if isinstance(sqlstate, str) and sqlstate:
-        return sqlstate in _TIMEOUT_SQLSTATES
-    return any(word in str(exc).lower() for word in _TIMEOUT_WORDS)
-
-
 def timeout_error(source: SourceConfig, action: str, detail: str = "") -> SourceTimeout:
     """The error for a source that made no progress within its ``timeout``."""
     limit = f" within its timeout ({source.timeout:g} s)" if source.timeout else ""
@@ -150,42 +89,6 @@ def timeout_error(source: SourceConfig, action: str, detail: str = "") -> Source
         f"source {source.name!r}: {action} made no progress{limit}{detail}; the table may be "
         f"locked by another session or the server is stalled. Nothing was published and the "
         f"source query was cancelled; retry later or raise [sources.{source.name}] timeout")
-
-
-def _dbapi_class_names(exc: BaseException) -> set[str]:
-    return {cls.__name__ for cls in type(exc).__mro__}
-
-
-def _unreachable(exc: BaseException) -> bool | None:
-    """True/False when a structured field of ``exc`` decides, None when nothing does."""
-    if isinstance(exc, sa.exc.DBAPIError):
-        if exc.connection_invalidated:
-            return True
-        return _unreachable(exc.orig) if exc.orig is not None else None
-    module = type(exc).__module__.split(".")[0]
-    if module in ("pymysql", "MySQLdb") and exc.args and isinstance(exc.args[0], int):
-        return exc.args[0] in _UNREACHABLE_MYSQL_ERRORS
-    sqlstate = getattr(exc, "sqlstate", None)
-    if isinstance(sqlstate, str) and sqlstate:
-        return sqlstate.startswith(_UNREACHABLE_SQLSTATES)
-    sqlite_code = getattr(exc, "sqlite_errorcode", None)
-    if isinstance(sqlite_code, int):
-        return (sqlite_code & 0xFF) in _UNREACHABLE_SQLITE_CODES
-    status = getattr(exc, "status_code", None)  # ADBC
-    if status is not None:
-        # An ADBC I/O status without a SQLSTATE is a lost socket or a failed value conversion
-        # alike; any other status (invalid data, not found, ...) is the query's own failure.
-        return None if getattr(status, "name", None) == "IO" else False
-    if isinstance(exc, ConnectionError | TimeoutError | socket.gaierror):
-        return True
-    if isinstance(exc, OSError) and exc.errno is not None:
-        return exc.errno in _UNREACHABLE_ERRNOS
-    names = _dbapi_class_names(exc)
-    if "DatabaseError" in names or "InterfaceError" in names:
-        # A PEP 249 error without a SQLSTATE comes from the client side: failing to connect,
-        # or losing the connection, is what OperationalError means there.
-        return "OperationalError" in names or "InterfaceError" in names
-    return None
 
 
 def _interrupted_in_driver(exc: BaseException) -> bool:
@@ -203,11 +106,11 @@ def _interrupted_in_driver(exc: BaseException) -> bool:
 
 
 def wrap_driver_error(source: SourceConfig, exc: BaseException, action: str, *,
-                      connecting: bool = False) -> SourceError:
+                      dialect: Dialect = GENERIC_DIALECT, connecting: bool = False) -> SourceError:
     """Turn a driver failure into a SourceError naming the source alias, password removed.
 
-    ``SourceUnavailable`` when the source cannot be reached or dropped the connection (decided
-    from SQLSTATE, error numbers or errno where the driver gives them; ``connecting`` says the
+    ``SourceTimeout`` when the source gave up waiting, ``SourceUnavailable`` when it cannot be
+    reached or dropped the connection (both judged by ``dialect``; ``connecting`` says the
     failure happened while opening a connection), ``SourceError`` for a query the source
     rejected or failed.
     """
@@ -216,23 +119,10 @@ def wrap_driver_error(source: SourceConfig, exc: BaseException, action: str, *,
         secret = source.password()
     message = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
                      [secret])
-    if _timed_out(exc):
+    if dialect.timed_out(exc):
         return timeout_error(source, action, f" ({message})")
-    unreachable = True if connecting else _unreachable(exc)
-    if unreachable is None:
-        unreachable = any(word in str(exc).lower() for word in _UNREACHABLE_WORDS)
-    cls = SourceUnavailable if unreachable else SourceError
+    cls = SourceUnavailable if connecting or dialect.unreachable(exc) else SourceError
     return cls(f"source {source.name!r}: {action} failed: {message}")
-
-
-# Makes every transaction of a new connection READ ONLY, per SQLAlchemy backend: whatever a
-# query calls, the source refuses to write (lo_from_bytea, nextval, a volatile function).
-READ_ONLY_SESSION: dict[str, str] = {
-    "postgresql": "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
-    "mysql": "SET SESSION TRANSACTION READ ONLY",
-    "mariadb": "SET SESSION TRANSACTION READ ONLY",
-    "sqlite": "PRAGMA query_only = ON",
-}
 
 
 def _read_only_session(statement: str) -> Callable[[Any, Any], None]:
@@ -262,10 +152,19 @@ class _CountedPool(sa.pool.NullPool):
         """Hand back the slot ``connection`` held."""
 
 
-class Connector:
-    """Base class: SQLAlchemy engine, reflection and browsing shared by every dialect."""
+class Connector(abc.ABC):
+    """Base class: SQLAlchemy engine, reflection and browsing shared by every dialect.
+
+    A connector for a new dialect subclasses this (or ``GenericConnector``), sets its
+    ``dialect`` facts and capabilities, implements the abstract methods and registers itself in
+    ``connectors.REGISTRY``.
+    """
 
     family: ClassVar[str] = "generic"
+    dialect: Dialect = GENERIC_DIALECT  # error codes, cancel, sqlglot name, mask SQL
+    # whether partition queries may run as cluster tasks that import this read's exported
+    # snapshot (the connector's snapshot() exports one and stream() imports it)
+    supports_distributed_reads: ClassVar[bool] = False
     transport: ClassVar[str] = "dbapi"
     # whether this source's connections count against [sources.NAME] max_connections (a
     # file-based source has no server whose connections to spare)
@@ -306,7 +205,7 @@ class Connector:
                 if self.counts_connections:
                     sa.event.listen(self._engine, "do_connect", self._counted_connect)
                 self.configure_engine(self._engine)
-                statement = READ_ONLY_SESSION.get(self.source.url.get_backend_name())
+                statement = self.dialect.read_only
                 if statement is not None:
                     sa.event.listen(self._engine, "connect", _read_only_session(statement))
             return self._engine
@@ -372,7 +271,7 @@ class Connector:
         with self.slots.lease(want if all_at_once else need, want):
             yield
 
-    def configure_engine(self, engine: Engine) -> None:
+    def configure_engine(self, engine: Engine) -> None:  # noqa: B027 (optional hook)
         """Driver set-up for every new connection of ``engine`` (e.g. type loaders)."""
 
     @contextlib.contextmanager
@@ -392,7 +291,8 @@ class Connector:
                 raise
             if _interrupted_in_driver(exc):
                 raise KeyboardInterrupt from exc
-            raise wrap_driver_error(self.source, exc, action, connecting=connecting) from None
+            raise wrap_driver_error(self.source, exc, action, dialect=self.dialect,
+                                    connecting=connecting) from None
 
     def close(self) -> None:
         with self._lock:
@@ -450,9 +350,7 @@ class Connector:
     @property
     def sqlglot_dialect(self) -> str | None:
         """The sqlglot dialect that parses and writes this source's SQL."""
-        from ldw.predicates import sqlglot_dialect  # avoids an import cycle
-
-        return sqlglot_dialect(self.source.dialect)
+        return self.dialect.sqlglot
 
     @property
     def name_rules(self) -> NameRules:
@@ -504,9 +402,7 @@ class Connector:
 
     def result_names(self, sql: str) -> list[str]:
         """Column names of a validated query, from a ``LIMIT 0`` probe (no rows move)."""
-        from ldw.predicates import sqlglot_dialect  # avoids an import cycle
-
-        dialect = sqlglot_dialect(self.source.dialect)
+        dialect = self.sqlglot_dialect
         probe = sqlglot.exp.select("*").from_(
             sqlglot.parse_one(sql, read=dialect).subquery("ldw_src")).limit(0)
         with self.guard("reading the query's columns"), self.engine.connect() as conn:
@@ -517,9 +413,9 @@ class Connector:
             finally:
                 cursor.close()
 
+    @abc.abstractmethod
     def plan_columns(self, statement: sa.Select) -> list[ColumnPlan]:
         """Plan every result column of ``statement`` without moving rows."""
-        raise NotImplementedError
 
     def apply_rewrites(self, statement: sa.Select, plans: Sequence[ColumnPlan]) -> sa.Select:
         """Rewrite the select list where a column's plan needs SQL help (e.g. char(n) -> text)."""
@@ -531,13 +427,14 @@ class Connector:
         ]
         return statement.with_only_columns(*columns, maintain_column_froms=True)
 
-    @contextlib.contextmanager
-    def snapshot(self, tables: list, *, partitioned: bool) -> Iterator[sa.Connection]:
-        """A connection whose view of the source every partition of one read shares."""
-        raise NotImplementedError
-        yield
+    @abc.abstractmethod
+    def snapshot(self, tables: list, *, partitioned: bool
+                 ) -> contextlib.AbstractContextManager[sa.Connection]:
+        """A connection whose view of the source every partition of one read shares (a
+        context manager; implement it with ``@contextlib.contextmanager``)."""
 
     # -- reading -----------------------------------------------------------------------------
+    @abc.abstractmethod
     def stream(self, plan: ReadPlan, cancel: threading.Event,
                snapshot: sa.Connection | None = None) -> Iterator[pa.RecordBatch]:
         """Yield driver record batches for every query of ``plan`` from one snapshot.
@@ -547,7 +444,6 @@ class Connector:
         queries before it returns (the KeyboardInterrupt is re-raised as it is); ``cancel`` set
         by another thread while the caller waits raises ``Cancelled``.
         """
-        raise NotImplementedError
 
     def read_in_workers(self, producers: list[Producer], cancel: threading.Event, *,
                         tag: str = "", connections: int = 1) -> Iterator[pa.RecordBatch]:
@@ -579,9 +475,9 @@ class Connector:
 
         Every query of a read carries its ``/* ldw:... */`` tag, so the source's own list of
         running queries finds them; how to find and cancel one is per-dialect data
-        (``CANCEL_BY_TAG``). Dialects without an entry cancel nothing.
+        (``dialect.cancel``). Dialects without one cancel nothing.
         """
-        statements = CANCEL_BY_TAG.get(self.source.url.get_backend_name())
+        statements = self.dialect.cancel
         if statements is None or not tag:
             return
         find, kill = statements

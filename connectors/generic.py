@@ -26,11 +26,22 @@ from sqlalchemy import types as sat
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Engine
 
+from ldw.config import SourceConfig
+
 from .base import ColumnPlan, Connector, ReadPlan
 from .convert import convert_batch, target_schema, unsupported_value
+from .dialect import GENERIC_DIALECT, Dialect
 from .fan_in import Interrupt
 
-__all__ = ["GenericConnector", "Unloadable", "arrow_type_for"]
+__all__ = ["FAMILY_DIALECTS", "GenericConnector", "Unloadable", "arrow_type_for"]
+
+# Dialects only the generic connector reads (no connector of their own), by SQLAlchemy backend
+# name. A family with its own connector lends that connector's ``dialect`` (connector_for).
+FAMILY_DIALECTS: dict[str, Dialect] = {
+    "mssql": Dialect("mssql", sqlglot="tsql"),
+    "oracle": Dialect("oracle", sqlglot="oracle"),
+    "duckdb": Dialect("duckdb", sqlglot="duckdb"),
+}
 
 # Types whose SQLAlchemy result processing would change the value, checked before the generic
 # table: (type, Arrow type, rewrite, note). "driver_value" keeps the DBAPI driver's own value
@@ -177,8 +188,20 @@ def _source_type(sa_type: sat.TypeEngine) -> str:
 
 
 class GenericConnector(Connector):
+    """Any SQLAlchemy dialect over its DBAPI driver; ``dialect``: the facts of the source's
+    dialect (default: the family's entry in ``FAMILY_DIALECTS``, or generic ones)."""
+
     family: ClassVar[str] = "generic"
     transport: ClassVar[str] = "dbapi"
+
+    def __init__(self, source: SourceConfig, *, batch_rows: int = 131072,
+                 dialect: Dialect | None = None) -> None:
+        super().__init__(source, batch_rows=batch_rows)
+        if dialect is None and type(self).dialect is GENERIC_DIALECT:
+            dialect = FAMILY_DIALECTS.get(source.dialect)
+        if dialect is not None:
+            self.dialect = dialect  # this instance's, over the class's
+
 
     def sqlalchemy_url(self) -> sa.URL:
         url = self.url_with_password()

@@ -26,11 +26,42 @@ from pymysql.constants import FIELD_TYPE, FLAG
 
 from .base import ColumnPlan, Connector, ReadPlan
 from .convert import convert_batch, target_schema
+from .dialect import STANDARD_UNAVAILABLE, CancelByTag, Dialect, ErrorCode, sqlstate_of
 from .fan_in import Interrupt
 
-__all__ = ["MySQLConnector"]
+__all__ = ["MYSQL", "MySQLConnector"]
 
-_SESSION_SETUP = ["SET time_zone = '+00:00'", "SET SESSION TRANSACTION READ ONLY"]
+
+
+def _error_number(exc: BaseException) -> ErrorCode | None:
+    """The MySQL/MariaDB error number of a PyMySQL (or MySQLdb) error."""
+    module = type(exc).__module__.split(".")[0]
+    if module in ("pymysql", "MySQLdb") and exc.args and isinstance(exc.args[0], int):
+        return exc.args[0]
+    return sqlstate_of(exc)
+
+
+MYSQL = Dialect(
+    "mysql",
+    sqlglot="mysql",
+    error_code=_error_number,
+    unavailable_codes=STANDARD_UNAVAILABLE | {
+        1040,  # ER_CON_COUNT_ERROR: too many connections
+        1053,  # ER_SERVER_SHUTDOWN
+        1927,  # ER_CONNECTION_KILLED (MariaDB)
+        2002, 2003, 2005,  # CR_CONNECTION_ERROR, CR_CONN_HOST_ERROR, CR_UNKNOWN_HOST
+        2006, 2013, 2055,  # CR_SERVER_GONE_ERROR, CR_SERVER_LOST, CR_SERVER_LOST_EXTENDED
+        4031,  # ER_CLIENT_INTERACTION_TIMEOUT (MySQL 8)
+    },
+    timeout_codes=frozenset({1205, 1969, 3024}),  # lock wait, max_statement_time
+    unavailable_words=("can't connect", "lost connection", "gone away"),
+    timeout_words=("lock wait timeout exceeded", "max_statement_time exceeded"),
+    cancel=CancelByTag("select id from information_schema.processlist "
+                       "where info like :pattern and id <> connection_id()", "KILL QUERY {id}"),
+    read_only="SET SESSION TRANSACTION READ ONLY",
+)
+
+_SESSION_SETUP = ["SET time_zone = '+00:00'", MYSQL.read_only]
 _SNAPSHOT_START = "START TRANSACTION WITH CONSISTENT SNAPSHOT"
 
 _INTEGERS = {
@@ -97,6 +128,7 @@ def _plan_field(field: Any) -> ColumnPlan:
 class MySQLConnector(Connector):
     family: ClassVar[str] = "mysql"
     transport: ClassVar[str] = "connectorx"
+    dialect: Dialect = MYSQL
     SQL_REWRITES: ClassVar[dict[str, Any]] = {
         "char": lambda column: sa.cast(column, sa.CHAR),
         "time_us": lambda column: sa.cast(sa.func.time_to_sec(column) * 1000000, sa.BigInteger),

@@ -20,9 +20,25 @@ import sqlalchemy as sa
 
 from .base import ColumnPlan, Connector, ReadPlan
 from .convert import NAN_SENTINEL, convert_batch, target_schema
+from .dialect import STANDARD_UNAVAILABLE, CancelByTag, Dialect
 from .fan_in import Interrupt
 
-__all__ = ["PostgresConnector"]
+__all__ = ["POSTGRES", "PostgresConnector"]
+
+POSTGRES = Dialect(
+    "postgresql",
+    sqlglot="postgres",
+    # SQLSTATE: class 08, admin/crash/cannot-connect-now shutdowns, too many connections
+    unavailable_codes=STANDARD_UNAVAILABLE | {"57P01", "57P02", "57P03", "53300"},
+    timeout_codes=frozenset({"55P03"}),  # lock_not_available (lock_timeout)
+    unavailable_words=("could not connect", "server closed", "terminating connection",
+                       "timeout expired"),
+    timeout_words=("canceling statement due to lock timeout",),
+    cancel=CancelByTag("select pid from pg_stat_activity "
+                       "where query like :pattern and pid <> pg_backend_pid()",
+                       "select pg_cancel_backend({id})"),
+    read_only="SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
+)
 
 _SNAPSHOT_ID = re.compile(r"^[0-9A-Fa-f]+-[0-9A-Fa-f]+(-[0-9]+)?$")
 
@@ -95,6 +111,8 @@ class _Counted:
 class PostgresConnector(Connector):
     family: ClassVar[str] = "postgresql"
     transport: ClassVar[str] = "adbc"
+    dialect: Dialect = POSTGRES
+    supports_distributed_reads: ClassVar[bool] = True  # partitions import an exported snapshot
     SQL_REWRITES: ClassVar[dict[str, Any]] = {
         "text": lambda column: sa.cast(column, sa.Text),
         "text_array": lambda column: sa.cast(column, sa.ARRAY(sa.Text)),

@@ -17,17 +17,48 @@ import pyarrow as pa
 import sqlalchemy as sa
 from sqlalchemy import types as sat
 
-from .base import READ_ONLY_SESSION, ColumnPlan, ReadPlan
+from .base import ColumnPlan, ReadPlan
 from .convert import convert_batch, target_schema
+from .dialect import STANDARD_UNAVAILABLE, Dialect, ErrorCode, sqlstate_of
 from .fan_in import Interrupt
 from .generic import GenericConnector
 
-__all__ = ["SQLiteConnector"]
+__all__ = ["SQLITE", "SQLiteConnector"]
+
+
+def _result_code(exc: BaseException) -> ErrorCode | None:
+    """The primary SQLite result code of a sqlite3 error (or a SQLSTATE, from ADBC)."""
+    sqlstate = sqlstate_of(exc)
+    if sqlstate is not None:
+        return sqlstate
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code & 0xFF if isinstance(code, int) else None
+
+
+SQLITE = Dialect(
+    "sqlite",
+    sqlglot="sqlite",
+    error_code=_result_code,
+    unavailable_codes=STANDARD_UNAVAILABLE | {10, 14},  # SQLITE_IOERR, SQLITE_CANTOPEN
+    read_only="PRAGMA query_only = ON",
+    # SQLite has no char_length, right or concat
+    text_length=sa.func.length,
+    text_right=lambda text, keep: sa.func.substr(text, -keep),
+    concat=lambda *parts: _concat(parts),
+)
+
+
+def _concat(parts: tuple) -> sa.ColumnElement:
+    joined = sa.literal(parts[0]) if isinstance(parts[0], str) else parts[0]
+    for part in parts[1:]:
+        joined = joined + part
+    return joined
 
 
 class SQLiteConnector(GenericConnector):
     family: ClassVar[str] = "sqlite"
     transport: ClassVar[str] = "adbc"
+    dialect: Dialect = SQLITE
     counts_connections: ClassVar[bool] = False  # a file: no server whose connections to spare
     SQL_REWRITES: ClassVar[dict[str, Any]] = {
         "text": lambda column: sa.cast(column, sa.Text),
@@ -76,7 +107,8 @@ class SQLiteConnector(GenericConnector):
             # ADBC's default of 1024 rows would leave a cached version in ~1000 tiny chunks
             cursor.adbc_statement.set_options(
                 **{"adbc.sqlite.query.batch_rows": str(self.batch_rows)})
-            cursor.execute(READ_ONLY_SESSION["sqlite"])
+            if self.dialect.read_only:
+                cursor.execute(self.dialect.read_only)
             for query in plan.queries:
                 if interrupt.requested:
                     return

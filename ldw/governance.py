@@ -15,8 +15,9 @@ A policy is keyed by a ``source.schema.table`` glob in ``[policies."..."]`` of l
 With no policy at all ldw runs open (a single user's warehouse). Once any policy exists, a
 table that no policy matches is denied, and every matching policy must allow one of the user's
 roles. The *effective policy* of a user on a table is what the planner compiles into the source
-SQL (row filters, limits, masks as SQL expressions) and, for ``hash`` masks, applies to fresh
-Arrow buffers before anything is stored. Its fingerprint keys the cached versions: two users
+SQL (row filters, limits, masks as SQL expressions) and, for masks the source cannot compute
+(``hash``), applies to fresh Arrow buffers before anything is stored (:mod:`ldw.masks`,
+through :meth:`Governance.mask_batches`). Its fingerprint keys the cached versions: two users
 see the same bytes only if their effective policies are equal.
 """
 
@@ -24,35 +25,23 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
-import hmac
 import json
 import os
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
-import sqlalchemy as sa
 
 from ldw.errors import AccessDenied, ConfigError
+from ldw.masks import MASKS, Mask, make_mask, mask_batches
 
-__all__ = ["ColumnMask", "EffectivePolicy", "Governance", "Policy", "load_mask_key"]
+__all__ = ["ColumnMask", "EffectivePolicy", "Governance", "Mask", "Policy", "load_mask_key"]
 
-MASKS = ("hash", "redact", "null", "partial")
+ColumnMask = Mask  # the name policies used before masks had behaviour of their own
 _POLICY_KEYS = {"allow_roles", "columns", "row_filter", "memory_only", "export", "max_rows"}
-
-
-@dataclass(frozen=True)
-class ColumnMask:
-    kind: str
-    keep: int = 4  # characters kept by "partial"
-    exempt_roles: frozenset[str] = frozenset()
-
-    def as_json(self) -> dict[str, Any]:
-        return {"mask": self.kind, "keep": self.keep}
 
 
 @dataclass(frozen=True)
@@ -61,7 +50,7 @@ class Policy:
 
     pattern: str
     allow_roles: frozenset[str] | None = None  # None: any user may read (masks still apply)
-    masks: dict[str, ColumnMask] = field(default_factory=dict)
+    masks: dict[str, Mask] = field(default_factory=dict)
     row_filters: dict[str, str] = field(default_factory=dict)
     memory_only: bool = False
     export: str = "allow"
@@ -92,8 +81,8 @@ class Policy:
             keep = spec.get("keep", 4)
             if not isinstance(keep, int) or keep < 0:
                 raise ConfigError(f"{where}: columns.{column}.keep must be a whole number >= 0")
-            masks[column] = ColumnMask(spec["mask"], keep,
-                                       frozenset(spec.get("exempt_roles") or ()))
+            masks[column] = make_mask(spec["mask"], keep=keep,
+                                      exempt_roles=spec.get("exempt_roles") or ())
         filters = table.get("row_filter") or {}
         if not isinstance(filters, dict) or not all(isinstance(v, str) for v in filters.values()):
             raise ConfigError(f'{where}: row_filter.ROLE = "predicate" (text) per role')
@@ -112,7 +101,7 @@ class EffectivePolicy:
     """What one user may see of one table: compiled into SQL by the planner."""
 
     table: str  # source.schema.table
-    masks: dict[str, ColumnMask] = field(default_factory=dict)
+    masks: dict[str, Mask] = field(default_factory=dict)
     row_filters: tuple[str, ...] = ()  # ORed: the user sees rows any of their roles may see
     memory_only: bool = False
     export: str = "allow"
@@ -165,54 +154,6 @@ def load_mask_key(path: Path) -> bytes:
     return key
 
 
-# -- masks ----------------------------------------------------------------------------------
-def _is_text(column: sa.ColumnElement) -> bool:
-    return isinstance(column.type, sa.String | sa.Text | sa.Enum)
-
-
-def sql_mask(column: sa.ColumnElement, mask: ColumnMask, dialect: str) -> sa.ColumnElement | None:
-    """The mask as a SQL expression over ``column``; None for masks applied in Arrow (hash)."""
-    if mask.kind == "hash":
-        return None
-    if mask.kind == "null" or (mask.kind == "redact" and not _is_text(column)):
-        return sa.cast(sa.null(), column.type)
-    if mask.kind == "redact":
-        return sa.cast(sa.literal("***"), sa.String)
-    # partial: '***' and the last `keep` characters; a value of `keep` characters or fewer
-    # would be shown whole that way, so it becomes '***' alone
-    hidden = sa.cast(sa.literal("***"), sa.String)
-    if mask.keep == 0:
-        return sa.case((column.is_(None), sa.null()), else_=hidden)
-    text = sa.cast(column, sa.String) if not _is_text(column) else column
-    if dialect == "sqlite":
-        length, tail = sa.func.length(text), sa.func.substr(text, -mask.keep)
-        shown = sa.literal("***") + tail
-    else:
-        length, tail = sa.func.char_length(text), sa.func.right(text, mask.keep)
-        shown = sa.func.concat("***", tail)
-    return sa.case((column.is_(None), sa.null()),
-                   (length <= mask.keep, hidden),
-                   else_=shown)
-
-
-def hash_array(array: pa.Array | pa.ChunkedArray, key: bytes) -> pa.Array:
-    """Keyed HMAC-SHA256 (hex) of each value, into fresh buffers; NULL stays NULL.
-
-    Works on the dictionary of distinct values, then ``take``: the raw values never reach the
-    result's buffers.
-    """
-    if isinstance(array, pa.ChunkedArray):
-        array = array.combine_chunks()
-    if pa.types.is_dictionary(array.type):
-        array = array.cast(array.type.value_type)
-    encoded = pc.dictionary_encode(array)
-    digests = []
-    for value in encoded.dictionary.to_pylist():
-        data = value if isinstance(value, bytes) else str(value).encode()
-        digests.append(hmac.new(key, data, hashlib.sha256).hexdigest())
-    return pa.array(digests, pa.string()).take(encoded.indices)
-
-
 class Governance:
     """Owns the policies and user roles of one engine."""
 
@@ -242,6 +183,13 @@ class Governance:
                 self._mask_key = load_mask_key(self._mask_key_path)
         return self._mask_key
 
+    def mask_batches(self, batches: Iterable[pa.RecordBatch], masks: Mapping[str, Mask]
+                     ) -> Iterator[pa.RecordBatch]:
+        """``batches`` with ``masks`` applied in Arrow (see :mod:`ldw.masks`); the mask key is
+        only loaded (or created) when one of them needs it."""
+        needs_key = any(mask.applied_in_arrow for mask in masks.values())
+        return mask_batches(batches, masks, self.mask_key if needs_key else None)
+
     def known_user(self, user: str) -> bool:
         return user in self._users or bool(self.extra_roles and self.extra_roles(user))
 
@@ -264,7 +212,7 @@ class Governance:
                     f"user {user!r} may not read {table} (allowed roles: "
                     f"{', '.join(sorted(policy.allow_roles)) or 'none'}; yours: "
                     f"{', '.join(sorted(roles)) or 'none'})")
-        masks: dict[str, ColumnMask] = {}
+        masks: dict[str, Mask] = {}
         filters: list[str] = []
         for policy in matching:
             for column, mask in policy.masks.items():

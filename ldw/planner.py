@@ -17,7 +17,8 @@ import sqlalchemy as sa
 
 from ldw.connectors import ColumnPlan, Connector, ReadPlan, SourceQuery
 from ldw.errors import ConfigError, InvalidMapping, UnknownTable
-from ldw.governance import EffectivePolicy, sql_mask
+from ldw.governance import EffectivePolicy
+from ldw.masks import Mask
 from ldw.predicates import parse_where
 from ldw.resolve import govern_sql
 from ldw.wire import decode_value, encode_value
@@ -59,7 +60,8 @@ class MappedQuery:
     lookup: dict[str, sa.ColumnElement]  # source-side column by result name, for predicates
     tables: list[tuple[str | None, str, str | None]] = field(default_factory=list)
     policies: list[EffectivePolicy] = field(default_factory=list)  # of every table read
-    hashed: frozenset[str] = frozenset()  # result columns masked by keyed hash, in Arrow
+    # result columns whose mask is applied in Arrow after reading (the SQL reads them raw)
+    arrow_masks: dict[str, Mask] = field(default_factory=dict)
 
 
 PolicyLookup = Callable[[str, str], EffectivePolicy]  # (schema, table) -> the user's view
@@ -111,7 +113,7 @@ def _policy_relation(connector: Connector, table: sa.Table, policy: EffectivePol
     """The table as the user may see it: row filters, row limit and SQL masks applied."""
     if policy is None or not policy.restricts_rows_or_values:
         return table
-    dialect = connector.source.dialect
+    dialect = connector.sqlglot_dialect
     unknown = set(policy.masks) - set(table.c.keys())
     if unknown:
         raise ConfigError(f"the policy for {policy.table} masks column(s) {sorted(unknown)} "
@@ -119,7 +121,7 @@ def _policy_relation(connector: Connector, table: sa.Table, policy: EffectivePol
     columns = []
     for column in table.c:
         mask = policy.masks.get(column.name)
-        masked = sql_mask(column, mask, dialect) if mask is not None else None
+        masked = mask.sql(column, connector.dialect) if mask is not None else None
         columns.append(masked.label(column.name) if masked is not None else column)
     view = sa.select(*columns)
     raw = {k: table.c[k] for k in table.c.keys()}
@@ -143,9 +145,9 @@ def _policy_relation(connector: Connector, table: sa.Table, policy: EffectivePol
 
 
 def _base(connector: Connector, mapping: Mapping, policy_for: PolicyLookup | None
-          ) -> tuple[sa.Select, dict, list, list[EffectivePolicy], frozenset[str]]:
-    dialect = connector.source.dialect
-    hashed: frozenset[str] = frozenset()
+          ) -> tuple[sa.Select, dict, list, list[EffectivePolicy], dict[str, Mask]]:
+    dialect = connector.sqlglot_dialect
+    arrow_masks: dict[str, Mask] = {}
     if mapping.table:
         if connector.is_system(mapping.schema or connector.default_schema(), mapping.table):
             raise connector.system_denied(mapping.schema, mapping.table)
@@ -157,11 +159,11 @@ def _base(connector: Connector, mapping: Mapping, policy_for: PolicyLookup | Non
         relation = _policy_relation(connector, table, policy)
         names = _check_columns(mapping.columns, list(relation.c.keys()), mapping.ref)
         select = sa.select(*[relation.c[n] for n in names])
-        masked_by_hash = {c for c, m in (policy.masks if policy else {}).items()
-                          if m.kind == "hash"}
-        hashed = frozenset(n for n in names if n in masked_by_hash)
-        # a hashed column's raw values must not be filtered on: that would reveal them
-        lookup = {k: relation.c[k] for k in relation.c.keys() if k not in masked_by_hash}
+        in_arrow = {c: m for c, m in (policy.masks if policy else {}).items()
+                    if m.applied_in_arrow}
+        arrow_masks = {n: in_arrow[n] for n in names if n in in_arrow}
+        # raw values of a column masked in Arrow must not be filtered on: that would reveal them
+        lookup = {k: relation.c[k] for k in relation.c.keys() if k not in in_arrow}
         tables = [(mapping.schema, mapping.table, None)]
     else:
         governed = govern_sql(connector, mapping.sql, policy_for,
@@ -177,7 +179,7 @@ def _base(connector: Connector, mapping: Mapping, policy_for: PolicyLookup | Non
     if mapping.where is not None:
         select = select.where(parse_where(mapping.where, lookup, dialect=dialect,
                                           params=dict(mapping.params)))
-    return select, lookup, tables, policies, hashed
+    return select, lookup, tables, policies, arrow_masks
 
 
 def plan_mapping(connector: Connector, mapping: Mapping,
@@ -203,7 +205,7 @@ def plan_mapping(connector: Connector, mapping: Mapping,
         raise InvalidMapping("partitions > 1 needs partition_on=COLUMN to split the rows by")
     if mapping.partition_on is not None and mapping.limit is not None:
         raise InvalidMapping("limit and partition_on cannot be combined; drop one of them")
-    select, lookup, tables, policies, hashed = _base(connector, mapping, policy_for)
+    select, lookup, tables, policies, arrow_masks = _base(connector, mapping, policy_for)
     if mapping.partition_on is not None and mapping.partition_on not in lookup:
         raise UnknownTable(f"partition_on column {mapping.partition_on!r} is not in "
                            f"{mapping.ref} (or is masked); columns are: {list(lookup)}")
@@ -211,7 +213,7 @@ def plan_mapping(connector: Connector, mapping: Mapping,
         select = select.limit(mapping.limit)
     plans = connector.plan_columns(select)
     select = connector.apply_rewrites(select, plans)
-    return MappedQuery(mapping, select, plans, lookup, tables, policies, hashed)
+    return MappedQuery(mapping, select, plans, lookup, tables, policies, arrow_masks)
 
 
 def narrow(query: MappedQuery, *, columns: Sequence[str] | None = None,

@@ -27,12 +27,12 @@ from ldw.errors import InvalidMapping
 __all__ = ["ALLOWED_FUNCTIONS", "parse_query", "parse_where", "validate_select_sql",
            "sqlglot_dialect"]
 
-_DIALECTS = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql", "sqlite": "sqlite",
-             "mssql": "tsql", "oracle": "oracle", "duckdb": "duckdb"}
+def sqlglot_dialect(dialect: str | None) -> str | None:
+    """The sqlglot dialect for ``dialect``: a SQLAlchemy dialect name (asked from the connector
+    that owns it) or a sqlglot dialect name (e.g. a connector's ``sqlglot_dialect``)."""
+    from ldw.connectors import sqlglot_name  # the connectors own their dialect facts
 
-
-def sqlglot_dialect(dialect: str) -> str | None:
-    return _DIALECTS.get(dialect)
+    return sqlglot_name(dialect)
 
 
 _COMPARISONS: dict[type, Callable] = {
@@ -229,7 +229,7 @@ def parse_where(text: str, columns: Mapping[str, sa.ColumnElement], *,
     """
     if not isinstance(text, str) or not text.strip():
         raise InvalidMapping("where must be a non-empty string such as \"price > 10\"")
-    tree = _parse_one(text, sqlglot_dialect(dialect or ""), "where")
+    tree = _parse_one(text, sqlglot_dialect(dialect), "where")
     if not isinstance(tree, exp.Condition) or isinstance(tree, exp.Query):
         raise _invalid(text, "expected a boolean expression, e.g. \"o_totalprice > 1000\"")
     node = tree
@@ -258,5 +258,5 @@ def parse_query(sql: str, dialect: str | None) -> exp.Query:
 def validate_select_sql(sql: str, *, dialect: str | None = None) -> str:
     """Check ``sql`` is one read-only query of allowed syntax and functions and return it
     regenerated for ``dialect``."""
-    glot = sqlglot_dialect(dialect or "")
+    glot = sqlglot_dialect(dialect)
     return parse_query(sql, glot).sql(dialect=glot)

@@ -115,7 +115,8 @@ def govern_sql(connector: Connector, sql: str, policy_for: PolicyLookup | None,
     """The query as it may run for the user whose policies ``policy_for`` gives.
 
     ``view`` builds the policy view of a reflected table (row filters, masks, limits). Tables
-    whose policy hashes a column are refused: hash masks are applied in Arrow, after reading.
+    whose policy masks a column in Arrow (a keyed hash) are refused: those masks are applied
+    after reading, and the query would compute on the raw values.
     """
     dialect = connector.sqlglot_dialect
     tree = parse_query(sql, dialect)
@@ -131,10 +132,10 @@ def govern_sql(connector: Connector, sql: str, policy_for: PolicyLookup | None,
             governed.policies.append(policy)
         governed.tables.append((relation.schema, relation.name, alias.name))
         if policy is not None and policy.restricts_rows_or_values:
-            hashed = [c for c, m in policy.masks.items() if m.kind == "hash"]
-            if hashed:
+            in_arrow = [c for c, m in policy.masks.items() if m.applied_in_arrow]
+            if in_arrow:
                 raise PolicyViolation(
-                    f"sql= cannot read {policy.table}: column(s) {hashed} are masked by a keyed "
+                    f"sql= cannot read {policy.table}: column(s) {in_arrow} are masked by a keyed "
                     "hash, which ldw applies after reading; map the table itself instead")
             table = connector.reflect(relation.schema, relation.name)
             text = connector.compile(sa.select(*view(table, policy).c), literal=True).sql

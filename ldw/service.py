@@ -239,9 +239,11 @@ class Service:
             if query is None:  # derived: SQL over datasets
                 raise LdwError("no source plan")
             columns = [p.as_row() for p in query.columns]
-            for row in columns:
-                if row["name"] in query.hashed:
-                    row["arrow_type"], row["note"] = "string", "masked: keyed hash (hex)"
+            for plan, row in zip(query.columns, columns, strict=True):
+                mask = query.arrow_masks.get(plan.name)
+                if mask is not None:
+                    row["arrow_type"] = str(mask.result_type(plan.arrow_type))
+                    row["note"] = mask.note
         except LdwError:  # source down after a restart: the stored schema still answers
             columns = [{"name": f.name, "source_type": "", "arrow_type": str(f.type),
                         "nullable": f.nullable, "note": ""} for f in record.schema]

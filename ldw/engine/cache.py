@@ -17,7 +17,7 @@ from ldw.connectors import Connector
 from ldw.engine.datasets import Datasets
 from ldw.engine.sources import Sources
 from ldw.errors import DatasetLost, LdwError, SourceUnavailable, UnknownDataset
-from ldw.governance import Governance, hash_array
+from ldw.governance import Governance
 from ldw.lifecycle import DatasetRecord, Lifecycle
 from ldw.planner import MappedQuery, narrow, read_plan, single_plan
 from ldw.query_log import QueryLog
@@ -78,7 +78,7 @@ class Cache:
             plan = read_plan(connector, query, snapshot)
             record.source_sql = [q.sql for q in plan.queries]
             self._log(record, record.source_sql)
-            if self.store.distributed and connector.family == "postgresql":
+            if self.store.distributed and connector.supports_distributed_reads:
                 return self._write_partitions(record, connector, plan, query, snapshot,
                                               progress)
             cancel = threading.Event()
@@ -100,8 +100,8 @@ class Cache:
         importing the snapshot this server exported; masks are applied there, before storing."""
         try:
             return self.store.write_partitions(
-                record.key, connector, plan, snapshot, record.schema, hashed=query.hashed,
-                mask_key=self.governance.mask_key if query.hashed else None,
+                record.key, connector, plan, snapshot, record.schema, masks=query.arrow_masks,
+                mask_key=self.governance.mask_key if query.arrow_masks else None,
                 progress=progress, make_room=lambda n: self.make_room(n, record))
         except BaseException as exc:
             if not isinstance(exc, SourceUnavailable):
@@ -110,18 +110,8 @@ class Cache:
 
     def masked(self, batches: Iterator[pa.RecordBatch], query: MappedQuery
                ) -> Iterator[pa.RecordBatch]:
-        """Apply keyed-hash masks: each masked column is rebuilt into fresh buffers."""
-        if not query.hashed:
-            yield from batches
-            return
-        key = self.governance.mask_key
-        for batch in batches:
-            arrays, fields = list(batch.columns), list(batch.schema)
-            for i, field_ in enumerate(fields):
-                if field_.name in query.hashed:
-                    arrays[i] = hash_array(arrays[i], key)
-                    fields[i] = field_.with_type(pa.string())
-            yield pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
+        """The batches with the query's Arrow-side masks applied (governance owns masks)."""
+        return self.governance.mask_batches(batches, query.arrow_masks)
 
     def materialize(self, owner: str, name: str, *, progress: ProgressFn = None,
                     refresh: bool = False) -> Version:

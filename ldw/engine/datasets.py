@@ -18,6 +18,7 @@ from ldw.engine.sources import Sources
 from ldw.errors import AccessDenied, AccessRevoked, InvalidMapping, UnknownDataset
 from ldw.governance import Governance, combine_fingerprints
 from ldw.lifecycle import DERIVED, DatasetRecord, Lifecycle
+from ldw.masks import masked_schema
 from ldw.planner import MappedQuery, Mapping, parse_table_ref
 from ldw.storage import storage_schema
 
@@ -27,12 +28,8 @@ log = logging.getLogger("ldw.engine")
 
 
 def schema_of(query: MappedQuery) -> pa.Schema:
-    """The stored schema: the planned Arrow types, hashed columns as hex strings."""
-    schema = target_schema(query.columns)
-    for name in query.hashed:
-        i = schema.get_field_index(name)
-        schema = schema.set(i, schema.field(i).with_type(pa.string()))
-    return schema
+    """The stored schema: the planned Arrow types, with what Arrow-side masks make of them."""
+    return masked_schema(target_schema(query.columns), query.arrow_masks)
 
 
 def _apply_plan(record: DatasetRecord, query: MappedQuery) -> None:

@@ -125,8 +125,8 @@ class Sources:
                     row["source_type"] = str(column.type.compile(
                         dialect=connector.engine.dialect))
                 row["nullable"] = bool(column.nullable)
-            if plan.name in query.hashed:
-                row["arrow_type"] = "string"
+            if plan.name in query.arrow_masks:
+                row["arrow_type"] = str(query.arrow_masks[plan.name].result_type(plan.arrow_type))
             row["policy_tags"] = policy.tags(plan.name) if policy is not None else []
             rows.append(row)
         return rows

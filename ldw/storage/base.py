@@ -15,15 +15,18 @@ import abc
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from ldw.errors import CapacityExceeded, InvalidMapping
 from ldw.types import Progress, Tier
+
+if TYPE_CHECKING:
+    from ldw.masks import Mask
 
 __all__ = ["DISK", "MEMORY", "DirectReader", "MakeRoom", "MemoryBudget", "ProgressCallback",
            "Version", "VersionLost", "VersionStore", "new_version_id", "storage_schema"]
@@ -151,12 +154,13 @@ class VersionStore(abc.ABC):
         """Stream ``batches`` into a new memory-tier version; publish it only if all arrived."""
 
     def write_partitions(self, dataset: str, connector: Any, plan: Any, snapshot: Any,
-                         schema: pa.Schema, *, hashed: Iterable[str], mask_key: bytes | None,
+                         schema: pa.Schema, *, masks: Mapping[str, Mask],
+                         mask_key: bytes | None,
                          progress: ProgressCallback | None = None,
                          make_room: MakeRoom | None = None,
                          cancel: threading.Event | None = None) -> Version:
         """Run every partition query of ``plan`` where the data lands, each on a connection of
-        its own importing ``snapshot``, with the ``hashed`` columns masked; only a
+        its own importing ``snapshot``, with the Arrow-side ``masks`` applied; only a
         ``distributed`` store can."""
         raise NotImplementedError(f"{type(self).__name__} reads partitions in the server; "
                                   "call write() (the store is not distributed)")

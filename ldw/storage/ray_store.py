@@ -43,10 +43,10 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.ipc as ipc
@@ -80,6 +80,9 @@ from ldw.storage.ray_common import (
 from ldw.storage.ray_holder import VersionHolder
 from ldw.storage.ray_tasks import at_least_one, mask_and_store, raise_error, task_specs
 from ldw.types import Progress
+
+if TYPE_CHECKING:
+    from ldw.masks import Mask
 
 __all__ = ["RayStore"]
 
@@ -207,7 +210,7 @@ class RayStore(VersionStore):
         rows = reserved = 0
         try:
             for batch in at_least_one(batches, stored):
-                batch = mask_and_store(batch, stored, frozenset(), None)
+                batch = mask_and_store(batch, stored, {}, None)
                 payload = ipc_payload(batch)
                 self.budget.reserve(payload.nbytes, make_room, dataset, written=reserved)
                 reserved += payload.nbytes
@@ -223,14 +226,15 @@ class RayStore(VersionStore):
             raise
 
     def write_partitions(self, dataset: str, connector: Any, plan: Any, snapshot: Any,
-                         schema: pa.Schema, *, hashed: Iterable[str], mask_key: bytes | None,
+                         schema: pa.Schema, *, masks: Mapping[str, Mask],
+                         mask_key: bytes | None,
                          progress: ProgressCallback | None = None,
                          make_room: MakeRoom | None = None,
                          cancel: threading.Event | None = None) -> Version:
         """Run every partition query as a Ray task spread over the nodes, importing the
         snapshot this server exported, masks applied in the task (before the object store);
         account every batch as it lands. ``nodes[dataset]`` then lists the node ids that read."""
-        specs = task_specs(connector, plan, snapshot.info.get("ldw_snapshot"), schema, hashed,
+        specs = task_specs(connector, plan, snapshot.info.get("ldw_snapshot"), schema, masks,
                            mask_key)
         job = new_version_id()
         started = time.perf_counter()

@@ -9,7 +9,7 @@ Errors cross back as an ldw class name and a message, never a traceback.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +18,7 @@ import pyarrow as pa
 import ldw.errors as errors
 from ldw.config import SourceConfig
 from ldw.errors import LdwError
+from ldw.masks import Mask, mask_batch
 from ldw.secrets import Secret, redact
 from ldw.storage.base import storage_schema
 from ldw.storage.ray_common import ipc_payload, ray
@@ -48,17 +49,17 @@ class TaskSource(SourceConfig):
 
 
 def task_specs(connector: Any, plan: Any, token: str | None, schema: pa.Schema,
-               hashed: Iterable[str], mask_key: bytes | None) -> list[dict[str, Any]]:
+               masks: Mapping[str, Mask], mask_key: bytes | None) -> list[dict[str, Any]]:
     """One task per partition query; the source's password is resolved here, once."""
     source = connector.source
     secret = source.password()
     travelling = TaskSource(source.name, source.url, None, None, dict(source.options),
                             secret.reveal() if secret is not None else None)
-    hashed = sorted(hashed)
+    masks = {name: mask for name, mask in masks.items() if mask.applied_in_arrow}
     return [{"source": travelling, "batch_rows": connector.batch_rows, "sql": query.sql,
              "columns": plan.columns, "tables": plan.tables, "tag": plan.tag,
-             "token": token, "schema": storage_schema(schema), "hashed": hashed,
-             "mask_key": mask_key if hashed else None} for query in plan.queries]
+             "token": token, "schema": storage_schema(schema), "masks": masks,
+             "mask_key": mask_key if masks else None} for query in plan.queries]
 
 
 def at_least_one(batches: Iterable[pa.RecordBatch], schema: pa.Schema
@@ -72,17 +73,10 @@ def at_least_one(batches: Iterable[pa.RecordBatch], schema: pa.Schema
         yield pa.RecordBatch.from_pylist([], schema=schema)
 
 
-def mask_and_store(batch: pa.RecordBatch, stored: pa.Schema, hashed: frozenset[str],
+def mask_and_store(batch: pa.RecordBatch, stored: pa.Schema, masks: Mapping[str, Mask],
                    key: bytes | None) -> pa.RecordBatch:
-    """Apply the keyed-hash masks to ``hashed`` columns, then cast to the stored schema."""
-    if hashed:
-        from ldw.governance import hash_array
-
-        arrays = [hash_array(col, key) if field.name in hashed else col
-                  for col, field in zip(batch.columns, batch.schema, strict=True)]
-        fields = [field.with_type(pa.string()) if field.name in hashed else field
-                  for field in batch.schema]
-        batch = pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
+    """Apply the Arrow-side masks, then cast to the stored schema."""
+    batch = mask_batch(batch, masks, key)
     if batch.schema != stored:
         batch = batch.cast(stored)
     return batch
@@ -94,13 +88,12 @@ def read_partition(spec: dict[str, Any]) -> Iterator[Any]:
 
     connector = connector_for(spec["source"], batch_rows=spec["batch_rows"])
     plan = ReadPlan([SourceQuery(spec["sql"])], spec["columns"], spec["tables"], spec["tag"])
-    hashed = frozenset(spec["hashed"])
     node = ray.get_runtime_context().get_node_id()
     cancel = threading.Event()
     batches = connector.stream(plan, cancel, _TokenSnapshot(spec["token"]))
     try:
         for batch in batches:
-            batch = mask_and_store(batch, spec["schema"], hashed, spec["mask_key"])
+            batch = mask_and_store(batch, spec["schema"], spec["masks"], spec["mask_key"])
             payload = ipc_payload(batch)
             yield {"rows": batch.num_rows, "bytes": int(payload.nbytes), "node": node}
             yield payload
