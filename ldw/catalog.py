@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from ldw.audit import ZERO, Anchor, AuditReport, AuditSeal, printable
 from ldw.audit import verify as verify_audit
 from ldw.errors import ConfigError, UnknownDataset
-from ldw.trust import NOT_WRITABLE, create_private, private_dir
+from ldw.governance.trust import NOT_WRITABLE, create_private, private_dir
 
 __all__ = ["Catalog", "DatasetRow", "VersionRow"]
 

@@ -17,10 +17,10 @@ import sqlalchemy as sa
 
 from ldw.connectors import ColumnPlan, Connector, ReadPlan, SourceQuery
 from ldw.errors import ConfigError, InvalidMapping, UnknownTable
-from ldw.governance import EffectivePolicy
-from ldw.masks import Mask
+from ldw.governance.masks import Mask
+from ldw.governance.policies import EffectivePolicy
+from ldw.governance.resolve import govern_sql
 from ldw.predicates import parse_where
-from ldw.resolve import govern_sql
 from ldw.wire import decode_value, encode_value
 
 __all__ = ["Mapping", "MappedQuery", "mapping_from_json", "mapping_to_json", "parse_table_ref",

@@ -6,7 +6,8 @@ It is translated node by node into SQLAlchemy, so values become bound parameters
 come from the reflected schema; nothing the user typed is pasted into SQL.
 
 A mapping's ``sql`` is one read-only query made only of allow-listed syntax, functions and cast
-targets (:mod:`ldw.allowlist`); :mod:`ldw.resolve` then resolves the relations it reads.
+targets (:mod:`ldw.governance.allowlist`); :mod:`ldw.governance.resolve` then resolves the
+relations it reads.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 
-from ldw.allowlist import check_query_nodes
 from ldw.errors import InvalidMapping
+from ldw.governance.allowlist import check_query_nodes
 
 __all__ = ["ALLOWED_FUNCTIONS", "parse_query", "parse_where", "validate_select_sql",
            "sqlglot_dialect"]
@@ -245,7 +246,7 @@ def parse_where(text: str, columns: Mapping[str, sa.ColumnElement], *,
 
 def parse_query(sql: str, dialect: str | None) -> exp.Query:
     """``sql`` parsed in the sqlglot ``dialect`` as one query of allowed syntax, functions and
-    cast targets (see :mod:`ldw.allowlist`); InvalidMapping otherwise."""
+    cast targets (see :mod:`ldw.governance.allowlist`); InvalidMapping otherwise."""
     if not isinstance(sql, str) or not sql.strip():
         raise InvalidMapping("sql must be a non-empty SELECT statement")
     tree = _parse_one(sql, dialect, "sql")

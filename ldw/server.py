@@ -34,8 +34,8 @@ import pyarrow as pa
 from ldw.config import Settings
 from ldw.engine import Engine
 from ldw.errors import AccessDenied, ConfigError, InvalidMapping, LdwError, ServerUnavailable
+from ldw.governance.trust import NOT_WRITABLE, check_dir, create_private, private_dir
 from ldw.service import STREAM_OPS, Service
-from ldw.trust import NOT_WRITABLE, check_dir, create_private, private_dir
 from ldw.types import Progress
 from ldw.unix import socket_path
 from ldw.wire import MAX_REQUEST, STREAM_ERROR, encode_error, frame, progress_to_json

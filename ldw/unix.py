@@ -23,8 +23,8 @@ import pyarrow as pa
 
 from ldw.config import Settings, _user, server_env
 from ldw.errors import AccessDenied, ServerUnavailable
+from ldw.governance.trust import NOT_WRITABLE, check_dir, create_private, private_dir
 from ldw.storage import direct_reader, open_fd
-from ldw.trust import NOT_WRITABLE, check_dir, create_private, private_dir
 from ldw.types import Progress
 from ldw.wire import STREAM_ERROR, decode_error, final_result, frame
 

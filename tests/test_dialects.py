@@ -22,7 +22,7 @@ from sqlalchemy.dialects import postgresql
 import ldw
 from ldw.config import SourceConfig
 from ldw.errors import InvalidMapping, SourceError, SourceTimeout, SourceUnavailable
-from ldw.masks import HashMask, PartialMask, mask_batches, masked_schema
+from ldw.governance.masks import HashMask, PartialMask, mask_batches, masked_schema
 from ldw.planner import Mapping, plan_mapping
 
 SQLITE_ERROR = 1  # the result code of "no such table"

@@ -17,7 +17,7 @@ from ldw.connectors import Connector
 from ldw.engine.datasets import Datasets
 from ldw.engine.sources import Sources
 from ldw.errors import DatasetLost, LdwError, SourceUnavailable, UnknownDataset
-from ldw.governance import Governance
+from ldw.governance.policies import Governance
 from ldw.lifecycle import DatasetRecord, Lifecycle
 from ldw.planner import MappedQuery, narrow, read_plan, single_plan
 from ldw.query_log import QueryLog

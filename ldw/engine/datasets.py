@@ -16,9 +16,9 @@ from ldw.connectors.convert import target_schema
 from ldw.engine.checks import check_name, check_user, server_os_user
 from ldw.engine.sources import Sources
 from ldw.errors import AccessDenied, AccessRevoked, InvalidMapping, UnknownDataset
-from ldw.governance import Governance, combine_fingerprints
+from ldw.governance.masks import masked_schema
+from ldw.governance.policies import Governance, combine_fingerprints
 from ldw.lifecycle import DERIVED, DatasetRecord, Lifecycle
-from ldw.masks import masked_schema
 from ldw.planner import MappedQuery, Mapping, parse_table_ref
 from ldw.storage import storage_schema
 

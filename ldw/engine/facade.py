@@ -28,7 +28,7 @@ from ldw.connectors import Connector
 from ldw.engine.cache import Cache
 from ldw.engine.datasets import Datasets
 from ldw.engine.sources import Sources
-from ldw.governance import Governance
+from ldw.governance.policies import Governance
 from ldw.lifecycle import DatasetRecord, Lifecycle
 from ldw.planner import MappedQuery, PolicyLookup
 from ldw.query_log import QueryLog

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from ldw.config import Settings
 from ldw.connectors import Connector, connector_for
 from ldw.errors import AccessDenied
-from ldw.governance import Governance
+from ldw.governance.policies import Governance
 from ldw.planner import (
     MappedQuery,
     Mapping,

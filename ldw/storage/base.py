@@ -26,7 +26,7 @@ from ldw.errors import CapacityExceeded, InvalidMapping
 from ldw.types import Progress, Tier
 
 if TYPE_CHECKING:
-    from ldw.masks import Mask
+    from ldw.governance.masks import Mask
 
 __all__ = ["DISK", "MEMORY", "DirectReader", "MakeRoom", "MemoryBudget", "ProgressCallback",
            "Version", "VersionLost", "VersionStore", "new_version_id", "storage_schema"]

@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from ldw.errors import LdwError
+from ldw.governance.trust import DirLock, create_private, private_dir
 from ldw.storage.base import (
     DISK,
     MEMORY,
@@ -43,7 +44,6 @@ from ldw.storage.base import (
     new_version_id,
     storage_schema,
 )
-from ldw.trust import DirLock, create_private, private_dir
 from ldw.types import Progress
 
 __all__ = ["Store", "open_fd"]

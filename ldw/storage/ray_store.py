@@ -82,7 +82,7 @@ from ldw.storage.ray_tasks import at_least_one, mask_and_store, raise_error, tas
 from ldw.types import Progress
 
 if TYPE_CHECKING:
-    from ldw.masks import Mask
+    from ldw.governance.masks import Mask
 
 __all__ = ["RayStore"]
 

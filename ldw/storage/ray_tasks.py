@@ -18,7 +18,7 @@ import pyarrow as pa
 import ldw.errors as errors
 from ldw.config import SourceConfig
 from ldw.errors import LdwError
-from ldw.masks import Mask, mask_batch
+from ldw.governance.masks import Mask, mask_batch
 from ldw.secrets import Secret, redact
 from ldw.storage.base import storage_schema
 from ldw.storage.ray_common import ipc_payload, ray

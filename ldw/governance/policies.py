@@ -16,7 +16,7 @@ With no policy at all ldw runs open (a single user's warehouse). Once any policy
 table that no policy matches is denied, and every matching policy must allow one of the user's
 roles. The *effective policy* of a user on a table is what the planner compiles into the source
 SQL (row filters, limits, masks as SQL expressions) and, for masks the source cannot compute
-(``hash``), applies to fresh Arrow buffers before anything is stored (:mod:`ldw.masks`,
+(``hash``), applies to fresh Arrow buffers before anything is stored (:mod:`ldw.governance.masks`,
 through :meth:`Governance.mask_batches`). Its fingerprint keys the cached versions: two users
 see the same bytes only if their effective policies are equal.
 """
@@ -36,7 +36,7 @@ from typing import Any
 import pyarrow as pa
 
 from ldw.errors import AccessDenied, ConfigError
-from ldw.masks import MASKS, Mask, make_mask, mask_batches
+from ldw.governance.masks import MASKS, Mask, make_mask, mask_batches
 
 __all__ = ["ColumnMask", "EffectivePolicy", "Governance", "Mask", "Policy", "load_mask_key"]
 
@@ -185,8 +185,8 @@ class Governance:
 
     def mask_batches(self, batches: Iterable[pa.RecordBatch], masks: Mapping[str, Mask]
                      ) -> Iterator[pa.RecordBatch]:
-        """``batches`` with ``masks`` applied in Arrow (see :mod:`ldw.masks`); the mask key is
-        only loaded (or created) when one of them needs it."""
+        """``batches`` with ``masks`` applied in Arrow (see :mod:`ldw.governance.masks`); the
+        mask key is only loaded (or created) when one of them needs it."""
         needs_key = any(mask.applied_in_arrow for mask in masks.values())
         return mask_batches(batches, masks, self.mask_key if needs_key else None)
 

@@ -25,7 +25,7 @@ from sqlglot.optimizer.scope import traverse_scope
 
 from ldw.connectors import Connector
 from ldw.errors import InvalidMapping, PolicyViolation
-from ldw.governance import EffectivePolicy
+from ldw.governance.policies import EffectivePolicy
 from ldw.predicates import parse_query
 
 __all__ = ["GovernedSQL", "govern_sql"]
