@@ -37,6 +37,7 @@ from ldw.connectors.convert import target_schema
 from ldw.errors import (
     AccessDenied,
     AccessRevoked,
+    BadRequest,
     DatasetLost,
     InvalidMapping,
     LdwError,
@@ -883,3 +884,66 @@ class Engine:
         if self.ephemeral:
             for root in self.store.roots.values():
                 shutil.rmtree(root, ignore_errors=True)
+
+    # -- facade additions (protocol helper) -----------------------------------------------------
+    # What the service and the transports asked of the catalog, governance and store directly.
+    @property
+    def governed(self) -> bool:
+        """Whether policies are enforced (a [policies] or [users] table is configured)."""
+        return self.governance.enforced
+
+    def roles(self, user: str) -> set[str]:
+        return set(self.governance.roles(user))
+
+    def grants(self, owner: str, name: str) -> list[tuple[str, str]]:
+        """(kind, grantee) of every share of ``owner/name``."""
+        return self.catalog.grants(owner, name)
+
+    def append_audit(self, entry: dict[str, Any]) -> None:
+        self.catalog.append_audit(entry)
+
+    def audit_log(self, *, user: str | None, dataset: str | None,
+                  limit: int) -> list[dict[str, Any]]:
+        return self.catalog.audit(user=user, dataset=dataset, limit=limit)
+
+    def user_for_token_hash(self, digest: str) -> str | None:
+        return self.catalog.user_for_token_hash(digest)
+
+    def _configured_users(self) -> set[str]:
+        return set(self.settings.users) | {server_os_user()}
+
+    def add_user(self, name: str, roles: list[str]) -> str:
+        """A new token for ``name`` (shown once; see :mod:`ldw.users`)."""
+        from ldw import users
+
+        return users.add_user(self.catalog, self._configured_users(), name, roles,
+                              check=check_name)
+
+    def revoke_user(self, name: str) -> dict[str, Any]:
+        from ldw import users
+
+        return dict(users.revoke_user(self.catalog, self._configured_users(), name,
+                                      check=check_name))
+
+    def token_users(self) -> list[dict[str, Any]]:
+        from ldw import users
+
+        return [dict(row) for row in users.list_users(self.catalog)]
+
+    def attach_ticket(self, owner: str, name: str, progress: Callable | None
+                      ) -> tuple[Version, str | None]:
+        """A distributed store: the current version (cached if needed) and a single-use ticket
+        a client in the cluster redeems to map it from its node; no ticket (None) if the
+        version is on the server's disk (the client attaches through the server then)."""
+        store = self.store
+        if not store.distributed:
+            raise BadRequest("ray_attach needs backend = \"ray\"; this server's backend is "
+                             "\"local\" (use attach)")
+
+        def ticket_for(version: Version) -> str | None:
+            if version.tier != MEMORY:
+                return None
+            store.refs(version)  # VersionLost if its objects are gone: recomputed, retried
+            return store.ticket(version)
+
+        return self.open_with(ticket_for, owner, name, progress)

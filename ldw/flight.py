@@ -27,17 +27,19 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
 
 import pyarrow as pa
 import pyarrow.flight as fl
 
+from ldw import ops
 from ldw.errors import (
     AccessDenied,
+    BadRequest,
     CapacityExceeded,
     ConfigError,
-    InvalidMapping,
     LdwError,
     PolicyViolation,
     ServerUnavailable,
@@ -46,14 +48,18 @@ from ldw.errors import (
 from ldw.types import Progress
 from ldw.wire import (
     MAX_REQUEST,
-    decode_error,
     encode_error,
+    error_bytes,
+    error_from_bytes,
     final_result,
     progress_to_json,
 )
 
 if TYPE_CHECKING:
-    from ldw.server import Server
+    from ldw.config import Settings
+    from ldw.service import Service
+
+TokenLookup = Callable[[str], "str | None"]  # token SHA-256 (hex) -> its user, or None
 
 __all__ = ["FlightBackend", "FlightEndpoint"]
 
@@ -103,8 +109,10 @@ class _AuthFactory(fl.ServerMiddlewareFactory):
 
 
 def _flight_error(exc: BaseException) -> fl.FlightError:
-    """A typed Flight error for any exception: the JSON of the ldw error as message and
-    ``extra_info`` (type and message; never a traceback, a path or a secret).
+    """A typed Flight error for any exception. ``extra_info`` carries the ldw error (JSON:
+    its type and message, never a traceback, a path or a secret), which the client decodes
+    (:func:`ldw.wire.error_from_bytes`); the text says the same for a person or a plain
+    Flight client.
 
     AccessDenied and PolicyViolation are PERMISSION_DENIED (``FlightUnauthorizedError``),
     except a share that ended (``AccessRevoked``), which like every "not shared with you" is a
@@ -113,8 +121,9 @@ def _flight_error(exc: BaseException) -> fl.FlightError:
         return exc
     if not isinstance(exc, LdwError):
         log.error("Flight call failed", exc_info=exc)
-    detail = json.dumps(encode_error(exc))
-    extra = detail.encode()
+    extra = error_bytes(exc)
+    error = encode_error(exc)
+    detail = f"{error['type']}: {error['message']} (ldw error {extra.decode()})"
     if isinstance(exc, UnknownDataset):
         return fl.FlightServerError(detail, extra_info=extra)
     if isinstance(exc, AccessDenied | PolicyViolation):
@@ -125,7 +134,7 @@ def _flight_error(exc: BaseException) -> fl.FlightError:
 
 
 def _unsupported(what: str) -> fl.FlightError:
-    return _flight_error(InvalidMapping(
+    return _flight_error(BadRequest(
         f"ldw does not {what}; use the actions (list_actions) and their tickets"))
 
 
@@ -165,12 +174,13 @@ class FlightEndpoint(fl.FlightServerBase):
     is redeemed and before each batch.
     """
 
-    def __init__(self, server: Server) -> None:
-        settings = server.settings
-        parsed = urlparse(settings.listen)
-        tls = settings.tls_cert is not None
+    def __init__(self, service: Service, token_user: TokenLookup, *, listen: str,
+                 tls_cert: Path | None = None, tls_key: Path | None = None,
+                 max_tickets: int, max_streams: int) -> None:
+        parsed = urlparse(listen)
+        tls = tls_cert is not None
         if parsed.scheme not in ("grpc", "grpc+tcp", "grpc+tls") or not parsed.hostname:
-            raise ConfigError(f"listen = {settings.listen!r}: write grpc://HOST:PORT "
+            raise ConfigError(f"listen = {listen!r}: write grpc://HOST:PORT "
                               "(grpc+tls:// with tls_cert and tls_key)")
         if parsed.scheme == "grpc+tls" and not tls:
             raise ConfigError("listen uses grpc+tls:// but tls_cert/tls_key are not set")
@@ -180,21 +190,30 @@ class FlightEndpoint(fl.FlightServerBase):
         scheme = "grpc+tls" if tls else "grpc+tcp"
         certificates = []
         if tls:
-            certificates = [fl.CertKeyPair(settings.tls_cert.read_bytes(),
-                                           settings.tls_key.read_bytes())]
-        catalog = server.engine.catalog
+            if tls_key is None:
+                raise ConfigError("tls_cert is set but tls_key is not; set both")
+            certificates = [fl.CertKeyPair(tls_cert.read_bytes(), tls_key.read_bytes())]
         super().__init__(f"{scheme}://{parsed.hostname}:"
                          f"{8815 if parsed.port is None else parsed.port}",
                          tls_certificates=certificates,
-                         middleware={"auth": _AuthFactory(catalog.user_for_token_hash)})
-        self.owner = server
+                         middleware={"auth": _AuthFactory(token_user)})
+        self.service = service
+        self.token_user = token_user
         host = parsed.hostname
         self.address = f"{'grpc+tls' if tls else 'grpc'}://{host}:{self.port}"
-        self.max_tickets = settings.max_tickets_per_user
-        self.max_streams = settings.max_streams_per_user
+        self.max_tickets = max_tickets
+        self.max_streams = max_streams
         self._tickets: dict[bytes, _Ticket] = {}
         self._open: dict[str, int] = {}  # streams being read, per user
         self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, service: Service,
+                      token_user: TokenLookup) -> FlightEndpoint:
+        """The endpoint the ``[server]`` settings describe (listen, TLS, quotas)."""
+        return cls(service, token_user, listen=settings.listen, tls_cert=settings.tls_cert,
+                   tls_key=settings.tls_key, max_tickets=settings.max_tickets_per_user,
+                   max_streams=settings.max_streams_per_user)
 
     def _auth(self, context: fl.ServerCallContext) -> _Auth:
         middleware = context.get_middleware("auth")
@@ -244,10 +263,10 @@ class FlightEndpoint(fl.FlightServerBase):
         return [ticket.hex() for ticket in tickets]
 
     def _token_check(self, entry: _Ticket) -> Callable[[], None]:
-        catalog = self.owner.engine.catalog
+        token_user = self.token_user
 
         def check() -> None:
-            if catalog.user_for_token_hash(entry.token) != entry.user:
+            if token_user(entry.token) != entry.user:
                 raise AccessDenied("the token this stream was opened with was revoked or "
                                    "replaced; connect with the current token")
             entry.check()
@@ -265,34 +284,30 @@ class FlightEndpoint(fl.FlightServerBase):
     # -- Flight methods ------------------------------------------------------------------------
     @_typed_errors
     def list_actions(self, context: fl.ServerCallContext) -> list[tuple[str, str]]:
-        from ldw.service import OPS
-
-        actions = [(op, (getattr(fn, "__doc__", None) or op).strip().splitlines()[0])
-                   for op, fn in sorted(OPS.items())]
-        return actions + [("attach", "cache if needed; returns info and a do_get ticket"),
-                          ("scan", "read from the source with pushdown; returns a ticket"),
-                          ("sql", "SQL over my datasets; returns a ticket")]
+        tickets = {ops.Kind.JSON: "", ops.Kind.STREAM: " (returns a do_get ticket)",
+                   ops.Kind.ATTACH: " (returns the info and do_get tickets)"}
+        return [(name, ops.OPS[name].summary + tickets[ops.OPS[name].kind])
+                for name in ops.names()]
 
     @_typed_errors
     def do_action(self, context: fl.ServerCallContext, action: fl.Action) -> Iterator[bytes]:
         auth = self._auth(context)
         body = action.body.to_pybytes() if action.body is not None else b"{}"
         if len(body) > MAX_REQUEST:
-            raise InvalidMapping(f"request larger than {MAX_REQUEST} bytes")
+            raise BadRequest(f"request larger than {MAX_REQUEST} bytes")
         try:
             args = json.loads(body or b"{}")
             if not isinstance(args, dict):
                 raise ValueError
         except ValueError:
-            raise InvalidMapping("action body must be a JSON object") from None
+            raise BadRequest("action body must be a JSON object") from None
         return self._run_action(auth, action.type, args, context)
 
     def _run_action(self, auth: _Auth, op: str, args: dict[str, Any],
                     context: fl.ServerCallContext | None = None) -> Iterator[bytes]:
         """Run the operation in a worker, streaming its progress frames as they happen."""
-        from ldw.service import STREAM_OPS
-
-        service, user = self.owner.service, auth.user
+        service, user = self.service, auth.user
+        kind = ops.OPS[op].kind if op in ops.OPS else ops.Kind.JSON  # unknown: call() refuses
         events: queue.Queue = queue.Queue(maxsize=256)
 
         def progress(event: Progress) -> None:
@@ -300,9 +315,9 @@ class FlightEndpoint(fl.FlightServerBase):
 
         def work() -> None:
             try:
-                if op == "attach":
+                if kind == ops.Kind.ATTACH:
                     result = self._attach(auth, args, progress)
-                elif op in STREAM_OPS:
+                elif kind == ops.Kind.STREAM:
                     self._precheck(user)
                     watch = _CallWatch()  # a query stops when the call it serves is cancelled
                     with watch.during(context):
@@ -332,9 +347,9 @@ class FlightEndpoint(fl.FlightServerBase):
         streams = args.pop("streams", None)
         if streams is not None and (type(streams) is not int
                                     or not 1 <= streams <= MAX_STREAMS):
-            raise InvalidMapping(f"streams must be an integer from 1 to {MAX_STREAMS}")
+            raise BadRequest(f"streams must be an integer from 1 to {MAX_STREAMS}")
         self._precheck(auth.user)
-        service = self.owner.service
+        service = self.service
         info, table = service.attach_table(auth.user, args, progress)
         # a revoked share or role, a changed policy or a revoked user ends every stream
         check = service.stream_check(auth.user, "attach",
@@ -652,19 +667,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _decode_flight_error(exc: fl.FlightError) -> LdwError:
-    extra = getattr(exc, "extra_info", None)
-    if extra:
-        try:
-            data = json.loads(extra)
-            if isinstance(data, dict):
-                return decode_error(data)
-        except ValueError:
-            pass
-    text = str(exc)
-    start = text.find("{")
-    if start >= 0:
-        try:
-            return decode_error(json.JSONDecoder().raw_decode(text[start:])[0])
-        except ValueError:
-            pass
-    return LdwError(f"ldw server error: {_first_line(exc)}")
+    """The ldw error a Flight error carries in ``extra_info``; one that carries none (not
+    from an ldw server, or from gRPC itself) becomes a plain LdwError with its first line."""
+    return error_from_bytes(getattr(exc, "extra_info", None)) or \
+        LdwError(f"ldw server error: {_first_line(exc)}")
