@@ -16,6 +16,7 @@ from typing import Any
 import polars as pl
 
 import ldw
+from ldw.types import DatasetInfo
 
 __all__ = ["Details", "Listing", "dataset_html", "dataset_text", "one_line", "register",
            "unregister"]
@@ -124,14 +125,14 @@ def _plain(value: Any) -> Any:
 
 # -- datasets ---------------------------------------------------------------------------------
 
-def _safe_info(ds: ldw.Dataset) -> tuple[dict[str, Any] | None, str | None]:
+def _safe_info(ds: ldw.Dataset) -> tuple[DatasetInfo | None, str | None]:
     try:
         return ds.info(), None
     except ldw.LdwError as exc:
         return None, str(exc)
 
 
-def _column_rows(ds: ldw.Dataset, info: dict[str, Any]) -> list[dict[str, Any]]:
+def _column_rows(ds: ldw.Dataset, info: DatasetInfo) -> list[dict[str, Any]]:
     rows = [dict(r) for r in info.get("columns") or []]
     if not rows:
         rows = [{"name": f.name, "arrow_type": str(f.type), "nullable": f.nullable}
@@ -143,7 +144,7 @@ def _column_rows(ds: ldw.Dataset, info: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def _flags(info: dict[str, Any]) -> list[str]:
+def _flags(info: DatasetInfo) -> list[str]:
     flags = []
     if info.get("pinned"):
         flags.append("pinned")
@@ -160,7 +161,7 @@ def _flags(info: dict[str, Any]) -> list[str]:
     return flags
 
 
-def _summary(info: dict[str, Any]) -> list[str]:
+def _summary(info: DatasetInfo) -> list[str]:
     parts = [str(info.get("mapping") or "")]
     if info.get("owner"):
         parts.append(f"owner {info['owner']}")

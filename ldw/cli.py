@@ -25,6 +25,7 @@ from typing import Any
 from ldw.audit import printable
 from ldw.config import Settings, load_settings
 from ldw.errors import AccessDenied, LdwError, ServerUnavailable
+from ldw.types import ServerStatus
 
 __all__ = ["main"]
 
@@ -88,7 +89,7 @@ def cmd_server_status(args: argparse.Namespace) -> int:
 
     settings, _ = _settings(args)
     try:
-        status = LocalBackend.connect(settings, autostart=False).call("status")
+        status: ServerStatus = LocalBackend.connect(settings, autostart=False).call("status")
     except ServerUnavailable as exc:
         print(f"not running: {exc}")
         return 1

@@ -45,7 +45,7 @@ from ldw.errors import (
     ServerUnavailable,
     UnknownDataset,
 )
-from ldw.types import Progress
+from ldw.types import AttachInfo, Progress
 from ldw.wire import (
     MAX_REQUEST,
     encode_error,
@@ -588,7 +588,7 @@ class FlightBackend:
 
     def attach(self, ref: dict[str, Any], *,
                progress: Callable[[Progress], None] | None = None
-               ) -> tuple[dict[str, Any], pa.Table]:
+               ) -> tuple[AttachInfo, pa.Table]:
         args = dict(ref, streams=self.streams) if self.streams > 1 else dict(ref)
         info = self.call("attach", args, progress=progress)
         tickets = info.pop("tickets", None) or [info.pop("ticket")]

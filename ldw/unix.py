@@ -27,7 +27,7 @@ from ldw.config import Settings, _user, server_env
 from ldw.errors import AccessDenied, ConfigError, ServerUnavailable
 from ldw.store import open_fd
 from ldw.trust import NOT_WRITABLE, check_dir, create_private, private_dir
-from ldw.types import Progress
+from ldw.types import AttachInfo, Progress, ServerStatus
 from ldw.wire import STREAM_ERROR, error_from_bytes, final_result, frame
 
 __all__ = ["LocalBackend", "pid_path", "running_pid", "socket_path", "start_server",
@@ -184,7 +184,7 @@ class LocalBackend:
         if ray is None or not ray.is_initialized():
             return False
         if self._ray_address is None:
-            status = self.call("status")
+            status: ServerStatus = self.call("status")
             self._ray_address = status.get("ray_address") or ""
         return bool(self._ray_address) and \
             ray.get_runtime_context().gcs_address == self._ray_address
@@ -229,7 +229,7 @@ class LocalBackend:
             conn.close()
 
     def attach(self, ref: dict[str, Any], *, progress: ProgressCallback | None = None
-               ) -> tuple[dict[str, Any], pa.Table]:
+               ) -> tuple[AttachInfo, pa.Table]:
         if self._in_servers_ray_cluster():
             info = self.call("ray_attach", dict(ref), progress=progress)
             if info.get("ticket") is not None:  # else spilled to the server's disk: see below
