@@ -359,7 +359,7 @@ def connect(url: str | None = None, *, in_process: bool = False, token: str | No
             from ldw.errors import ConfigError
 
             raise ConfigError("in_process=True runs the engine here; it takes no URL")
-        from ldw.flight import FlightBackend
+        from ldw.flight_client import FlightBackend
 
         return Warehouse(FlightBackend(url, token=token, tls_root_certs=tls_root_certs),
                          progress=progress)

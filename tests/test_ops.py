@@ -49,7 +49,8 @@ def test_an_error_detail_round_trips_outside_a_frame():
 
 
 def test_a_flight_error_carries_its_detail_in_extra_info():
-    from ldw.flight import _decode_flight_error, _flight_error
+    from ldw.flight import _flight_error
+    from ldw.flight_client import _decode_flight_error
 
     error = _flight_error(AccessDenied("only alice can share alice/x"))
     assert isinstance(error, fl.FlightUnauthorizedError)
