@@ -302,9 +302,9 @@ class Warehouse:
         """A handle to a dataset another user shared with me: ``"alice/orders"``."""
         owner, _, name = ref.rpartition("/") if isinstance(ref, str) else ("", "", "")
         if not owner or not name:
-            from ldw.errors import InvalidMapping
+            from ldw.errors import BadRequest
 
-            raise InvalidMapping(f"attach takes OWNER/NAME, e.g. \"alice/orders\", not {ref!r}")
+            raise BadRequest(f"attach takes OWNER/NAME, e.g. \"alice/orders\", not {ref!r}")
         dataset = Dataset(self, name, owner=owner)
         dataset.info()
         return dataset

@@ -118,6 +118,6 @@ def decode_value(value: Any) -> Any:
             try:
                 return kinds[tag](text)
             except (ValueError, ArithmeticError):
-                raise errors.InvalidMapping(f"parameter value {text!r} is not a valid "
+                raise errors.BadRequest(f"parameter value {text!r} is not a valid "
                                             f"{tag[1:]}") from None
     return value
