@@ -889,7 +889,7 @@ class Engine:
     # What the service and the transports asked of the catalog, governance and store directly.
     @property
     def governed(self) -> bool:
-        """Whether policies are enforced (a [policies] or [users] table is configured)."""
+        """Whether any governance policy is configured (and so enforced)."""
         return self.governance.enforced
 
     def roles(self, user: str) -> set[str]:

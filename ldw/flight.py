@@ -304,7 +304,7 @@ class FlightEndpoint(fl.FlightServerBase):
                     context: fl.ServerCallContext | None = None) -> Iterator[bytes]:
         """Run the operation in a worker, streaming its progress frames as they happen."""
         service, user = self.service, auth.user
-        kind = ops.OPS[op].kind if op in ops.OPS else ops.Kind.JSON  # unknown: call() refuses
+        kind = ops.kind_of(op)
         events: queue.Queue = queue.Queue(maxsize=256)
 
         def progress(event: Progress) -> None:

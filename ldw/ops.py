@@ -21,7 +21,7 @@ from typing import Any, TypedDict
 
 from ldw.errors import BadRequest
 
-__all__ = ["OPS", "Kind", "Op", "checked_request", "names", "op"]
+__all__ = ["OPS", "Kind", "Op", "checked_request", "kind_of", "names", "op"]
 
 
 class Kind(StrEnum):
@@ -177,6 +177,12 @@ OPS: dict[str, Op] = {o.name: o for o in (
     op("preview", PreviewArgs, "the first rows of a source table as my policy shows them",
        Kind.STREAM, "stream_preview"),
 )}
+
+
+def kind_of(name: str) -> Kind:
+    """How a transport answers ``name``; an unknown name is JSON (the service refuses it)."""
+    spec = OPS.get(name)
+    return spec.kind if spec is not None else Kind.JSON
 
 
 def names(kind: Kind | None = None) -> list[str]:

@@ -121,7 +121,7 @@ class _UnixHandler(socketserver.BaseRequestHandler):
         def progress(event: Progress) -> None:
             sock.sendall(frame({"progress": progress_to_json(event)}))  # raises if gone
 
-        kind = ops.OPS[op].kind if op in ops.OPS else ops.Kind.JSON  # unknown: call() refuses
+        kind = ops.kind_of(op)
         if kind == ops.Kind.ATTACH:
             info, fd = service.attach(user, args, progress)
             try:
