@@ -19,7 +19,8 @@ from typing import Any
 import ipywidgets as widgets  # the extension may import ipywidgets
 import polars as pl
 
-import ldw
+from ldw.client import Warehouse
+from ldw.errors import InvalidMapping, LdwError
 
 from .display import esc, format_bytes, format_count, frame_html, one_line, table_html
 from .progress import ProgressReporter
@@ -43,7 +44,7 @@ class Browser:
     #: the dataset the preview maps (no rows move: the preview is a LIMIT query on the source)
     PREVIEW_DATASET = "_ldw_preview"
 
-    def __init__(self, warehouse: ldw.Warehouse, *, namespace: dict[str, Any] | None = None,
+    def __init__(self, warehouse: Warehouse, *, namespace: dict[str, Any] | None = None,
                  progress: ProgressReporter | None = None, preview_rows: int = 10) -> None:
         self.warehouse = warehouse
         self.namespace: dict[str, Any] = {} if namespace is None else namespace
@@ -117,7 +118,7 @@ class Browser:
         """Run a widget action: ldw errors become one red line, never a lost traceback."""
         try:
             yield
-        except ldw.LdwError as exc:
+        except LdwError as exc:
             self._say(f"{what}: {type(exc).__name__}: {exc}", error=True)
         except KeyboardInterrupt:
             self._say(f"{what}: interrupted", error=True)
@@ -184,7 +185,7 @@ class Browser:
             return None
         parts = [source, schema, table] if schema else [source, table]
         if any("." in p for p in parts):
-            raise ldw.InvalidMapping(
+            raise InvalidMapping(
                 f"{'/'.join(parts)}: names containing '.' cannot be referenced yet")
         return ".".join(parts)
 

@@ -15,7 +15,9 @@ from typing import Any
 
 import polars as pl
 
-import ldw
+from ldw.client import Dataset
+from ldw.errors import LdwError
+from ldw.types import DatasetInfo
 
 __all__ = ["Details", "Listing", "dataset_html", "dataset_text", "one_line", "register",
            "unregister"]
@@ -124,14 +126,14 @@ def _plain(value: Any) -> Any:
 
 # -- datasets ---------------------------------------------------------------------------------
 
-def _safe_info(ds: ldw.Dataset) -> tuple[dict[str, Any] | None, str | None]:
+def _safe_info(ds: Dataset) -> tuple[DatasetInfo | None, str | None]:
     try:
         return ds.info(), None
-    except ldw.LdwError as exc:
+    except LdwError as exc:
         return None, str(exc)
 
 
-def _column_rows(ds: ldw.Dataset, info: dict[str, Any]) -> list[dict[str, Any]]:
+def _column_rows(ds: Dataset, info: DatasetInfo) -> list[dict[str, Any]]:
     rows = [dict(r) for r in info.get("columns") or []]
     if not rows:
         rows = [{"name": f.name, "arrow_type": str(f.type), "nullable": f.nullable}
@@ -143,7 +145,7 @@ def _column_rows(ds: ldw.Dataset, info: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def _flags(info: dict[str, Any]) -> list[str]:
+def _flags(info: DatasetInfo) -> list[str]:
     flags = []
     if info.get("pinned"):
         flags.append("pinned")
@@ -160,7 +162,7 @@ def _flags(info: dict[str, Any]) -> list[str]:
     return flags
 
 
-def _summary(info: dict[str, Any]) -> list[str]:
+def _summary(info: DatasetInfo) -> list[str]:
     parts = [str(info.get("mapping") or "")]
     if info.get("owner"):
         parts.append(f"owner {info['owner']}")
@@ -175,7 +177,7 @@ def _summary(info: dict[str, Any]) -> list[str]:
     return [p for p in parts if p]
 
 
-def dataset_html(ds: ldw.Dataset) -> str:
+def dataset_html(ds: Dataset) -> str:
     """HTML for a Dataset: name, state, flags, size, version, schema with type notes."""
     info, error = _safe_info(ds)
     if info is None:
@@ -204,7 +206,7 @@ def dataset_html(ds: ldw.Dataset) -> str:
     )
 
 
-def dataset_text(ds: ldw.Dataset) -> str:
+def dataset_text(ds: Dataset) -> str:
     """Plain text for a Dataset: a header line, then one line per column."""
     info, error = _safe_info(ds)
     if info is None:
@@ -223,7 +225,7 @@ def dataset_text(ds: ldw.Dataset) -> str:
     return "\n".join(lines)
 
 
-def _dataset_pretty(ds: ldw.Dataset, printer: Any, cycle: bool) -> None:
+def _dataset_pretty(ds: Dataset, printer: Any, cycle: bool) -> None:
     printer.text(dataset_text(ds))
 
 
@@ -318,11 +320,11 @@ class Details:
 def register(shell: Any) -> None:
     """Install the Dataset formatters on ``shell`` (idempotent)."""
     formatters = shell.display_formatter.formatters
-    formatters["text/html"].for_type(ldw.Dataset, dataset_html)
-    formatters["text/plain"].for_type(ldw.Dataset, _dataset_pretty)
+    formatters["text/html"].for_type(Dataset, dataset_html)
+    formatters["text/plain"].for_type(Dataset, _dataset_pretty)
 
 
 def unregister(shell: Any) -> None:
     formatters = shell.display_formatter.formatters
     for mime in ("text/html", "text/plain"):
-        formatters[mime].pop(ldw.Dataset, None)
+        formatters[mime].pop(Dataset, None)

@@ -19,7 +19,8 @@ from IPython.core.magic import (
     no_var_expand,
 )
 
-import ldw
+from ldw.client import Dataset, Warehouse
+from ldw.errors import LdwError
 
 from .display import one_line
 from .progress import ProgressReporter
@@ -35,7 +36,7 @@ class LdwMagics(Magics):
     def __init__(self, shell: Any) -> None:
         super().__init__(shell)
         self.progress = ProgressReporter()
-        self._warehouse: ldw.Warehouse | None = None
+        self._warehouse: Warehouse | None = None
         self._owned = False
 
     # -- the session the verbs work with -------------------------------------------------------
@@ -44,13 +45,13 @@ class LdwMagics(Magics):
         return self.shell.user_ns
 
     @property
-    def warehouse(self) -> ldw.Warehouse:
+    def warehouse(self) -> Warehouse:
         if self._warehouse is None:
             raise UsageError("%ldw: not connected; run %ldw connect first (e.g. "
                              "%ldw connect --in-process --config ldw.toml)")
         return self._warehouse
 
-    def set_warehouse(self, warehouse: ldw.Warehouse, *, owned: bool) -> None:
+    def set_warehouse(self, warehouse: Warehouse, *, owned: bool) -> None:
         """Use ``warehouse`` from now on; close the previous one if these magics opened it."""
         if self._warehouse is not None and self._owned and self._warehouse is not warehouse:
             self._warehouse.close()
@@ -64,7 +65,7 @@ class LdwMagics(Magics):
     def bind(self, name: str, value: Any) -> None:
         self.shell.push({name: value})
 
-    def materialize(self, dataset: ldw.Dataset, how: str) -> ldw.Dataset:
+    def materialize(self, dataset: Dataset, how: str) -> Dataset:
         """``cache`` or ``refresh`` with the progress display."""
         with self.progress.watching(dataset.name):
             getattr(dataset, how)(progress=self.progress)
@@ -112,7 +113,7 @@ class LdwMagics(Magics):
             cell = cell.strip()
         try:
             return verb.run(self, args, cell if verb.cell != "no" else None)
-        except ldw.LdwError as exc:
+        except LdwError as exc:
             raise UsageError(f"%ldw {name}: {type(exc).__name__}: {exc}") from None
         except KeyboardInterrupt:
             detail = ("; the source query was cancelled and no partial version was kept"

@@ -15,14 +15,14 @@ import time
 from collections.abc import Iterator
 from typing import Any, TextIO
 
-import ldw
+from ldw.types import Progress
 
 from .display import esc, format_bytes, format_count
 
 __all__ = ["ProgressReporter"]
 
 
-def _line(p: ldw.Progress) -> str:
+def _line(p: Progress) -> str:
     rate = p.bytes / 1e6 / p.seconds if p.seconds > 0 else 0.0
     part = getattr(p, "partition", None)
     where = f"{p.dataset}" + (f" [partition {part}]" if part is not None else "")
@@ -31,7 +31,7 @@ def _line(p: ldw.Progress) -> str:
             f"{rate:.1f} MB/s · {p.seconds:.1f} s")
 
 
-def _total(p: ldw.Progress) -> int | None:
+def _total(p: Progress) -> int | None:
     total = getattr(p, "total_rows", None)  # an estimate, if the engine knows one
     return total if isinstance(total, int) and total > 0 else None
 
@@ -55,7 +55,7 @@ class _WidgetDisplay:
             self.box.children = (*self.box.children, self.rows[key])
         return self.rows[key]
 
-    def update(self, key: Any, p: ldw.Progress) -> None:
+    def update(self, key: Any, p: Progress) -> None:
         total = _total(p)
         if p.done:
             bar = '<progress value="1" max="1"></progress>'
@@ -89,7 +89,7 @@ class _TextDisplay:
             self.stream.write(text + "\n")
         self.stream.flush()
 
-    def update(self, key: Any, p: ldw.Progress) -> None:
+    def update(self, key: Any, p: Progress) -> None:
         self._write(_line(p), final=p.done)
 
     def fail(self, message: str) -> None:
@@ -110,7 +110,7 @@ class ProgressReporter:
         self.stream = stream
         self.min_interval = min_interval
         # dataset -> (its display, the last report per partition, when it was last rendered)
-        self._open: dict[str, tuple[Any, dict[Any, ldw.Progress], float]] = {}
+        self._open: dict[str, tuple[Any, dict[Any, Progress], float]] = {}
         self.last_display: _WidgetDisplay | _TextDisplay | None = None  # the newest, to inspect
 
     def _use_widgets(self) -> bool:
@@ -134,7 +134,7 @@ class ProgressReporter:
             self.last_display = _TextDisplay(self.stream or sys.stdout)
         return self.last_display
 
-    def __call__(self, p: ldw.Progress) -> None:
+    def __call__(self, p: Progress) -> None:
         now = time.monotonic()
         key = getattr(p, "partition", None)  # None: the whole dataset
         current = self._open.get(p.dataset)

@@ -1,6 +1,6 @@
 """The ``%ldw`` verbs: one argument parser and one small function per verb, routed from ``VERBS``.
 
-Each function receives the session (:class:`ldw.extension.magics.LdwMagics`), the parsed
+Each function receives the session (:class:`.session.Session`: the magics), the parsed
 arguments and the cell body (``None`` for the line magic), calls the public ldw API and returns
 what the cell should display. Failures a user can cause raise ``UsageError`` with one line.
 """
@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError  # the extension may import IPython
 
-import ldw
+from ldw.client import Dataset, Warehouse, connect
 
 from .display import Details, Listing
 
 if TYPE_CHECKING:
-    from .magics import LdwMagics
+    from .session import Session
 
 __all__ = ["VERBS", "HelpShown", "Verb", "find_parameters", "overview", "split_line"]
 
@@ -52,7 +52,7 @@ class Verb:
     name: str
     summary: str
     arguments: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[LdwMagics, argparse.Namespace, str | None], Any]
+    run: Callable[[Session, argparse.Namespace, str | None], Any]
     cell: str = "no"  # "no": line only; "optional": line or cell; "required": cell only
     materializes: bool = False
 
@@ -120,7 +120,7 @@ def find_parameters(text: str) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def _bind_parameters(magics: LdwMagics, api: Callable[..., Any], text: str | None,
+def _bind_parameters(magics: Session, api: Callable[..., Any], text: str | None,
                      kwargs: dict[str, Any], where: str) -> None:
     """Python values reach a query only as bound parameters, never as text."""
     names = find_parameters(text or "")
@@ -159,14 +159,14 @@ def _connect_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--as", dest="as_", metavar="VAR", help="also bind the Warehouse to VAR")
 
 
-def _connect(magics: LdwMagics, args: argparse.Namespace, cell: str | None) -> None:
+def _connect(magics: Session, args: argparse.Namespace, cell: str | None) -> None:
     if args.as_:
         check_variable(args.as_, "--as")
     if args.use:
         if args.url or args.token or args.in_process or args.config:
             raise UsageError("%ldw connect: --use takes no URL, --token, --in-process or --config")
         warehouse = magics.namespace.get(args.use)
-        if not isinstance(warehouse, ldw.Warehouse):
+        if not isinstance(warehouse, Warehouse):
             raise UsageError(f"%ldw connect: {args.use!r} is not an ldw.Warehouse")
         magics.set_warehouse(warehouse, owned=False)
     else:
@@ -175,7 +175,7 @@ def _connect(magics: LdwMagics, args: argparse.Namespace, cell: str | None) -> N
             options["config"] = args.config
         if args.token:
             options["token"] = args.token
-        warehouse = ldw.connect(args.url, **options)
+        warehouse = connect(args.url, **options)
         magics.set_warehouse(warehouse, owned=True)
     if args.as_:
         magics.bind(args.as_, warehouse)
@@ -188,7 +188,7 @@ def _no_args(p: argparse.ArgumentParser) -> None:
     pass
 
 
-def _sources(magics: LdwMagics, args: argparse.Namespace, cell: str | None) -> Listing:
+def _sources(magics: Session, args: argparse.Namespace, cell: str | None) -> Listing:
     return Listing("sources", magics.warehouse.sources())
 
 
@@ -196,7 +196,7 @@ def _tables_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("where", metavar="SOURCE[.SCHEMA]", help="e.g. dwh or dwh.sales")
 
 
-def _tables(magics: LdwMagics, args: argparse.Namespace, cell: str | None) -> Listing:
+def _tables(magics: Session, args: argparse.Namespace, cell: str | None) -> Listing:
     source, _, schema = args.where.partition(".")
     if not source:
         raise UsageError("%ldw tables: name a source, e.g. %ldw tables dwh.sales")
@@ -208,7 +208,7 @@ def _describe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("table", metavar="SOURCE.SCHEMA.TABLE")
 
 
-def _describe(magics: LdwMagics, args: argparse.Namespace, cell: str | None) -> Listing:
+def _describe(magics: Session, args: argparse.Namespace, cell: str | None) -> Listing:
     return Listing(f"columns of {args.table}", magics.warehouse.describe(args.table))
 
 
@@ -233,7 +233,7 @@ def _map_args(p: argparse.ArgumentParser) -> None:
 _MAP_EXAMPLE = "e.g. %ldw map orders = dwh.sales.orders"
 
 
-def _map(magics: LdwMagics, args: argparse.Namespace, cell: str | None) -> ldw.Dataset:
+def _map(magics: Session, args: argparse.Namespace, cell: str | None) -> Dataset:
     name = check_variable(args.name, "dataset name")
     wh = magics.warehouse
     kwargs: dict[str, Any] = {}
@@ -274,33 +274,33 @@ def _name_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", metavar="NAME", help="dataset name")
 
 
-def _ls(magics: LdwMagics, args: argparse.Namespace, cell: str | None) -> Listing:
+def _ls(magics: Session, args: argparse.Namespace, cell: str | None) -> Listing:
     return Listing("datasets", magics.warehouse.datasets())
 
 
-def _info(magics: LdwMagics, args: argparse.Namespace, cell: str | None) -> Details:
+def _info(magics: Session, args: argparse.Namespace, cell: str | None) -> Details:
     return Details(f"dataset {args.name}", magics.warehouse.dataset(args.name).info())
 
 
-def _cache(magics: LdwMagics, args: argparse.Namespace, cell: str | None) -> ldw.Dataset:
+def _cache(magics: Session, args: argparse.Namespace, cell: str | None) -> Dataset:
     return magics.materialize(magics.warehouse.dataset(args.name), "cache")
 
 
-def _refresh(magics: LdwMagics, args: argparse.Namespace, cell: str | None) -> ldw.Dataset:
+def _refresh(magics: Session, args: argparse.Namespace, cell: str | None) -> Dataset:
     return magics.materialize(magics.warehouse.dataset(args.name), "refresh")
 
 
-def _evict(magics: LdwMagics, args: argparse.Namespace, cell: str | None) -> ldw.Dataset:
+def _evict(magics: Session, args: argparse.Namespace, cell: str | None) -> Dataset:
     dataset = magics.warehouse.dataset(args.name)
     dataset.evict()
     return dataset
 
 
-def _status(magics: LdwMagics, args: argparse.Namespace, cell: str | None) -> Details:
+def _status(magics: Session, args: argparse.Namespace, cell: str | None) -> Details:
     return Details("ldw status", magics.warehouse.status())
 
 
-def _browse(magics: LdwMagics, args: argparse.Namespace, cell: str | None) -> Any:
+def _browse(magics: Session, args: argparse.Namespace, cell: str | None) -> Any:
     from .browser import Browser
 
     return Browser(magics.warehouse, namespace=magics.namespace, progress=magics.progress)
@@ -313,7 +313,7 @@ def _share_args(p: argparse.ArgumentParser) -> None:
     who.add_argument("--role", metavar="ROLE", help="role to share with")
 
 
-def _share(magics: LdwMagics, args: argparse.Namespace, cell: str | None) -> None:
+def _share(magics: Session, args: argparse.Namespace, cell: str | None) -> None:
     dataset = magics.warehouse.dataset(args.name)
     share = _require(dataset, "share", "sharing")
     if args.user:
@@ -329,7 +329,7 @@ def _attach_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--as", dest="as_", metavar="VAR", help="variable to bind (default: NAME)")
 
 
-def _attach(magics: LdwMagics, args: argparse.Namespace, cell: str | None) -> Any:
+def _attach(magics: Session, args: argparse.Namespace, cell: str | None) -> Any:
     owner, slash, name = args.ref.rpartition("/")
     if not slash or not owner or not name:
         raise UsageError(f"%ldw attach: {args.ref!r} must be OWNER/NAME, e.g. alice/orders")
@@ -347,7 +347,7 @@ def _export_args(p: argparse.ArgumentParser) -> None:
                    help="Hive-style partition columns (repeatable)")
 
 
-def _export(magics: LdwMagics, args: argparse.Namespace, cell: str | None) -> Any:
+def _export(magics: Session, args: argparse.Namespace, cell: str | None) -> Any:
     dataset = magics.warehouse.dataset(args.name)
     export = _require(dataset, "export", "export")
     columns = [c for group in args.partition_by or [] for c in group]
@@ -360,7 +360,7 @@ def _audit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--last", type=_positive_int, metavar="N", help="newest N records")
 
 
-def _audit(magics: LdwMagics, args: argparse.Namespace, cell: str | None) -> Listing:
+def _audit(magics: Session, args: argparse.Namespace, cell: str | None) -> Listing:
     audit = _require(magics.warehouse, "audit", "the audit log")
     options = {"user": args.user, "dataset": args.dataset, "limit": args.last}
     return Listing("audit", audit(**{k: v for k, v in options.items() if v is not None}))
@@ -370,7 +370,7 @@ def _sql_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--out", metavar="NAME", help="also bind the result to NAME")
 
 
-def _sql(magics: LdwMagics, args: argparse.Namespace, cell: str | None) -> Any:
+def _sql(magics: Session, args: argparse.Namespace, cell: str | None) -> Any:
     if args.out:
         check_variable(args.out, "-o")
     if not (cell or "").strip():

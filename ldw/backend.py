@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import pyarrow as pa
 
-from ldw.types import Progress
+from ldw.types import AttachInfo, Progress
 
 if TYPE_CHECKING:
     from ldw.engine import Engine
@@ -32,7 +32,7 @@ class Backend(Protocol):
              progress: ProgressCallback | None = None) -> Any: ...
 
     def attach(self, ref: dict[str, Any], *, progress: ProgressCallback | None = None
-               ) -> tuple[dict[str, Any], pa.Table]: ...
+               ) -> tuple[AttachInfo, pa.Table]: ...
 
     def stream(self, op: str, args: dict[str, Any]) -> pa.RecordBatchReader: ...
 
@@ -57,7 +57,7 @@ class InProcessBackend:
         return self.service.call(self.user, op, dict(args or {}), progress)
 
     def attach(self, ref: dict[str, Any], *, progress: ProgressCallback | None = None
-               ) -> tuple[dict[str, Any], pa.Table]:
+               ) -> tuple[AttachInfo, pa.Table]:
         return self.service.attach_table(self.user, dict(ref), progress)
 
     def stream(self, op: str, args: dict[str, Any]) -> pa.RecordBatchReader:

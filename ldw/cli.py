@@ -4,6 +4,9 @@
     ldw server stop | ldw server status
     ldw user add NAME [--role R]...   prints a new token once; only its hash is stored
     ldw user revoke NAME              every later call, ticket and stream of NAME is refused
+    ldw user list                     users holding a token, with their roles
+    (user commands go through the local server, which checks and audits them; started if
+    none runs)
     ldw audit [--user U] [--dataset OWNER/NAME] [--last N] [--verify]
     ldw export NAME PATH [--partition-by COL]... | ldw verify PATH
     ldw demo [--scale 0.1] [--keep]   TPC-H in SQLite -> cache -> attach, SQL, export
@@ -15,15 +18,14 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from ldw.audit import printable
 from ldw.config import Settings, load_settings
-from ldw.errors import LdwError, ServerUnavailable
+from ldw.errors import AccessDenied, LdwError, ServerUnavailable
+from ldw.types import ServerStatus
 
 __all__ = ["main"]
 
@@ -66,52 +68,19 @@ def cmd_server_start(args: argparse.Namespace) -> int:
     return 0
 
 
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` still exists and has not exited (a zombie has)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rpartition(")")[2].split()[0] != "Z"
-
-
 def cmd_server_stop(args: argparse.Namespace) -> int:
+    from ldw.unix import stop_server
+
     settings, _ = _settings(args)
-    pid = _server_pid(settings)
-    if pid is None:
-        print("no ldw server running")
-        return 0
-    from ldw.unix import LocalBackend, socket_path
-
-    # the pid file alone is no proof: only the process serving our socket is stopped
     try:
-        serving = LocalBackend(socket_path(settings)).server_pid()
-    except ServerUnavailable as exc:
-        serving, reason = None, str(exc)
-    else:
-        reason = f"the process serving {socket_path(settings)} is pid {serving}"
-    if serving != pid:
-        print(f"ldw: not stopping pid {pid}: it is not the ldw server of "
-              f"{settings.state_dir} ({reason}); nothing was killed", file=sys.stderr)
+        pid = stop_server(settings)
+    except AccessDenied as exc:  # the pid file names a process that is not our server
+        print(f"ldw: {exc}", file=sys.stderr)
         return 2
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 30
-
-    def running() -> bool:  # the pid file goes first; the process may still be closing
-        return _server_pid(settings) == pid or _alive(pid)
-
-    while time.monotonic() < deadline and running():
-        time.sleep(0.05)
-    if running():
-        print(f"ldw server (pid {pid}) did not stop within 30s", file=sys.stderr)
+    except ServerUnavailable as exc:  # it did not stop in time
+        print(exc, file=sys.stderr)
         return 1
-    print(f"ldw server (pid {pid}) stopped")
+    print("no ldw server running" if pid is None else f"ldw server (pid {pid}) stopped")
     return 0
 
 
@@ -120,7 +89,7 @@ def cmd_server_status(args: argparse.Namespace) -> int:
 
     settings, _ = _settings(args)
     try:
-        status = LocalBackend.connect(settings, autostart=False).call("status")
+        status: ServerStatus = LocalBackend.connect(settings, autostart=False).call("status")
     except ServerUnavailable as exc:
         print(f"not running: {exc}")
         return 1
@@ -139,43 +108,36 @@ def cmd_server_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_user_add(args: argparse.Namespace) -> int:
-    from ldw.catalog import Catalog
-    from ldw.engine import check_name, server_os_user
+def _server(args: argparse.Namespace) -> Any:
+    """The local server, started if none runs: users and tokens are managed by the server, so
+    every change is checked and audited there."""
+    from ldw.unix import LocalBackend
 
-    settings, _ = _settings(args)
-    check_name(args.name, "user name")
-    for role in args.role:
-        check_name(role, "role name")
-    catalog = Catalog(settings.catalog)
-    if args.name not in settings.users and args.name != server_os_user() and \
-            args.name not in catalog.token_users():
-        catalog.drop_user_grants(args.name)  # a new user inherits no share left by an old one
-    token = catalog.new_token(args.name, args.role)
-    catalog.close()
-    print(f"token for {args.name} (shown once; only its hash is stored):")
-    print(token)
+    settings, config = _settings(args)
+    return LocalBackend.connect(settings, config=config, overrides={})
+
+
+def cmd_user_add(args: argparse.Namespace) -> int:
+    answer = _server(args).call("user_add", {"name": args.name, "roles": args.role})
+    print(f"token for {printable(answer['user'])} (shown once; only its hash is stored):")
+    print(answer["token"])
     return 0
 
 
 def cmd_user_revoke(args: argparse.Namespace) -> int:
-    from ldw.catalog import Catalog
-    from ldw.engine import check_name, server_os_user
+    answer = _server(args).call("user_revoke", {"name": args.name})
+    name = printable(answer["user"])
+    print(f"{name} revoked{' (token deleted)' if answer['had_token'] else ''}: every call, "
+          "ticket and open stream of theirs is refused, over Flight and the local socket, "
+          f"whatever [users.{name}] says; `ldw user add {name}` lets them in again")
+    if answer["dropped_shares"]:
+        print(f"{answer['dropped_shares']} share(s) with {name} dropped")
+    return 0
 
-    settings, _ = _settings(args)
-    check_name(args.name, "user name")
-    catalog = Catalog(settings.catalog)
-    had_token = catalog.revoke_user(args.name)
-    dropped = 0
-    if args.name not in settings.users and args.name != server_os_user():
-        dropped = catalog.drop_user_grants(args.name)  # the user is gone, and so are shares
-    catalog.close()
-    name = printable(args.name)
-    print(f"{name} revoked{' (token deleted)' if had_token else ''}: every call, ticket and "
-          "open stream of theirs is refused, over Flight and the local socket, whatever "
-          f"[users.{name}] says; `ldw user add {name}` lets them in again")
-    if dropped:
-        print(f"{dropped} share(s) with {name} dropped")
+
+def cmd_user_list(args: argparse.Namespace) -> int:
+    for row in _server(args).call("user_list"):
+        print(f"{printable(row['user']):<24} {', '.join(printable(r) for r in row['roles'])}")
     return 0
 
 
@@ -275,6 +237,8 @@ def _parser() -> argparse.ArgumentParser:
     revoke = user_actions.add_parser("revoke", help="revoke a user's token")
     revoke.add_argument("name")
     revoke.set_defaults(func=cmd_user_revoke)
+    listing = user_actions.add_parser("list", help="users holding a token, with their roles")
+    listing.set_defaults(func=cmd_user_list)
     audit = verbs.add_parser("audit", help="read (or --verify) the audit log")
     audit.add_argument("--user")
     audit.add_argument("--dataset", help="OWNER/NAME")
@@ -291,7 +255,7 @@ def _parser() -> argparse.ArgumentParser:
     verify = verbs.add_parser("verify", help="check an export against its manifest")
     verify.add_argument("path")
     verify.set_defaults(func=cmd_verify)
-    for sub in (start, stop, status, add, revoke, audit, export):
+    for sub in (start, stop, status, add, revoke, listing, audit, export):
         sub.add_argument("--config", default=argparse.SUPPRESS, help="ldw.toml")
     return parser
 

@@ -9,6 +9,8 @@ polars DataFrames for listings.
 from __future__ import annotations
 
 import os
+import types
+import typing
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,18 +22,39 @@ import pyarrow as pa
 from ldw.backend import Backend
 from ldw.lazy import scan_dataset
 from ldw.pushdown import encode_polars_predicate
-from ldw.types import Progress
+from ldw.types import (
+    AuditRow,
+    ColumnRow,
+    DatasetInfo,
+    DatasetListing,
+    Progress,
+    ServerStatus,
+    SourceRow,
+    TableRow,
+)
 from ldw.wire import decode_schema, encode_value
 
 __all__ = ["Dataset", "Warehouse", "connect"]
 
 ProgressCallback = Callable[[Progress], None]
 
-_LISTING_SCHEMA = {
-    "name": pl.String, "owner": pl.String, "mapping": pl.String, "state": pl.String,
-    "rows": pl.Int64, "bytes": pl.Int64, "version": pl.String, "last_access": pl.Float64,
-    "hits": pl.Int64, "pinned": pl.Boolean, "memory_only": pl.Boolean,
-}
+_POLARS = {str: pl.String, int: pl.Int64, float: pl.Float64, bool: pl.Boolean}
+
+
+def _polars_type(hint: Any) -> Any:
+    """The polars type of one payload field: ``X | None`` is X, ``list[X]`` a list of X."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return _polars_type(args[0])
+    if typing.get_origin(hint) is list:
+        return pl.List(_polars_type(args[0]))
+    return _POLARS[hint]
+
+
+def _frame(rows: list[Any], payload: type) -> pl.DataFrame:
+    """Rows of one payload type (:mod:`ldw.types`) as a DataFrame with its columns, in order."""
+    schema = {k: _polars_type(t) for k, t in typing.get_type_hints(payload).items()}
+    return pl.DataFrame(rows, schema=schema)
 
 
 def _polars_ready(table: pa.Table) -> pa.Table:
@@ -149,7 +172,7 @@ class Dataset:
         return scan_dataset(name, schema, is_cached=is_cached, scan_cached=scan_cached,
                             scan_source=scan_source)
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> DatasetInfo:
         """State, size, version, lineage, the SQL sent to the source and type notes."""
         return self._call("info")
 
@@ -229,15 +252,12 @@ class Warehouse:
 
     def sources(self) -> pl.DataFrame:
         """Configured sources: name, dialect, host, database, user. Never a password."""
-        return pl.DataFrame(self._backend.call("sources"), schema={
-            "name": pl.String, "dialect": pl.String, "host": pl.String, "port": pl.Int64,
-            "database": pl.String, "user": pl.String, "transport": pl.String})
+        return _frame(self._backend.call("sources"), SourceRow)
 
     def tables(self, source: str, *, schema: str | None = None) -> pl.DataFrame:
         """Tables and views of a source schema with estimated row counts."""
-        rows = self._backend.call("tables", {"source": source, "schema": schema})
-        return pl.DataFrame(rows, schema={
-            "schema": pl.String, "table": pl.String, "kind": pl.String, "rows": pl.Int64})
+        return _frame(self._backend.call("tables", {"source": source, "schema": schema}),
+                      TableRow)
 
     def schemas(self, source: str) -> list[str]:
         """Schema names of a source, its default schema first (with policies, only those
@@ -252,10 +272,7 @@ class Warehouse:
 
     def describe(self, table: str) -> pl.DataFrame:
         """Columns of ``"src.schema.table"``: source type, Arrow type, nullable, notes."""
-        rows = self._backend.call("describe", {"table": table})
-        return pl.DataFrame(rows, schema={
-            "name": pl.String, "source_type": pl.String, "arrow_type": pl.String,
-            "nullable": pl.Boolean, "note": pl.String, "policy_tags": pl.List(pl.String)})
+        return _frame(self._backend.call("describe", {"table": table}), ColumnRow)
 
     def map(self, name: str, table: str | None = None, *, sql: str | None = None,
             source: str | None = None, columns: Sequence[str] | None = None,
@@ -285,9 +302,9 @@ class Warehouse:
         """A handle to a dataset another user shared with me: ``"alice/orders"``."""
         owner, _, name = ref.rpartition("/") if isinstance(ref, str) else ("", "", "")
         if not owner or not name:
-            from ldw.errors import InvalidMapping
+            from ldw.errors import BadRequest
 
-            raise InvalidMapping(f"attach takes OWNER/NAME, e.g. \"alice/orders\", not {ref!r}")
+            raise BadRequest(f"attach takes OWNER/NAME, e.g. \"alice/orders\", not {ref!r}")
         dataset = Dataset(self, name, owner=owner)
         dataset.info()
         return dataset
@@ -297,15 +314,11 @@ class Warehouse:
         """Audit records, newest first: who did what to which dataset, rows, bytes, outcome.
         Users see their own records; the admin role sees everyone's."""
         rows = self._backend.call("audit", {"user": user, "dataset": dataset, "limit": limit})
-        return pl.DataFrame(rows, schema={
-            "seq": pl.Int64, "ts": pl.Float64, "user": pl.String, "action": pl.String,
-            "dataset": pl.String, "outcome": pl.String, "policy": pl.String, "sql": pl.String,
-            "rows": pl.Int64, "bytes": pl.Int64, "detail": pl.String, "prev_hash": pl.String,
-            "hash": pl.String})
+        return _frame(rows, AuditRow)
 
     def datasets(self) -> pl.DataFrame:
         """name, owner, mapping, state, rows, bytes, version, last_access, hits, ..."""
-        return pl.DataFrame(self._backend.call("datasets"), schema=_LISTING_SCHEMA)
+        return _frame(self._backend.call("datasets"), DatasetListing)
 
     def sql(self, query: str, *, name: str | None = None) -> Any:
         """Run SQL (DuckDB dialect) over my datasets, referenced by name (``"alice/orders"``
@@ -321,7 +334,7 @@ class Warehouse:
             return Dataset(self, name)
         return pl.from_arrow(_polars_ready(table), rechunk=False)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> ServerStatus:
         """Capacity, memory used, datasets, per-dataset hits and bytes served."""
         return self._backend.call("status")
 
@@ -346,7 +359,7 @@ def connect(url: str | None = None, *, in_process: bool = False, token: str | No
             from ldw.errors import ConfigError
 
             raise ConfigError("in_process=True runs the engine here; it takes no URL")
-        from ldw.flight import FlightBackend
+        from ldw.flight_client import FlightBackend
 
         return Warehouse(FlightBackend(url, token=token, tls_root_certs=tls_root_certs),
                          progress=progress)

@@ -22,12 +22,10 @@ for SQLite-sourced data) and :func:`stop_server`.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -251,7 +249,7 @@ def prepare(folder: str | os.PathLike[str] = DEFAULT_DIR, *, scale: float = DEFA
 def server_pid(config: str | os.PathLike[str]) -> int | None:
     """The pid of the server running for ``config``, or None."""
     from ldw.config import load_settings
-    from ldw.server import running_pid
+    from ldw.unix import running_pid
 
     return running_pid(load_settings(config))
 
@@ -264,20 +262,11 @@ def stop_server(config: str | os.PathLike[str], *, free_memory: bool = True,
     demo should not keep hundreds of MB of RAM after it stopped.
     """
     from ldw.config import load_settings
-    from ldw.errors import ServerUnavailable
-    from ldw.server import running_pid
+    from ldw.unix import running_pid
+    from ldw.unix import stop_server as stop
 
     settings = load_settings(config)
-    pid = running_pid(settings)
-    if pid is not None and pid > 0:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + wait
-        while running_pid(settings) == pid:
-            if time.monotonic() > deadline:
-                raise ServerUnavailable(f"the demo server (pid {pid}) did not stop within "
-                                        f"{wait:.0f}s; stop it with `kill {pid}`")
-            time.sleep(0.05)
+    pid = stop(settings, wait=wait)  # the one stop routine, as `ldw server stop`
     if free_memory and running_pid(settings) is None:
         shutil.rmtree(settings.shm_dir, ignore_errors=True)
     return pid

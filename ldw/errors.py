@@ -10,6 +10,7 @@ keeps working for code that does not know ldw::
      +-- UnknownTable(KeyError)             no such schema/table in the source
      +-- UnknownDataset(KeyError)           no dataset by that name
      +-- InvalidMapping(ValueError)         bad columns / where / sql / partitioning
+     |    +-- BadRequest                    a malformed request: unknown op, argument or frame
      +-- UnsupportedType(TypeError)         a source type that cannot be moved exactly
      +-- AccessDenied(PermissionError)      not allowed to see this
      |    +-- AccessRevoked(UnknownDataset) a share ended while a ticket or stream was open
@@ -39,6 +40,7 @@ __all__ = [
     "Cancelled",
     "ConfigError",
     "AuditUnavailable",
+    "BadRequest",
     "DatasetLost",
     "ExportError",
     "ExportVerificationError",
@@ -83,6 +85,12 @@ class UnknownDataset(LdwError, KeyError):
 
 class InvalidMapping(LdwError, ValueError):
     """A mapping's columns, predicate, SQL or partitioning is invalid."""
+
+
+class BadRequest(InvalidMapping):
+    """A request that is malformed as a request: an unknown operation or argument, a wrong
+    argument type, a frame that is not JSON. Its own class so a caller can tell it from a
+    mapping that is wrong; an ``InvalidMapping`` so code catching that keeps working."""
 
 
 class UnsupportedType(LdwError, TypeError):

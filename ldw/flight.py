@@ -1,4 +1,4 @@
-"""Arrow Flight for remote clients: the server endpoint and the client backend.
+"""Arrow Flight for remote clients: the server endpoint (the client is :mod:`ldw.flight_client`).
 
 Every call is authenticated by middleware (``authorization: Bearer <token>``, checked against
 the catalog's token hashes) and fails closed. Operations are Flight actions with JSON bodies;
@@ -18,44 +18,47 @@ import functools
 import ipaddress
 import json
 import logging
-import os
 import queue
 import secrets
 import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
 
 import pyarrow as pa
 import pyarrow.flight as fl
 
+from ldw import ops
 from ldw.errors import (
     AccessDenied,
+    BadRequest,
     CapacityExceeded,
     ConfigError,
-    InvalidMapping,
     LdwError,
     PolicyViolation,
     ServerUnavailable,
     UnknownDataset,
 )
+from ldw.flight_client import FlightBackend
 from ldw.types import Progress
 from ldw.wire import (
     MAX_REQUEST,
-    decode_error,
     encode_error,
-    final_result,
+    error_bytes,
     progress_to_json,
 )
 
 if TYPE_CHECKING:
-    from ldw.server import Server
+    from ldw.config import Settings
+    from ldw.service import Service
 
-__all__ = ["FlightBackend", "FlightEndpoint"]
+TokenLookup = Callable[[str], "str | None"]  # token SHA-256 (hex) -> its user, or None
+
+__all__ = ["FlightBackend", "FlightEndpoint"]  # FlightBackend: from ldw.flight_client
 
 log = logging.getLogger("ldw.flight")
 
@@ -103,8 +106,10 @@ class _AuthFactory(fl.ServerMiddlewareFactory):
 
 
 def _flight_error(exc: BaseException) -> fl.FlightError:
-    """A typed Flight error for any exception: the JSON of the ldw error as message and
-    ``extra_info`` (type and message; never a traceback, a path or a secret).
+    """A typed Flight error for any exception. ``extra_info`` carries the ldw error (JSON:
+    its type and message, never a traceback, a path or a secret), which the client decodes
+    (:func:`ldw.wire.error_from_bytes`); the text says the same for a person or a plain
+    Flight client.
 
     AccessDenied and PolicyViolation are PERMISSION_DENIED (``FlightUnauthorizedError``),
     except a share that ended (``AccessRevoked``), which like every "not shared with you" is a
@@ -113,8 +118,9 @@ def _flight_error(exc: BaseException) -> fl.FlightError:
         return exc
     if not isinstance(exc, LdwError):
         log.error("Flight call failed", exc_info=exc)
-    detail = json.dumps(encode_error(exc))
-    extra = detail.encode()
+    extra = error_bytes(exc)
+    error = encode_error(exc)
+    detail = f"{error['type']}: {error['message']} (ldw error {extra.decode()})"
     if isinstance(exc, UnknownDataset):
         return fl.FlightServerError(detail, extra_info=extra)
     if isinstance(exc, AccessDenied | PolicyViolation):
@@ -125,7 +131,7 @@ def _flight_error(exc: BaseException) -> fl.FlightError:
 
 
 def _unsupported(what: str) -> fl.FlightError:
-    return _flight_error(InvalidMapping(
+    return _flight_error(BadRequest(
         f"ldw does not {what}; use the actions (list_actions) and their tickets"))
 
 
@@ -165,12 +171,13 @@ class FlightEndpoint(fl.FlightServerBase):
     is redeemed and before each batch.
     """
 
-    def __init__(self, server: Server) -> None:
-        settings = server.settings
-        parsed = urlparse(settings.listen)
-        tls = settings.tls_cert is not None
+    def __init__(self, service: Service, token_user: TokenLookup, *, listen: str,
+                 tls_cert: Path | None = None, tls_key: Path | None = None,
+                 max_tickets: int, max_streams: int) -> None:
+        parsed = urlparse(listen)
+        tls = tls_cert is not None
         if parsed.scheme not in ("grpc", "grpc+tcp", "grpc+tls") or not parsed.hostname:
-            raise ConfigError(f"listen = {settings.listen!r}: write grpc://HOST:PORT "
+            raise ConfigError(f"listen = {listen!r}: write grpc://HOST:PORT "
                               "(grpc+tls:// with tls_cert and tls_key)")
         if parsed.scheme == "grpc+tls" and not tls:
             raise ConfigError("listen uses grpc+tls:// but tls_cert/tls_key are not set")
@@ -180,21 +187,30 @@ class FlightEndpoint(fl.FlightServerBase):
         scheme = "grpc+tls" if tls else "grpc+tcp"
         certificates = []
         if tls:
-            certificates = [fl.CertKeyPair(settings.tls_cert.read_bytes(),
-                                           settings.tls_key.read_bytes())]
-        catalog = server.engine.catalog
+            if tls_key is None:
+                raise ConfigError("tls_cert is set but tls_key is not; set both")
+            certificates = [fl.CertKeyPair(tls_cert.read_bytes(), tls_key.read_bytes())]
         super().__init__(f"{scheme}://{parsed.hostname}:"
                          f"{8815 if parsed.port is None else parsed.port}",
                          tls_certificates=certificates,
-                         middleware={"auth": _AuthFactory(catalog.user_for_token_hash)})
-        self.owner = server
+                         middleware={"auth": _AuthFactory(token_user)})
+        self.service = service
+        self.token_user = token_user
         host = parsed.hostname
         self.address = f"{'grpc+tls' if tls else 'grpc'}://{host}:{self.port}"
-        self.max_tickets = settings.max_tickets_per_user
-        self.max_streams = settings.max_streams_per_user
+        self.max_tickets = max_tickets
+        self.max_streams = max_streams
         self._tickets: dict[bytes, _Ticket] = {}
         self._open: dict[str, int] = {}  # streams being read, per user
         self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, service: Service,
+                      token_user: TokenLookup) -> FlightEndpoint:
+        """The endpoint the ``[server]`` settings describe (listen, TLS, quotas)."""
+        return cls(service, token_user, listen=settings.listen, tls_cert=settings.tls_cert,
+                   tls_key=settings.tls_key, max_tickets=settings.max_tickets_per_user,
+                   max_streams=settings.max_streams_per_user)
 
     def _auth(self, context: fl.ServerCallContext) -> _Auth:
         middleware = context.get_middleware("auth")
@@ -244,10 +260,10 @@ class FlightEndpoint(fl.FlightServerBase):
         return [ticket.hex() for ticket in tickets]
 
     def _token_check(self, entry: _Ticket) -> Callable[[], None]:
-        catalog = self.owner.engine.catalog
+        token_user = self.token_user
 
         def check() -> None:
-            if catalog.user_for_token_hash(entry.token) != entry.user:
+            if token_user(entry.token) != entry.user:
                 raise AccessDenied("the token this stream was opened with was revoked or "
                                    "replaced; connect with the current token")
             entry.check()
@@ -265,34 +281,30 @@ class FlightEndpoint(fl.FlightServerBase):
     # -- Flight methods ------------------------------------------------------------------------
     @_typed_errors
     def list_actions(self, context: fl.ServerCallContext) -> list[tuple[str, str]]:
-        from ldw.service import OPS
-
-        actions = [(op, (getattr(fn, "__doc__", None) or op).strip().splitlines()[0])
-                   for op, fn in sorted(OPS.items())]
-        return actions + [("attach", "cache if needed; returns info and a do_get ticket"),
-                          ("scan", "read from the source with pushdown; returns a ticket"),
-                          ("sql", "SQL over my datasets; returns a ticket")]
+        tickets = {ops.Kind.JSON: "", ops.Kind.STREAM: " (returns a do_get ticket)",
+                   ops.Kind.ATTACH: " (returns the info and do_get tickets)"}
+        return [(name, ops.OPS[name].summary + tickets[ops.OPS[name].kind])
+                for name in ops.names()]
 
     @_typed_errors
     def do_action(self, context: fl.ServerCallContext, action: fl.Action) -> Iterator[bytes]:
         auth = self._auth(context)
         body = action.body.to_pybytes() if action.body is not None else b"{}"
         if len(body) > MAX_REQUEST:
-            raise InvalidMapping(f"request larger than {MAX_REQUEST} bytes")
+            raise BadRequest(f"request larger than {MAX_REQUEST} bytes")
         try:
             args = json.loads(body or b"{}")
             if not isinstance(args, dict):
                 raise ValueError
         except ValueError:
-            raise InvalidMapping("action body must be a JSON object") from None
+            raise BadRequest("action body must be a JSON object") from None
         return self._run_action(auth, action.type, args, context)
 
     def _run_action(self, auth: _Auth, op: str, args: dict[str, Any],
                     context: fl.ServerCallContext | None = None) -> Iterator[bytes]:
         """Run the operation in a worker, streaming its progress frames as they happen."""
-        from ldw.service import STREAM_OPS
-
-        service, user = self.owner.service, auth.user
+        service, user = self.service, auth.user
+        kind = ops.kind_of(op)
         events: queue.Queue = queue.Queue(maxsize=256)
 
         def progress(event: Progress) -> None:
@@ -300,9 +312,9 @@ class FlightEndpoint(fl.FlightServerBase):
 
         def work() -> None:
             try:
-                if op == "attach":
+                if kind == ops.Kind.ATTACH:
                     result = self._attach(auth, args, progress)
-                elif op in STREAM_OPS:
+                elif kind == ops.Kind.STREAM:
                     self._precheck(user)
                     watch = _CallWatch()  # a query stops when the call it serves is cancelled
                     with watch.during(context):
@@ -332,9 +344,9 @@ class FlightEndpoint(fl.FlightServerBase):
         streams = args.pop("streams", None)
         if streams is not None and (type(streams) is not int
                                     or not 1 <= streams <= MAX_STREAMS):
-            raise InvalidMapping(f"streams must be an integer from 1 to {MAX_STREAMS}")
+            raise BadRequest(f"streams must be an integer from 1 to {MAX_STREAMS}")
         self._precheck(auth.user)
-        service = self.owner.service
+        service = self.service
         info, table = service.attach_table(auth.user, args, progress)
         # a revoked share or role, a changed policy or a revoked user ends every stream
         check = service.stream_check(auth.user, "attach",
@@ -501,170 +513,3 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-class FlightBackend:
-    """A remote client: JSON actions and ``do_get`` streams over Flight, with a token.
-
-    ``streams`` is how many parallel streams (each on its own connection) an attach asks for;
-    the server may send fewer. Two or more keep both sides of a loopback transfer busy.
-    """
-
-    def __init__(self, url: str, *, token: str | None,
-                 tls_root_certs: str | os.PathLike[str] | None = None) -> None:
-        if not token:
-            token = os.environ.get("LDW_TOKEN")
-        if not token:
-            raise ConfigError("a remote ldw server needs a token: connect(url, token=...) or "
-                              "$LDW_TOKEN (the server's owner creates one: `ldw user add NAME`)")
-        parsed = urlparse(url)
-        if parsed.scheme not in ("grpc", "grpc+tcp", "grpc+tls") or not parsed.hostname:
-            raise ConfigError(f"{url!r} is not an ldw server address; write grpc://host:port")
-        scheme = "grpc+tls" if parsed.scheme == "grpc+tls" else "grpc+tcp"
-        options: dict[str, Any] = {}
-        if tls_root_certs is not None:
-            with open(tls_root_certs, "rb") as handle:
-                options["tls_root_certs"] = handle.read()
-        self.url = f"{scheme}://{parsed.hostname}:{parsed.port or 8815}"
-        self.where = url
-        self.streams = min(4, max(2, os.cpu_count() or 1))
-        self._client_options = options
-        self._client = fl.FlightClient(self.url, **options)
-        self._data_clients: list[fl.FlightClient] = []  # extra connections for extra streams
-        self._data_lock = threading.Lock()
-        self._options = fl.FlightCallOptions(headers=[(b"authorization",
-                                                       f"Bearer {token}".encode())])
-        self.user = str(self.call("status")["user"])  # also proves the token now
-
-    def _actions(self, op: str, args: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        try:
-            for result in self._client.do_action(fl.Action(op, json.dumps(args).encode()),
-                                                 options=self._options):
-                yield json.loads(result.body.to_pybytes())
-        except fl.FlightUnauthenticatedError as exc:
-            raise AccessDenied(f"{self.where}: the token was refused ({_first_line(exc)})") \
-                from None
-        except fl.FlightUnavailableError as exc:
-            raise ServerUnavailable(f"cannot reach the ldw server at {self.where}: "
-                                    f"{_first_line(exc)}") from None
-        except fl.FlightError as exc:
-            raise _decode_flight_error(exc) from None
-
-    def call(self, op: str, args: dict[str, Any] | None = None, *,
-             progress: Callable[[Progress], None] | None = None) -> Any:
-        return final_result(self._actions(op, dict(args or {})), progress)
-
-    def _get(self, ticket: str, client: fl.FlightClient | None = None) -> fl.FlightStreamReader:
-        try:
-            return (client or self._client).do_get(fl.Ticket(bytes.fromhex(ticket)),
-                                                   options=self._options)
-        except fl.FlightError as exc:
-            raise _decode_flight_error(exc) from None
-
-    def _connections(self, count: int) -> list[fl.FlightClient]:
-        """``count`` clients on distinct connections (the first is the control connection):
-        streams sharing one connection are read by one thread of gRPC's."""
-        with self._data_lock:
-            while len(self._data_clients) < count - 1:
-                self._data_clients.append(fl.FlightClient(
-                    self.url, generic_options=[("grpc.use_local_subchannel_pool", 1)],
-                    **self._client_options))
-            return [self._client, *self._data_clients[:count - 1]]
-
-    def attach(self, ref: dict[str, Any], *,
-               progress: Callable[[Progress], None] | None = None
-               ) -> tuple[dict[str, Any], pa.Table]:
-        args = dict(ref, streams=self.streams) if self.streams > 1 else dict(ref)
-        info = self.call("attach", args, progress=progress)
-        tickets = info.pop("tickets", None) or [info.pop("ticket")]
-        return info, self._read_all(tickets)
-
-    def _read_all(self, tickets: list[str]) -> pa.Table:
-        """Read every ticket's stream, in parallel if more than one; the batches in order."""
-        if len(tickets) == 1:
-            try:
-                return self._get(tickets[0]).read_all()
-            except fl.FlightError as exc:  # e.g. the share was revoked mid-stream
-                raise _decode_flight_error(exc) from None
-        failed = threading.Event()  # set when one stream fails: the others stop early
-        clients = self._connections(len(tickets))
-        with ThreadPoolExecutor(len(tickets), thread_name_prefix="ldw-flight") as pool:
-            futures = [pool.submit(self._read, ticket, client, failed)
-                       for ticket, client in zip(tickets, clients, strict=True)]
-            try:
-                for future in as_completed(futures):
-                    if future.exception() is not None:
-                        failed.set()
-            except BaseException:  # e.g. KeyboardInterrupt: stop the streams, then raise
-                failed.set()
-                raise
-        errors = [f.exception() for f in futures if f.exception() is not None]
-        if errors:  # the failure itself, not a stream stopped because of it
-            raise next((e for e in errors if not isinstance(e, _Stopped)), errors[0])
-        return pa.concat_tables([future.result() for future in futures])
-
-    def _read(self, ticket: str, client: fl.FlightClient, failed: threading.Event) -> pa.Table:
-        """One stream as a table; cancelled (``_Stopped``) as soon as ``failed`` is set."""
-        reader = self._get(ticket, client)
-        batches = []
-        try:
-            while not failed.is_set():
-                try:
-                    batches.append(reader.read_chunk().data)
-                except StopIteration:
-                    return pa.Table.from_batches(batches, reader.schema)
-        except fl.FlightError as exc:  # e.g. the share was revoked mid-stream
-            raise _decode_flight_error(exc) from None
-        reader.cancel()
-        raise _Stopped
-
-    def stream(self, op: str, args: dict[str, Any]) -> pa.RecordBatchReader:
-        reader = self._get(self.call(op, args)["ticket"])
-        return pa.RecordBatchReader.from_batches(reader.schema, _decoded(reader))
-
-    def close(self) -> None:
-        with self._data_lock:
-            clients, self._data_clients = self._data_clients, []
-        for client in clients:
-            client.close()
-        self._client.close()
-
-
-def _decoded(reader: fl.FlightStreamReader) -> Iterator[pa.RecordBatch]:
-    """The stream's batches; a Flight error that ends it (e.g. a revoked share) is raised
-    as the ldw error it carries."""
-    try:
-        while True:
-            try:
-                yield reader.read_chunk().data
-            except StopIteration:
-                return
-    except fl.FlightError as exc:
-        raise _decode_flight_error(exc) from None
-
-
-class _Stopped(Exception):
-    """A parallel stream given up because another one failed."""
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
-def _decode_flight_error(exc: fl.FlightError) -> LdwError:
-    extra = getattr(exc, "extra_info", None)
-    if extra:
-        try:
-            data = json.loads(extra)
-            if isinstance(data, dict):
-                return decode_error(data)
-        except ValueError:
-            pass
-    text = str(exc)
-    start = text.find("{")
-    if start >= 0:
-        try:
-            return decode_error(json.JSONDecoder().raw_decode(text[start:])[0])
-        except ValueError:
-            pass
-    return LdwError(f"ldw server error: {_first_line(exc)}")

@@ -26,55 +26,23 @@ import socketserver
 import struct
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
+from ldw import ops
 from ldw.config import Settings
 from ldw.engine import Engine
-from ldw.errors import AccessDenied, ConfigError, InvalidMapping, LdwError, ServerUnavailable
-from ldw.governance.trust import NOT_WRITABLE, check_dir, create_private, private_dir
-from ldw.service import STREAM_OPS, Service
+from ldw.errors import AccessDenied, BadRequest, LdwError, ServerUnavailable
+from ldw.governance.trust import NOT_WRITABLE, create_private, private_dir
+from ldw.service import Service
 from ldw.types import Progress
-from ldw.unix import socket_path
-from ldw.wire import MAX_REQUEST, STREAM_ERROR, encode_error, frame, progress_to_json
+from ldw.unix import pid_path, running_pid, socket_path
+from ldw.wire import MAX_REQUEST, STREAM_ERROR, encode_error, error_bytes, frame, progress_to_json
 
 __all__ = ["Server", "running_pid", "serve", "socket_path"]
 
 log = logging.getLogger("ldw.server")
-
-
-def pid_path(settings: Settings) -> Path:
-    return settings.state_dir / "ldw.pid"
-
-
-def running_pid(settings: Settings) -> int | None:
-    """The pid of the server holding this state_dir's lock, or None (zombies hold no lock).
-
-    Only a pid file of ours, in a state_dir of ours that nobody else can write to, counts."""
-    path = pid_path(settings)
-    if not os.path.lexists(settings.state_dir):
-        return None
-    check_dir(settings.state_dir, "state_dir", forbidden=NOT_WRITABLE)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:  # a link (ELOOP) or unreadable
-        raise ConfigError(f"pid file {str(path)!r} cannot be trusted ({exc.strerror}); "
-                          "remove it") from None
-    if os.fstat(fd).st_uid != os.geteuid():
-        os.close(fd)
-        raise ConfigError(f"pid file {str(path)!r} belongs to another user; remove it")
-    with open(fd) as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            text = handle.read().strip()
-            return int(text) if text.isdigit() else -1
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        return None
 
 
 def peer_user(sock: socket.socket) -> tuple[int, int, str]:
@@ -93,17 +61,17 @@ def _read_request(sock: socket.socket) -> dict[str, Any]:
     while not data.endswith(b"\n"):
         chunk = sock.recv(65536)
         if not chunk:
-            raise InvalidMapping("the request ended before its end of line")
+            raise BadRequest("the request ended before its end of line")
         data += chunk
         if len(data) > MAX_REQUEST:
-            raise InvalidMapping(f"request larger than {MAX_REQUEST} bytes refused")
+            raise BadRequest(f"request larger than {MAX_REQUEST} bytes refused")
     try:
         request = json.loads(data)
     except ValueError:
-        raise InvalidMapping("request is not JSON") from None
+        raise BadRequest("request is not JSON") from None
     if not isinstance(request, dict) or not isinstance(request.get("op"), str) or not \
             isinstance(request.get("args", {}), dict):
-        raise InvalidMapping('request must be {"op": NAME, "args": {...}}')
+        raise BadRequest('request must be {"op": NAME, "args": {...}}')
     return request
 
 
@@ -153,13 +121,14 @@ class _UnixHandler(socketserver.BaseRequestHandler):
         def progress(event: Progress) -> None:
             sock.sendall(frame({"progress": progress_to_json(event)}))  # raises if gone
 
-        if op == "attach":
+        kind = ops.kind_of(op)
+        if kind == ops.Kind.ATTACH:
             info, fd = service.attach(user, args, progress)
             try:
                 socket.send_fds(sock, [frame({"ok": True, "result": info})], [fd])
             finally:
                 os.close(fd)
-        elif op in STREAM_OPS:
+        elif kind == ops.Kind.STREAM:
             reader = service.stream(user, op, args, client_gone=lambda: _peer_gone(sock))
             sock.sendall(frame({"ok": True, "result": None}))
             with sock.makefile("wb") as out:
@@ -184,7 +153,7 @@ def _send_stream(out: Any, reader: pa.RecordBatchReader) -> None:
             if not isinstance(exc, LdwError):
                 log.exception("stream failed")
             writer.write_batch(pa.RecordBatch.from_pylist([], schema=reader.schema),
-                               custom_metadata={STREAM_ERROR: json.dumps(encode_error(exc))})
+                               custom_metadata={STREAM_ERROR: error_bytes(exc)})
             break
         writer.write_batch(batch)
     writer.close()
@@ -283,7 +252,8 @@ class Server:
             from ldw.flight import FlightEndpoint
 
             # serving starts with the endpoint; its serve() would take over SIGTERM
-            self._flight = FlightEndpoint(self)
+            self._flight = FlightEndpoint.from_settings(self.settings, self.service,
+                                                        self.engine.admin.user_for_token_hash)
         self._spawn(self._sweep, "ldw-ttl")
         log.info("ldw server %d serving %s", os.getpid(), self.addresses)
 
@@ -294,8 +264,10 @@ class Server:
 
     def _sweep(self) -> None:
         while not self._stop.wait(self.settings.ttl_sweep_seconds):
-            with contextlib.suppress(Exception):
+            try:
                 self.engine.expire()
+            except Exception:  # the next sweep tries again; the server keeps serving
+                log.exception("expiring datasets past their ttl failed")
 
     def wait(self) -> None:
         self._stop.wait()
@@ -306,8 +278,10 @@ class Server:
     def close(self) -> None:
         self._stop.set()
         # Running SQL queries first: a transport's shutdown waits for the calls they serve.
-        with contextlib.suppress(Exception):
+        try:
             self.engine.stop_queries()
+        except Exception:  # closing goes on: the transports and the engine still shut down
+            log.exception("stopping the running queries failed")
         if self._unix is not None:
             self._unix.shutdown()
             self._unix.server_close()

@@ -20,10 +20,12 @@ from typing import Any
 
 import pyarrow as pa
 
-from ldw.engine import DatasetRecord, Engine, check_name, check_user
+from ldw import ops
+from ldw.engine import DatasetRecord, Engine, check_name, check_user, server_os_user
 from ldw.errors import (
     AccessDenied,
     AuditUnavailable,
+    BadRequest,
     InvalidMapping,
     LdwError,
     PolicyViolation,
@@ -32,9 +34,10 @@ from ldw.errors import (
     UnknownTable,
 )
 from ldw.pushdown import predicate_to_sql
+from ldw.types import AttachInfo, AuditRow, DatasetInfo, DatasetListing, ServerStatus
 from ldw.wire import decode_value, encode_schema
 
-__all__ = ["OPS", "STREAM_OPS", "Service", "checked"]
+__all__ = ["Service", "checked"]
 
 log = logging.getLogger("ldw.service")
 
@@ -47,17 +50,11 @@ def _arg(args: dict[str, Any], name: str, kind: type | tuple, *, required: bool 
     value = args.get(name)
     if value is None:
         if required:
-            raise InvalidMapping(f"missing argument {name!r}")
+            raise BadRequest(f"missing argument {name!r}")
         return None
     if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
-        raise InvalidMapping(f"argument {name!r} has the wrong type ({type(value).__name__})")
+        raise BadRequest(f"argument {name!r} has the wrong type ({type(value).__name__})")
     return value
-
-
-def _only(args: dict[str, Any], op: str, allowed: set[str]) -> None:
-    unknown = set(args) - allowed
-    if unknown:
-        raise InvalidMapping(f"{op}() got unknown argument(s) {sorted(unknown)}")
 
 
 def _target(user: str, args: dict[str, Any]) -> tuple[str, str]:
@@ -69,8 +66,8 @@ def _target(user: str, args: dict[str, Any]) -> tuple[str, str]:
 
 # What a refused request raises: each is audited as a denial where requests are dispatched
 # (Service.refusals_audited), whichever check raised it: governance (AccessDenied,
-# PolicyViolation), the SQL sandbox and predicate checks (InvalidMapping), and probes of names
-# the caller cannot see (Unknown*).
+# PolicyViolation), the SQL sandbox and predicate checks (InvalidMapping), malformed requests
+# (BadRequest, an InvalidMapping) and probes of names the caller cannot see (Unknown*).
 REFUSALS = (AccessDenied, PolicyViolation, InvalidMapping, UnknownDataset, UnknownTable,
             UnknownSource)
 
@@ -103,16 +100,18 @@ class Service:
     def call(self, user: str, op: str, args: dict[str, Any],
              progress: Callable | None = None) -> Any:
         with self.refusals_audited(user, op, args):
-            if op not in OPS:
-                raise InvalidMapping(f"unknown operation {op!r}; known: {sorted(OPS)}")
-            self.engine.check_user(user)
-            return OPS[op](self, user, args, progress)
+            spec = ops.checked_request(op, args, ops.Kind.JSON)
+            if not (spec.admin and user == server_os_user()):  # the owner can let itself in
+                self.engine.check_user(user)
+            return getattr(self, spec.handler)(user, args, progress)
 
-    def attach(self, user: str, args: dict, progress: Callable | None) -> tuple[dict, int]:
+    def attach(self, user: str, args: dict, progress: Callable | None
+               ) -> tuple[AttachInfo, int]:
         """Make sure a version is cached; return its info and a read-only descriptor of it
         (the caller closes it). On the Ray backend the descriptor holds an in-memory copy;
         :meth:`attach_table` avoids it."""
         with self.refusals_audited(user, "attach", args):
+            ops.checked_request("attach", args, ops.Kind.ATTACH)
             self.engine.check_user(user)
             owner, name = _target(user, args)
             self.engine.readable(user, owner, name)
@@ -124,17 +123,18 @@ class Service:
                 raise
 
     def attach_table(self, user: str, args: dict, progress: Callable | None
-                     ) -> tuple[dict, pa.Table]:
+                     ) -> tuple[AttachInfo, pa.Table]:
         """Like :meth:`attach`, but the cached version as a table: memory-mapped on the local
         backend, zero-copy from this node's object store on Ray."""
         with self.refusals_audited(user, "attach", args):
+            ops.checked_request("attach", args, ops.Kind.ATTACH)
             self.engine.check_user(user)
             owner, name = _target(user, args)
             self.engine.readable(user, owner, name)
             version, table = self.engine.open_table(owner, name, progress=progress)
             return self._attached(user, owner, name, version), table
 
-    def _attached(self, user: str, owner: str, name: str, version: Any) -> dict:
+    def _attached(self, user: str, owner: str, name: str, version: Any) -> AttachInfo:
         record = self.engine.dataset(owner, name)
         self.audit(user, "attach", record, rows=version.rows, nbytes=version.bytes,
                    sql=record.source_sql)
@@ -155,16 +155,9 @@ class Service:
         """Like :meth:`stream`, but the batches unchecked and the access re-check apart, for a
         transport that adds its own checks (Flight: the token)."""
         with self.refusals_audited(user, op, args):
+            spec = ops.checked_request(op, args, ops.Kind.STREAM)
             self.engine.check_user(user)
-            if op == "scan":
-                reader, pinned = self._scan(user, args)
-            elif op == "sql":
-                reader, pinned = self._sql(user, args, client_gone)
-            elif op == "preview":
-                reader, pinned = self._preview(user, args), []
-            else:
-                raise InvalidMapping(f"unknown data operation {op!r}; known: "
-                                     f"{sorted(STREAM_OPS)}")
+            reader, pinned = getattr(self, spec.handler)(user, args, client_gone)
             return reader, self.stream_check(user, op, pinned)
 
     def stream_check(self, user: str, op: str, pinned: Sequence[Pinned]) -> Callable[[], None]:
@@ -197,7 +190,7 @@ class Service:
                  "outcome": outcome, "policy": record.policy if record is not None else None,
                  "sql": sql, "rows": rows, "bytes": nbytes, "detail": detail}
         try:
-            self.engine.catalog.append_audit(entry)
+            self.engine.admin.append_audit(entry)
         except Exception:
             log.exception("audit record could not be written")
             raise AuditUnavailable(
@@ -225,13 +218,13 @@ class Service:
         return Service._Refusals(self, user, op, args)
 
     # -- descriptions -------------------------------------------------------------------------
-    def info(self, record: DatasetRecord, *, viewer: str | None = None) -> dict[str, Any]:
+    def info(self, record: DatasetRecord, *, viewer: str | None = None) -> DatasetInfo:
         """What ``viewer`` (default: the owner) may know of a dataset; a user it is shared
         with sees only the grants that concern them, not who else it is shared with."""
         version = record.version
-        grants = self.engine.catalog.grants(record.owner, record.name)
+        grants = self.engine.grants(record.owner, record.name)
         if viewer is not None and viewer != record.owner:
-            roles = self.engine.governance.roles(viewer)
+            roles = self.engine.roles(viewer)
             grants = [(k, g) for k, g in grants
                       if (k, g) == ("user", viewer) or k == "role" and g in roles]
         try:
@@ -275,7 +268,7 @@ class Service:
             "error": record.error,
         }
 
-    def listing(self, record: DatasetRecord) -> dict[str, Any]:
+    def listing(self, record: DatasetRecord) -> DatasetListing:
         version = record.version
         return {"name": record.name, "owner": record.owner, "mapping": record.mapping.ref,
                 "state": record.state, "rows": version.rows if version else None,
@@ -298,10 +291,7 @@ class Service:
     def op_describe(self, user: str, args: dict, progress: Callable | None) -> Any:
         return self.engine.describe(user, _arg(args, "table", str, required=True))
 
-    def op_map(self, user: str, args: dict, progress: Callable | None) -> Any:
-        _only(args, "map", {"name", "table", "sql", "source", "columns", "where", "limit",
-                            "partition_on", "partitions", "ttl", "pin", "memory_only",
-                            "params"})
+    def op_map(self, user: str, args: dict, progress: Callable | None) -> DatasetInfo:
         params = _arg(args, "params", dict)
         if params is not None:
             args = {**args, "params": {k: decode_value(v) for k, v in params.items()}}
@@ -312,22 +302,14 @@ class Service:
     def op_ray_attach(self, user: str, args: dict, progress: Callable | None) -> Any:
         """Ray backend: cache if needed, check access, and return a single-use ticket that a
         client inside the Ray cluster redeems at the version holder (the store's direct reader,
-        ldw.storage.direct_reader) to map the version zero-copy from its node's object store."""
-        _only(args, "ray_attach", {"name", "owner"})
+        ldw.storage.direct_reader)
+        to map the version zero-copy from its node's object store. A version spilled to the
+        server's disk has no ticket (``{"ticket": None}``): the client attaches it instead."""
         owner, name = _target(user, args)
         self.engine.readable(user, owner, name)
-        store = self.engine.store
-        if not store.distributed:
-            raise InvalidMapping("ray_attach needs backend = \"ray\"; this server's backend is "
-                                 "\"local\" (use attach)")
-
-        def ticket_for(version: Any) -> str:
-            if version.tier != "memory":
-                raise InvalidMapping(f"{owner}/{name} is spilled to the server's disk; attach "
-                                     "it through the server")
-            return store.ticket(version)  # VersionLost if its bytes are gone: recomputed, retried
-
-        version, ticket = self.engine.open_with(ticket_for, owner, name, progress)
+        version, ticket = self.engine.attach_ticket(owner, name, progress)
+        if ticket is None:
+            return {"ticket": None}
         return {**self._attached(user, owner, name, version), "ticket": ticket}
 
     def op_info(self, user: str, args: dict, progress: Callable | None) -> Any:
@@ -341,7 +323,6 @@ class Service:
         return self.engine.readable(user, owner, name)
 
     def op_cache(self, user: str, args: dict, progress: Callable | None) -> Any:
-        _only(args, "cache", {"name", "owner", "refresh"})
         record = self._own(user, args, "cache")
         version = self.engine.materialize(user, record.name, progress=progress,
                                           refresh=bool(args.get("refresh")))
@@ -355,14 +336,12 @@ class Service:
         return self.info(record)
 
     def op_set_options(self, user: str, args: dict, progress: Callable | None) -> Any:
-        _only(args, "set_options", {"name", "owner", "pin", "ttl"})
         record = self._own(user, args, "change")
         record = self.engine.set_options(user, record.name, pin=args.get("pin"),
                                          ttl=_arg(args, "ttl", (str, int, float)))
         return self.info(record)
 
     def op_share(self, user: str, args: dict, progress: Callable | None) -> Any:
-        _only(args, "share", {"name", "owner", "user", "role", "revoke"})
         record = self._own(user, args, "share")
         revoke = bool(args.get("revoke"))
         grants = self.engine.share(user, record.name, user=_arg(args, "user", str),
@@ -371,30 +350,60 @@ class Service:
         self.audit(user, "revoke" if revoke else "share", record, detail=f"with {who}")
         return [f"{k}:{g}" for k, g in grants]
 
-    def op_datasets(self, user: str, args: dict, progress: Callable | None) -> Any:
+    def op_datasets(self, user: str, args: dict, progress: Callable | None
+                    ) -> list[DatasetListing]:
         visible = self.engine.visible(user)
         shared = sorted((r for r in visible if r.owner != user), key=lambda r: (r.owner, r.name))
         return [self.listing(r) for r in visible if r.owner == user] + \
             [self.listing(r) for r in shared]
 
-    def op_status(self, user: str, args: dict, progress: Callable | None) -> Any:
-        roles = self.engine.governance.roles(user)
+    def op_status(self, user: str, args: dict, progress: Callable | None) -> ServerStatus:
+        roles = self.engine.roles(user)
         visible = self.engine.visible(user, everything=ADMIN_ROLE in roles)
         return {**self.describe_server(), "user": user, "roles": sorted(roles),
-                "governed": self.engine.governance.enforced, **self.engine.status(visible)}
+                "governed": self.engine.governed, **self.engine.status(visible)}
 
-    def op_audit(self, user: str, args: dict, progress: Callable | None) -> Any:
-        _only(args, "audit", {"user", "dataset", "limit"})
+    def op_audit(self, user: str, args: dict, progress: Callable | None) -> list[AuditRow]:
         wanted = _arg(args, "user", str)
-        if self.engine.governance.enforced and ADMIN_ROLE not in \
-                self.engine.governance.roles(user):
+        if self.engine.governed and ADMIN_ROLE not in self.engine.roles(user):
             if wanted not in (None, user):
                 raise AccessDenied(f"only the {ADMIN_ROLE!r} role may read other users' audit "
                                    "records")
             wanted = user
         limit = _arg(args, "limit", int) or 100
-        return self.engine.catalog.audit(user=wanted, dataset=_arg(args, "dataset", str),
-                                         limit=min(max(limit, 1), 10_000))
+        return self.engine.admin.audit_log(user=wanted, dataset=_arg(args, "dataset", str),
+                                     limit=min(max(limit, 1), 10_000))
+
+    # -- users and tokens: the server's owner (its OS user) and the admin role only ----------
+    def _admin(self, user: str, what: str) -> None:
+        if user != server_os_user() and ADMIN_ROLE not in self.engine.roles(user):
+            raise AccessDenied(f"only the ldw server's owner or the {ADMIN_ROLE!r} role may "
+                               f"{what}")
+
+    def op_user_add(self, user: str, args: dict, progress: Callable | None) -> dict[str, str]:
+        """A new token for a user, returned once (only its hash is stored, never audited)."""
+        self._admin(user, "add users")
+        name = _arg(args, "name", str, required=True)
+        roles = _arg(args, "roles", list) or []
+        if not all(isinstance(r, str) for r in roles):
+            raise BadRequest("roles must be a list of role names")
+        token = self.engine.admin.add_user(name, roles)
+        self.audit(user, "user_add", detail=f"token for {name}" + (
+            f" with roles {', '.join(roles)}" if roles else ""))
+        return {"user": name, "token": token}
+
+    def op_user_revoke(self, user: str, args: dict, progress: Callable | None
+                       ) -> dict[str, Any]:
+        self._admin(user, "revoke users")
+        name = _arg(args, "name", str, required=True)
+        result = self.engine.admin.revoke_user(name)
+        self.audit(user, "user_revoke", detail=f"{name} revoked (token deleted: "
+                   f"{result['had_token']}, shares dropped: {result['dropped_shares']})")
+        return result
+
+    def op_user_list(self, user: str, args: dict, progress: Callable | None) -> list[dict]:
+        self._admin(user, "list users")
+        return self.engine.admin.token_users()
 
     def _exportable(self, user: str, args: dict) -> DatasetRecord:
         """The dataset to export, if the caller may read it and its policy lets it leave."""
@@ -418,8 +427,6 @@ class Service:
         """The server writes the export, as its own OS user, only inside the caller's export
         roots (:mod:`ldw.export.roots`); local clients write theirs themselves
         (``export_manifest``)."""
-        _only(args, "export", {"name", "owner", "path", "partition_by", "compression",
-                               "overwrite"})
         from ldw.export import export_table
         from ldw.export.roots import confine_export_path, export_roots_for
 
@@ -442,7 +449,6 @@ class Service:
     def op_export_manifest(self, user: str, args: dict, progress: Callable | None) -> Any:
         """For a local client that writes an export itself, as its own OS user: the policy
         checks, the audit record, and the provenance its manifest records."""
-        _only(args, "export_manifest", {"name", "owner", "path"})
         record = self._exportable(user, args)
         path = _arg(args, "path", str, required=True)
         version = record.version or self.engine.materialize(record.owner, record.name,
@@ -452,18 +458,18 @@ class Service:
         return {"provenance": self._provenance(user, record, version), "owner": user}
 
     # -- data streams ---------------------------------------------------------------------------
-    def _scan(self, user: str, args: dict) -> tuple[pa.RecordBatchReader, list[Pinned]]:
+    def stream_scan(self, user: str, args: dict, client_gone: Callable[[], bool] | None = None
+                    ) -> tuple[pa.RecordBatchReader, list[Pinned]]:
         """Stream an uncached dataset from its source, pushing down what translates exactly.
 
         ``predicate`` is a list of conjuncts in ldw's predicate format (:mod:`ldw.pushdown`),
         never a serialized expression; the client applies its whole predicate again."""
-        _only(args, "scan", {"name", "owner", "columns", "limit", "predicate"})
         owner, name = _target(user, args)
         columns = _arg(args, "columns", list)
         limit = _arg(args, "limit", int)
         conjuncts = _arg(args, "predicate", list)
         if args.get("predicate") is not None and conjuncts is None:
-            raise InvalidMapping("scan predicate must be a JSON list in ldw's predicate format; "
+            raise BadRequest("scan predicate must be a JSON list in ldw's predicate format; "
                                  "serialized polars expressions are refused (update ldw on the "
                                  "client)")
         record = self.engine.readable(user, owner, name)
@@ -486,9 +492,10 @@ class Service:
             return pa.RecordBatchReader.from_batches(pa.schema(fields), iter(())), pinned
         return pa.RecordBatchReader.from_batches(first.schema, _chain(first, batches)), pinned
 
-    def _preview(self, user: str, args: dict) -> pa.RecordBatchReader:
+    def stream_preview(self, user: str, args: dict,
+                       client_gone: Callable[[], bool] | None = None
+                       ) -> tuple[pa.RecordBatchReader, list[Pinned]]:
         """The first rows of a source table as the user may see them; no dataset is made."""
-        _only(args, "preview", {"table", "limit"})
         table = _arg(args, "table", str, required=True)
         limit = min(max(_arg(args, "limit", int) or 10, 0), 10_000)
         sql, batches = self.engine.preview(user, table, limit)
@@ -496,16 +503,15 @@ class Service:
         self.audit(user, "preview", dataset=table, sql=sql,
                    rows=sum(b.num_rows for b in rows))
         if not rows:
-            return pa.RecordBatchReader.from_batches(pa.schema([]), iter(()))
-        return pa.RecordBatchReader.from_batches(rows[0].schema, iter(rows))
+            return pa.RecordBatchReader.from_batches(pa.schema([]), iter(())), []
+        return pa.RecordBatchReader.from_batches(rows[0].schema, iter(rows)), []
 
-    def _sql(self, user: str, args: dict, client_gone: Callable[[], bool] | None = None
-             ) -> tuple[pa.RecordBatchReader, list[Pinned]]:
+    def stream_sql(self, user: str, args: dict, client_gone: Callable[[], bool] | None = None
+                   ) -> tuple[pa.RecordBatchReader, list[Pinned]]:
         """SQL over datasets the caller may read (``"alice/orders"`` for a shared one), each
         read zero-copy from its cached version."""
         from ldw.sql import referenced_datasets  # DuckDB loads on first use
 
-        _only(args, "sql", {"query", "name"})
         query = _arg(args, "query", str, required=True)
         if args.get("name") is not None:  # a new dataset whose lineage is this query
             record = self.engine.map_derived(user, _arg(args, "name", str), query)
@@ -547,9 +553,3 @@ def _chain(first: pa.RecordBatch, rest: Iterator[pa.RecordBatch]) -> Iterator[pa
     yield first
     yield from rest
 
-
-OPS: dict[str, Callable[[Service, str, dict, Callable | None], Any]] = {
-    name.removeprefix("op_"): getattr(Service, name)
-    for name in dir(Service) if name.startswith("op_")
-}
-STREAM_OPS = frozenset({"scan", "sql", "preview"})

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TypedDict
 
-__all__ = ["DatasetState", "Progress", "Tier"]
+__all__ = ["AttachInfo", "AuditRow", "ColumnInfo", "ColumnRow", "DatasetInfo", "DatasetListing",
+           "DatasetState", "ExportInfo", "Progress", "ServerStatus", "SourceRow", "TableRow",
+           "Tier"]
 
 
 class DatasetState(StrEnum):
@@ -44,3 +47,148 @@ class Progress:
     @property
     def mb_per_s(self) -> float:
         return self.bytes / 1e6 / self.seconds if self.seconds > 0 else 0.0
+
+
+# -- payloads: the JSON results of the operations (ldw.ops), produced by ldw.service ----------
+# Key order is column order where a client shows them as a table (ldw.client).
+
+class SourceRow(TypedDict):
+    """One configured source (``sources``); never a password."""
+
+    name: str
+    dialect: str
+    host: str | None
+    port: int | None
+    database: str | None
+    user: str | None
+    transport: str
+
+
+class TableRow(TypedDict):
+    """One table or view of a source schema (``tables``); ``rows`` is an estimate."""
+
+    schema: str
+    table: str
+    kind: str
+    rows: int | None
+
+
+class ColumnInfo(TypedDict):
+    """One column of a dataset as ``info`` shows it."""
+
+    name: str
+    source_type: str
+    arrow_type: str
+    nullable: bool
+    note: str
+
+
+class ColumnRow(ColumnInfo):
+    """One column of a source table (``describe``), with the policy tags that apply to it."""
+
+    policy_tags: list[str]
+
+
+class DatasetListing(TypedDict):
+    """One row of ``datasets``: what a dataset is and how it is cached."""
+
+    name: str
+    owner: str
+    mapping: str
+    state: str
+    rows: int | None
+    bytes: int | None
+    version: str | None
+    last_access: float | None
+    hits: int
+    pinned: bool
+    memory_only: bool
+
+
+class DatasetInfo(TypedDict):
+    """Everything a viewer may know of one dataset (``info``, ``map``, ``cache`` ...)."""
+
+    name: str
+    owner: str
+    state: str
+    stale: bool
+    source: str | None
+    mapping: str
+    schema: str  # Arrow IPC schema, base64 (ldw.wire.decode_schema)
+    columns: list[ColumnInfo]
+    rows: int | None
+    bytes: int | None
+    version: str | None
+    tier: str | None
+    load_seconds: float | None
+    source_sql: list[str]
+    lossy: dict[str, str]
+    ttl: float | None
+    pinned: bool
+    memory_only: bool
+    export: str | None
+    policy: str | None
+    shared_with: list[str]
+    hits: int
+    bytes_served: int
+    last_access: float | None
+    error: str | None
+
+
+class AttachInfo(DatasetInfo, total=False):
+    """``attach``'s answer: the info of the version handed over, plus how to read it over a
+    transport that needs one (Flight: ``ticket`` or ``tickets``; Ray: ``ticket``)."""
+
+    ticket: str
+    tickets: list[str]
+
+
+class ExportInfo(TypedDict):
+    """``export``'s answer: what the server wrote."""
+
+    path: str
+    files: list[dict]
+    rows: int
+    bytes: int
+    seconds: float
+    manifest_path: str
+
+
+class ServerStatus(TypedDict, total=False):
+    """``status``: who asks, the server's capacity and use, and per-dataset hits."""
+
+    mode: str             # "server" | "in-process"
+    pid: int
+    started: float
+    socket: str
+    flight: str | None
+    user: str
+    roles: list[str]
+    governed: bool
+    backend: str
+    ray_address: str | None
+    memory_limit: int
+    used_bytes: int
+    spilled_bytes: int
+    datasets: int
+    cached: int
+    hits: dict[str, int]
+    bytes_served: dict[str, int]
+
+
+class AuditRow(TypedDict):
+    """One audit record (``audit``), newest first."""
+
+    seq: int
+    ts: float
+    user: str
+    action: str
+    dataset: str | None
+    outcome: str
+    policy: str | None
+    sql: str | None
+    rows: int | None
+    bytes: int | None
+    detail: str | None
+    prev_hash: str | None
+    hash: str | None

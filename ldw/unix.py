@@ -8,8 +8,10 @@ its own session, so it outlives the process (and the Jupyter kernel) that starte
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -22,13 +24,14 @@ from typing import Any
 import pyarrow as pa
 
 from ldw.config import Settings, _user, server_env
-from ldw.errors import AccessDenied, ServerUnavailable
+from ldw.errors import AccessDenied, ConfigError, ServerUnavailable
 from ldw.governance.trust import NOT_WRITABLE, check_dir, create_private, private_dir
 from ldw.storage import direct_reader, open_fd
-from ldw.types import Progress
-from ldw.wire import STREAM_ERROR, decode_error, final_result, frame
+from ldw.types import AttachInfo, Progress
+from ldw.wire import STREAM_ERROR, error_from_bytes, final_result, frame
 
-__all__ = ["LocalBackend", "socket_path", "start_server"]
+__all__ = ["LocalBackend", "pid_path", "running_pid", "socket_path", "start_server",
+           "stop_server"]
 
 ProgressCallback = Callable[[Progress], None]
 
@@ -39,6 +42,38 @@ def socket_path(settings: Settings) -> Path:
     and SQLAlchemy (about 0.2 s), which a client that only attaches never needs.
     """
     return settings.state_dir / "ldw.sock"
+
+
+def pid_path(settings: Settings) -> Path:
+    return settings.state_dir / "ldw.pid"
+
+
+def running_pid(settings: Settings) -> int | None:
+    """The pid of the server holding this state_dir's lock, or None (zombies hold no lock).
+
+    Only a pid file of ours, in a state_dir of ours that nobody else can write to, counts."""
+    path = pid_path(settings)
+    if not os.path.lexists(settings.state_dir):
+        return None
+    check_dir(settings.state_dir, "state_dir", forbidden=NOT_WRITABLE)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:  # a link (ELOOP) or unreadable
+        raise ConfigError(f"pid file {str(path)!r} cannot be trusted ({exc.strerror}); "
+                          "remove it") from None
+    if os.fstat(fd).st_uid != os.geteuid():
+        os.close(fd)
+        raise ConfigError(f"pid file {str(path)!r} belongs to another user; remove it")
+    with open(fd) as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = handle.read().strip()
+            return int(text) if text.isdigit() else -1
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return None
 
 
 def _server_owner(path: Path) -> int:
@@ -182,7 +217,7 @@ class LocalBackend:
             conn.close()
 
     def attach(self, ref: dict[str, Any], *, progress: ProgressCallback | None = None
-               ) -> tuple[dict[str, Any], pa.Table]:
+               ) -> tuple[AttachInfo, pa.Table]:
         direct = self._direct.attach(ref, progress)
         if direct is not None:
             return direct
@@ -235,7 +270,8 @@ def _closing(reader: pa.ipc.RecordBatchStreamReader, conn: _Connection
             except StopIteration:
                 return
             if metadata is not None and STREAM_ERROR.encode() in metadata:
-                raise decode_error(json.loads(metadata[STREAM_ERROR.encode()]))
+                raise error_from_bytes(metadata[STREAM_ERROR.encode()]) or ServerUnavailable(
+                    "the ldw server ended the stream with an error it did not describe")
             yield batch
     finally:
         conn.close()
@@ -271,3 +307,54 @@ def start_server(settings: Settings, *, config: Any = None, overrides: dict[str,
             return process.pid
         time.sleep(0.05)
     raise ServerUnavailable(f"the ldw server did not answer within {wait:.0f}s; see {log_path}")
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` still exists and has not exited (a zombie has)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def stop_server(settings: Settings, *, wait: float = 30.0) -> int | None:
+    """Stop the local server of ``settings`` (SIGTERM, then wait until it is gone); return its
+    pid, or None if none ran. The one way ``ldw server stop`` and the demo stop a server.
+
+    The pid file alone is no proof: only the process serving the socket is signalled, else
+    :class:`AccessDenied` says why nothing was killed. :class:`ServerUnavailable` if it is still
+    running after ``wait`` seconds.
+    """
+    pid = running_pid(settings)
+    if pid is None:
+        return None
+    path = socket_path(settings)
+    try:
+        serving = LocalBackend(path).server_pid()
+    except ServerUnavailable as exc:
+        serving, reason = None, str(exc)
+    else:
+        reason = f"the process serving {path} is pid {serving}"
+    if serving != pid:
+        raise AccessDenied(f"not stopping pid {pid}: it is not the ldw server of "
+                           f"{settings.state_dir} ({reason}); nothing was killed")
+    with contextlib.suppress(ProcessLookupError):  # it may just have exited by itself
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + wait
+
+    def running() -> bool:  # the pid file goes first; the process may still be closing
+        return running_pid(settings) == pid or _alive(pid)
+
+    while time.monotonic() < deadline and running():
+        time.sleep(0.05)
+    if running():
+        raise ServerUnavailable(f"ldw server (pid {pid}) did not stop within {wait:.0f}s; "
+                                f"stop it with `kill {pid}`")
+    return pid

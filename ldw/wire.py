@@ -19,8 +19,8 @@ from ldw import errors
 from ldw.types import Progress
 
 __all__ = ["MAX_REQUEST", "STREAM_ERROR", "decode_error", "decode_schema", "decode_value",
-           "encode_error", "encode_schema", "encode_value", "final_result", "frame",
-           "progress_from_json", "progress_to_json"]
+           "encode_error", "encode_schema", "encode_value", "error_bytes", "error_from_bytes",
+           "final_result", "frame", "progress_from_json", "progress_to_json"]
 
 MAX_REQUEST = 1 << 20  # bytes of one JSON request; larger ones are refused unread
 STREAM_ERROR = "ldw_error"  # batch metadata key: the stream failed with this (JSON) error
@@ -70,11 +70,30 @@ def encode_error(exc: BaseException) -> dict[str, str]:
 
 
 def decode_error(data: dict[str, Any]) -> errors.LdwError:
+    """The error a JSON error detail names, as its own ldw class (else a plain LdwError)."""
     name = str(data.get("type", "LdwError"))
     cls = getattr(errors, name, None) if name in errors.__all__ else None
     if not (isinstance(cls, type) and issubclass(cls, errors.LdwError)):
         cls = errors.LdwError
     return cls(str(data.get("message", "")))
+
+
+def error_bytes(exc: BaseException) -> bytes:
+    """An error's detail as it travels outside a JSON frame: in a stream's batch metadata
+    (Unix socket) or a Flight error's ``extra_info``."""
+    return json.dumps(encode_error(exc), separators=(",", ":")).encode()
+
+
+def error_from_bytes(raw: bytes | str | None) -> errors.LdwError | None:
+    """The error :func:`error_bytes` wrote, or None if ``raw`` is not such a detail; the one
+    decoder of error details that arrive outside a frame, for both transports."""
+    if not raw:
+        return None
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None
+    return decode_error(data) if isinstance(data, dict) and "type" in data else None
 
 
 def encode_value(value: Any) -> Any:
@@ -99,6 +118,6 @@ def decode_value(value: Any) -> Any:
             try:
                 return kinds[tag](text)
             except (ValueError, ArithmeticError):
-                raise errors.InvalidMapping(f"parameter value {text!r} is not a valid "
+                raise errors.BadRequest(f"parameter value {text!r} is not a valid "
                                             f"{tag[1:]}") from None
     return value

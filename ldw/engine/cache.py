@@ -16,7 +16,7 @@ from ldw.config import Settings
 from ldw.connectors import Connector
 from ldw.engine.datasets import Datasets
 from ldw.engine.sources import Sources
-from ldw.errors import DatasetLost, LdwError, SourceUnavailable, UnknownDataset
+from ldw.errors import BadRequest, DatasetLost, LdwError, SourceUnavailable, UnknownDataset
 from ldw.governance.policies import Governance
 from ldw.lifecycle import DatasetRecord, Lifecycle
 from ldw.planner import MappedQuery, narrow, read_plan, single_plan
@@ -217,6 +217,21 @@ class Cache:
             except FileNotFoundError:
                 continue
         raise LdwError(f"dataset {name!r} kept changing while it was being opened; retry")
+
+    def attach_ticket(self, owner: str, name: str, progress: ProgressFn
+                      ) -> tuple[Version, str | None]:
+        """A distributed store: the current version (cached if needed) and a single-use ticket
+        a client in the cluster redeems to map it from its node; no ticket (None) if the
+        version is on the server's disk (the client attaches through the server then)."""
+        if not self.store.distributed:
+            raise BadRequest("ray_attach needs backend = \"ray\"; this server's backend is "
+                             "\"local\" (use attach)")
+
+        def ticket_for(version: Version) -> str | None:
+            # VersionLost if its objects are gone: recomputed, retried
+            return self.store.ticket(version) if version.tier == MEMORY else None
+
+        return self.open_with(ticket_for, owner, name, progress)
 
     def open(self, owner: str, name: str) -> pa.Table:
         """The cached table, memory-mapped; materialized first if needed."""

@@ -25,6 +25,7 @@ from ldw.audit import AuditSeal
 from ldw.catalog import Catalog, VersionRow
 from ldw.config import Settings
 from ldw.connectors import Connector
+from ldw.engine.admin import Admin
 from ldw.engine.cache import Cache
 from ldw.engine.datasets import Datasets
 from ldw.engine.sources import Sources
@@ -69,6 +70,7 @@ class Engine:
         self.sources_ = Sources(settings, self.governance, self.query_log, self._masked)
         self.datasets_ = Datasets(settings, self.lifecycle, self.governance, self.catalog,
                                   self.sources_, self.sql_engine)
+        self.admin = Admin(settings, self.catalog)  # users, tokens, the audit log
         self.cache = Cache(settings, self.lifecycle, self.store, self.governance, self.sources_,
                            self.datasets_, self.sql_engine, self.query_log)
         if not ephemeral:
@@ -157,6 +159,17 @@ class Engine:
     def check_stream(self, user: str, owner: str, name: str, policy: str) -> None:
         self.datasets_.check_stream(user, owner, name, policy)
 
+    @property
+    def governed(self) -> bool:
+        """Whether any governance policy is configured (and so enforced)."""
+        return self.governance.enforced
+
+    def roles(self, user: str) -> set[str]:
+        return set(self.governance.roles(user))
+
+    def grants(self, owner: str, name: str) -> list[tuple[str, str]]:
+        return self.catalog.grants(owner, name)
+
     def share(self, owner: str, name: str, *, user: str | None = None,
               role: str | None = None, revoke: bool = False) -> list[tuple[str, str]]:
         return self.datasets_.share(owner, name, user=user, role=role, revoke=revoke)
@@ -187,6 +200,10 @@ class Engine:
     def open_with(self, opener: Callable[[Version], Any], owner: str, name: str,
                   progress: ProgressFn) -> tuple[Version, Any]:
         return self.cache.open_with(opener, owner, name, progress)
+
+    def attach_ticket(self, owner: str, name: str, progress: ProgressFn
+                      ) -> tuple[Version, str | None]:
+        return self.cache.attach_ticket(owner, name, progress)
 
     def open(self, owner: str, name: str) -> pa.Table:
         return self.cache.open(owner, name)

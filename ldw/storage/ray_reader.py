@@ -63,8 +63,7 @@ class RayReader(DirectReader):
                ) -> tuple[dict[str, Any], pa.Table] | None:
         if not self._in_servers_cluster():
             return None
-        try:
-            info = self._call("ray_attach", dict(ref), progress=progress)
-        except errors.InvalidMapping:  # spilled to the server's disk: attach through the server
+        info = self._call("ray_attach", dict(ref), progress=progress)
+        if info.get("ticket") is None:  # spilled to the server's disk: attach through the server
             return None
         return info, read_ticket(info.pop("ticket"))
