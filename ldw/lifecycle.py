@@ -162,33 +162,36 @@ class Lifecycle:
         self.catalog.set_options(record.owner, record.name, record.options)
 
     # -- state changes --------------------------------------------------------------------------
-    def _move(self, record: DatasetRecord, state: DatasetState) -> None:
+    @staticmethod
+    def _allowed(record: DatasetRecord, state: DatasetState) -> DatasetState:
+        """``state``, if the table allows the move; checked before anything is written."""
         if state not in TRANSITIONS[record.state]:
             raise IllegalTransition(f"dataset {record.key}: {record.state} -> {state} is not "
                                     "an allowed move; please report this ldw bug")
-        record.state = state
+        return state
 
     def start(self, record: DatasetRecord) -> Version | None:
         """A source read begins (the caller holds ``record.lock``); returns the version it
         will replace. Kept in memory only: a server that dies now recovers the dataset as
         evicted."""
         previous = record.version
-        self._move(record, DatasetState.MATERIALIZING)
+        record.state = self._allowed(record, DatasetState.MATERIALIZING)
         record.error = None
         return previous
 
     def published(self, record: DatasetRecord, version: Version) -> None:
         """A read finished: its version becomes current, in the catalog and the record."""
+        state = self._allowed(record, DatasetState.CACHED)
         self.catalog.publish(VersionRow(
             version.version_id, record.owner, record.name, version.tier, version.path,
             version.rows, version.bytes, version.created, version.seconds,
-            tuple(record.source_sql)))
-        self._move(record, DatasetState.CACHED)
-        record.version, record.stale = version, False
+            tuple(record.source_sql)), state=state)
+        record.state, record.version, record.stale = state, version, False
 
     def failed(self, record: DatasetRecord, previous: Version | None, exc: BaseException) -> None:
         """A read failed: the previous version (if any) stays current, marked stale."""
-        self._move(record, _at_rest(previous) if previous is not None else DatasetState.FAILED)
+        record.state = self._allowed(
+            record, _at_rest(previous) if previous is not None else DatasetState.FAILED)
         record.stale = previous is not None
         record.error = str(exc) if isinstance(exc, Exception) else "interrupted"
         try:
@@ -199,9 +202,9 @@ class Lifecycle:
 
     def spilled(self, record: DatasetRecord, spilled: Version) -> None:
         """The record's version moved to the disk tier."""
+        state = self._allowed(record, DatasetState.SPILLED)
         self.catalog.move_version(spilled.version_id, tier=Tier.DISK, path=spilled.path)
-        self._move(record, DatasetState.SPILLED)
-        record.version = spilled
+        record.state, record.version = state, spilled
         self.catalog.set_state(record.owner, record.name, record.state,
                                version_id=spilled.version_id)
 
@@ -210,6 +213,8 @@ class Lifecycle:
         """The record's version is gone (evicted, expired, lost with a Ray node): it is
         recomputed from the mapping on next access; memory-only data that was ``lost`` is
         reported lost instead. ``forget`` releases bytes that are already gone."""
+        state = self._allowed(record, DatasetState.LOST if lost and record.memory_only
+                              else DatasetState.EVICTED)
         if record.version is not None:
             if forget is not None:
                 try:
@@ -220,18 +225,16 @@ class Lifecycle:
                 self.catalog.drop_version(record.version.version_id)
             else:
                 self.drop_version(record.version)
-        state = DatasetState.LOST if lost and record.memory_only else DatasetState.EVICTED
-        self._move(record, state)
-        record.version, record.stale = None, False
+        record.state, record.version, record.stale = state, None, False
         self.catalog.set_state(record.owner, record.name, state)
 
     def replanned(self, record: DatasetRecord, apply: Callable[[DatasetRecord], None]) -> None:
         """The owner's policy changed: the old bytes go and the record is planned again by
         ``apply``; the new definition is saved."""
+        state = self._allowed(record, DatasetState.MAPPED)
         if record.version is not None:
             self.drop_version(record.version)
-        self._move(record, DatasetState.MAPPED)
-        record.version, record.query = None, None
+        record.state, record.version, record.query = state, None, None
         apply(record)
         self.catalog.put_dataset(record.owner, record.name,
                                  mapping=mapping_to_json(record.mapping),
