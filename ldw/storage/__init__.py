@@ -9,6 +9,7 @@ the client's process can. Nothing outside this package needs to know which backe
 
 from __future__ import annotations
 
+import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +28,10 @@ from ldw.storage.base import (
 from ldw.storage.local import Store, open_fd
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from ldw.config import Settings
+    from ldw.storage.base import ProgressCallback
 
 __all__ = ["DISK", "MEMORY", "DirectReader", "MemoryBudget", "Store", "Version", "VersionLost",
            "VersionStore", "direct_reader", "make_store", "open_fd", "storage_schema"]
@@ -46,10 +50,27 @@ def make_store(settings: Settings, memory_root: Path, disk_root: Path, *,
     return Store(memory_root, disk_root, memory_limit=settings.memory_limit)
 
 
+class _OnceRayIsLoaded(DirectReader):
+    """Reads through the Ray store's own path only in a process that has imported Ray (a
+    driver of a cluster); elsewhere it costs one dictionary lookup per attach."""
+
+    def __init__(self, call: Callable[..., Any]) -> None:
+        self._call = call
+        self._reader: DirectReader | None = None
+
+    def attach(self, ref: dict[str, Any], progress: ProgressCallback | None
+               ) -> tuple[dict[str, Any], pa.Table] | None:
+        if "ray" not in sys.modules:
+            return None
+        if self._reader is None:
+            from ldw.storage.ray_reader import RayReader
+
+            self._reader = RayReader(self._call)
+        return self._reader.attach(ref, progress)
+
+
 def direct_reader(call: Callable[..., Any]) -> DirectReader:
     """The client's way to read versions straight from the server's store, bypassing the
     descriptor the server hands out; ``call`` is the client's ``call(op, args, progress=)``.
     Its ``attach`` returns None when this process cannot (then attach through the server)."""
-    from ldw.storage.ray_reader import RayReader  # imports no Ray until a driver has it
-
-    return RayReader(call)
+    return _OnceRayIsLoaded(call)
