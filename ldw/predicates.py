@@ -24,6 +24,7 @@ from sqlglot.errors import ParseError, TokenError
 
 from ldw.errors import InvalidMapping
 from ldw.governance.allowlist import check_query_nodes
+from ldw.parse_errors import describe_parse_error
 
 __all__ = ["ALLOWED_FUNCTIONS", "parse_query", "parse_where", "validate_select_sql",
            "sqlglot_dialect"]
@@ -89,8 +90,8 @@ def _parse_one(text: str, dialect: str | None, kind: str) -> exp.Expression:
     try:
         statements = [s for s in sqlglot.parse(text, read=dialect) if s is not None]
     except (ParseError, TokenError) as exc:
-        detail = str(exc).splitlines()[0]
-        raise InvalidMapping(f"cannot parse {kind} {text!r}: {detail}") from None
+        raise InvalidMapping(f"cannot parse {kind} {text!r}: "
+                             f"{describe_parse_error(text, exc)}") from None
     if len(statements) != 1:
         raise InvalidMapping(
             f"{kind} {text!r} must be a single {'expression' if kind == 'where' else 'query'}, "

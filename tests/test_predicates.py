@@ -67,3 +67,29 @@ def test_sql_must_be_one_read_only_query(query):
 def test_sql_is_regenerated():
     assert validate_select_sql("select a,b from t where a>1", dialect="postgresql") == \
         "SELECT a, b FROM t WHERE a > 1"
+
+
+@pytest.mark.parametrize(("where", "said"), [
+    ("balance >>> 3", "'>' at character 11 needs a value, column or condition after it"),
+    ("balance > ", "'>' at character 9 needs a value"),
+    ("(balance > 3", "')' expected at character 13"),
+    ("balance > 3 and", "'and' at character 13 needs a value"),
+    ("balance > 1 1", "unexpected '1' at character 13"),
+    ("balance between 1", "BETWEEN needs both bounds"),
+    ("name = 'x", "a quote is not closed or a character cannot be read at character 8"),
+])
+def test_parse_errors_say_what_was_expected_and_where(where: str, said: str) -> None:
+    columns = {"balance": sa.column("balance"), "name": sa.column("name")}
+    with pytest.raises(ldw.InvalidMapping) as error:
+        parse_where(where, columns)
+    message = str(error.value)
+    assert message.startswith(f"cannot parse where {where!r}: ") and said in message
+    assert not any(internal in message for internal in ("sqlglot", "<class", "Required keyword"))
+
+
+def test_sql_parse_errors_name_the_token_not_sqlglot_internals() -> None:
+    from ldw.sql import referenced_datasets
+
+    with pytest.raises(ldw.InvalidMapping, match=r"got 'WHERE' at character 13") as error:
+        referenced_datasets("SELECT FROM WHERE (")
+    assert "<Token" not in str(error.value)

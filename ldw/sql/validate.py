@@ -11,6 +11,7 @@ from sqlglot.errors import ParseError, TokenError
 from ldw.errors import (
     InvalidMapping,
 )
+from ldw.parse_errors import describe_parse_error
 
 __all__ = ["ALLOWED_TABLE_FUNCTIONS", "DIALECT", "referenced_datasets", "validate"]
 
@@ -81,8 +82,8 @@ def _parse(query: str) -> exp.Expression:
     try:
         statements = [s for s in sqlglot.parse(query, read=DIALECT) if s is not None]
     except (ParseError, TokenError) as exc:
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InvalidMapping(f"sql: cannot parse the query: {detail}") from exc
+        raise InvalidMapping(f"sql: cannot parse the query: {describe_parse_error(query, exc)}"
+                             ) from exc
     if len(statements) != 1:
         raise InvalidMapping(
             f"sql must be a single query; found {len(statements)} statements "
