@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import re
 
+from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 
-__all__ = ["describe_parse_error"]
+__all__ = ["describe_parse_error", "node_name", "span"]
 
 _MISSING = re.compile(r"Required keyword: '(\w+)' missing")
 _TOKENIZING = re.compile(r"Error tokenizing '(.*)'", re.S)
@@ -59,3 +60,20 @@ def describe_parse_error(text: str, exc: ParseError | TokenError) -> str:
                 "operator (=, <, AND, ...) or a comma may be missing before it")
     readable = _TOKEN.sub(lambda m: repr(m.group(1)), _CLASS.sub(r"\1", description))
     return f"{readable.rstrip('.')} at character {position}{_context(text, position)}"
+
+
+def span(node: exp.Expression) -> tuple[int, int] | None:
+    """Where ``node`` sits in the text (0-based first and last character), from the token
+    offsets sqlglot recorded on its leaves; None if it recorded none."""
+    starts, ends = [], []
+    for part in node.walk():
+        meta = part.meta if isinstance(part, exp.Expression) else None
+        if meta and isinstance(meta.get("start"), int) and isinstance(meta.get("end"), int):
+            starts.append(meta["start"])
+            ends.append(meta["end"])
+    return (min(starts), max(ends)) if starts else None
+
+
+def node_name(node: exp.Expression) -> str:
+    """A syntax node as a user would name it: ``BitwiseRightShift`` -> "bitwise right shift"."""
+    return re.sub(r"(?<!^)(?=[A-Z])", " ", type(node).__name__).lower()

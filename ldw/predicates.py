@@ -24,7 +24,7 @@ from sqlglot.errors import ParseError, TokenError
 
 from ldw.errors import InvalidMapping
 from ldw.governance.allowlist import check_query_nodes
-from ldw.parse_errors import describe_parse_error
+from ldw.parse_errors import describe_parse_error, node_name, span
 
 __all__ = ["ALLOWED_FUNCTIONS", "parse_query", "parse_where", "validate_select_sql",
            "sqlglot_dialect"]
@@ -82,8 +82,11 @@ _CASTS: dict[str, Callable[[exp.DataType], sa.types.TypeEngine]] = {
 }
 
 
-def _invalid(text: str, what: str) -> InvalidMapping:
-    return InvalidMapping(f"invalid where {text!r}: {what}")
+def _invalid(text: str, what: str, node: exp.Expression | None = None) -> InvalidMapping:
+    """A where that parsed but asks for something not allowed; ``node`` says where."""
+    where = span(node) if node is not None else None
+    at = f" (at character {where[0] + 1})" if where is not None else ""
+    return InvalidMapping(f"invalid where {text!r}{at}: {what}")
 
 
 def _parse_one(text: str, dialect: str | None, kind: str) -> exp.Expression:
@@ -116,7 +119,8 @@ class _Translator:
     def column(self, node: exp.Column) -> sa.ColumnElement:
         if node.table and node.table not in {""}:
             # A qualifier would let a predicate reach other tables: columns are named bare.
-            raise _invalid(self.text, f"write column {node.name!r} without a table qualifier")
+            raise _invalid(self.text, f"write column {node.name!r} without a table qualifier",
+                           node)
         name = node.name
         if name in self.columns:
             return self.columns[name]
@@ -124,7 +128,7 @@ class _Translator:
         if len(matches) == 1 and not node.this.quoted:
             return self.columns[matches[0]]
         known = ", ".join(sorted(self.columns))
-        raise _invalid(self.text, f"unknown column {name!r}; columns are: {known}")
+        raise _invalid(self.text, f"unknown column {name!r}; columns are: {known}", node)
 
     def literal(self, node: exp.Literal) -> sa.ColumnElement:
         if node.is_string:
@@ -139,7 +143,7 @@ class _Translator:
         target = node.to.this.name if hasattr(node.to.this, "name") else str(node.to.this)
         if target not in _CASTS:
             raise _invalid(self.text, f"cast to {node.to.sql()} is not allowed; "
-                           f"allowed: {', '.join(sorted(_CASTS))}")
+                           f"allowed: {', '.join(sorted(_CASTS))}", node)
         inner = node.this
         if isinstance(inner, exp.Literal) and inner.is_string and target in {"DATE", "TIMESTAMP"}:
             try:
@@ -203,18 +207,20 @@ class _Translator:
         if isinstance(node, exp.Extract):
             field = node.this.name.upper()
             if field not in _EXTRACT_FIELDS:
-                raise _invalid(self.text, f"EXTRACT({field}) is not allowed")
+                raise _invalid(self.text, f"EXTRACT({field}) is not allowed", node)
             return sa.extract(field.lower(), self.build(node.expression))
         if type(node) in ALLOWED_FUNCTIONS:
             args = [self.build(a) for a in [node.this, *node.expressions] if a is not None]
             return ALLOWED_FUNCTIONS[type(node)](args)
         if isinstance(node, exp.Subquery | exp.Select | exp.Exists | exp.Query):
-            raise _invalid(self.text, "subqueries are not allowed in a where")
+            raise _invalid(self.text, "subqueries are not allowed in a where", node)
         if isinstance(node, exp.Func):
             allowed = ", ".join(sorted(f.__name__.upper() for f in ALLOWED_FUNCTIONS))
             raise _invalid(self.text, f"function {node.sql()!r} is not allowed; "
-                           f"allowed: {allowed}, EXTRACT, CAST")
-        raise _invalid(self.text, f"{node.key.upper()} ({node.sql()!r}) is not allowed here")
+                           f"allowed: {allowed}, EXTRACT, CAST", node)
+        raise _invalid(self.text, f"{node_name(node)} ({node.sql()!r}) is not allowed in a where; "
+                       "use comparisons (=, <>, <, <=, >, >=), AND, OR, NOT, IN, BETWEEN, LIKE, "
+                       "IS [NOT] NULL, + - * /, CAST, EXTRACT and the allowed functions", node)
 
 
 def parse_where(text: str, columns: Mapping[str, sa.ColumnElement], *,

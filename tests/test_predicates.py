@@ -93,3 +93,17 @@ def test_sql_parse_errors_name_the_token_not_sqlglot_internals() -> None:
     with pytest.raises(ldw.InvalidMapping, match=r"got 'WHERE' at character 13") as error:
         referenced_datasets("SELECT FROM WHERE (")
     assert "<Token" not in str(error.value)
+
+
+@pytest.mark.parametrize(("where", "said"), [
+    ("balance >> 3", "(at character 1): bitwise right shift ('balance >> 3') is not allowed in a "
+                     "where; use comparisons"),
+    ("balance > 1 and foo > 3", "(at character 17): unknown column 'foo'"),
+    ("balance > 1 or md5(name) = 'x'", "(at character 16): function 'MD5(name)' is not allowed"),
+])
+def test_validation_errors_say_where_and_what_is_allowed(where: str, said: str) -> None:
+    columns = {"balance": sa.column("balance"), "name": sa.column("name")}
+    with pytest.raises(ldw.InvalidMapping) as error:
+        parse_where(where, columns)
+    assert str(error.value).startswith(f"invalid where {where!r} ") and said in str(error.value)
+    assert "BITWISE" not in str(error.value)

@@ -11,7 +11,7 @@ from sqlglot.errors import ParseError, TokenError
 from ldw.errors import (
     InvalidMapping,
 )
-from ldw.parse_errors import describe_parse_error
+from ldw.parse_errors import describe_parse_error, span
 
 __all__ = ["ALLOWED_TABLE_FUNCTIONS", "DIALECT", "referenced_datasets", "validate"]
 
@@ -43,22 +43,11 @@ _DENIED_PREFIXES = ("read_", "parquet_", "duckdb_", "pragma_", "sqlite_", "postg
                     "install_", "glob", "json_execute")
 
 
-def _span(node: exp.Expression) -> tuple[int, int] | None:
-    """Where ``node`` sits in the query text, from the token offsets sqlglot recorded."""
-    starts, ends = [], []
-    for part in node.walk():
-        meta = part.meta if isinstance(part, exp.Expression) else None
-        if meta and isinstance(meta.get("start"), int) and isinstance(meta.get("end"), int):
-            starts.append(meta["start"])
-            ends.append(meta["end"])
-    return (min(starts), max(ends)) if starts else None
-
-
 def _reject(node: exp.Expression, query: str, what: str) -> InvalidMapping:
-    span = _span(node)
-    if span is None:
+    where = span(node)
+    if where is None:
         return InvalidMapping(f"sql: {what}")
-    start, end = span
+    start, end = where
     line = query.count("\n", 0, start) + 1
     column = start - (query.rfind("\n", 0, start) + 1) + 1
     text = " ".join(query[start:end + 1].split())
@@ -164,8 +153,8 @@ def _validate(query: str) -> list[str]:
         if isinstance(node, exp.Table):
             name = _check_table(node, query)
             if name is not None and name not in names:
-                span = _span(node)
-                names[name] = span[0] if span else len(query)
+                at = span(node)
+                names[name] = at[0] if at else len(query)
         elif isinstance(node, exp.Func):
             name = _function_name(node)
             if _denied(name):
