@@ -107,3 +107,17 @@ def test_validation_errors_say_where_and_what_is_allowed(where: str, said: str) 
         parse_where(where, columns)
     assert str(error.value).startswith(f"invalid where {where!r} ") and said in str(error.value)
     assert "BITWISE" not in str(error.value)
+
+
+@pytest.mark.parametrize(("sql", "said"), [
+    ("select lo_import('/etc/passwd')", "function lo_import() (at character 8)"),
+    ("select id from t for update", "FOR UPDATE/SHARE (at character 8)"),
+    ("select pg_catalog.upper(s) from t", "function pg_catalog.upper(s) (at character 8)"),
+])
+def test_sql_mapping_refusals_say_where(sql: str, said: str) -> None:
+    from ldw.governance.allowlist import check_query_nodes
+    from ldw.predicates import parse_query
+
+    with pytest.raises(ldw.InvalidMapping, match=r"^sql= may not use ") as error:
+        check_query_nodes(parse_query(sql, "postgres"), "postgres")
+    assert said in str(error.value)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from sqlglot import exp
 
 from ldw.errors import InvalidMapping
+from ldw.parse_errors import node_name, span
 
 __all__ = ["check_query_nodes"]
 
@@ -173,10 +174,12 @@ _CAST_TYPES = frozenset(
     ) if hasattr(exp.DataType.Type, n))
 
 
-def _refuse(what: str) -> InvalidMapping:
-    return InvalidMapping(f"sql= may not use {what}: a sql= mapping is one read-only query over "
-                          "tables and views with built-in functions; map the table itself, or "
-                          "ask the ldw administrator if a function you need is missing")
+def _refuse(what: str, node: exp.Expression) -> InvalidMapping:
+    where = span(node)
+    at = f" (at character {where[0] + 1})" if where is not None else ""
+    return InvalidMapping(f"sql= may not use {what}{at}: a sql= mapping is one read-only query "
+                          "over tables and views with built-in functions; map the table itself, "
+                          "or ask the ldw administrator if a function you need is missing")
 
 
 def _function_name(node: exp.Func) -> str:
@@ -190,29 +193,29 @@ def check_query_nodes(tree: exp.Expression, dialect: str | None) -> None:
         kind = type(node)
         if isinstance(node, exp.Anonymous):
             if node.name.lower() not in anonymous:
-                raise _refuse(f"function {node.name}()")
+                raise _refuse(f"function {node.name}()", node)
             if isinstance(node.parent, exp.Dot):
-                raise _refuse(f"the schema-qualified function {node.parent.sql()}")
+                raise _refuse(f"the schema-qualified function {node.parent.sql()}", node.parent)
             continue
         if isinstance(node, exp.Func) and kind not in _STRUCTURE:
             if kind not in _FUNCTIONS:
-                raise _refuse(f"function {_function_name(node)}()")
+                raise _refuse(f"function {_function_name(node)}()", node)
             if isinstance(node.parent, exp.Dot):
-                raise _refuse(f"the schema-qualified function {node.parent.sql()}")
+                raise _refuse(f"the schema-qualified function {node.parent.sql()}", node.parent)
             continue
         if kind is exp.DataType:
             if node.this not in _CAST_TYPES:
-                raise _refuse(f"the type {node.sql()}")
+                raise _refuse(f"the type {node.sql()}", node)
             continue
         if isinstance(node, exp.DataType):  # subclasses: object identifiers (regclass), ...
-            raise _refuse(f"the type {node.sql()}")
+            raise _refuse(f"the type {node.sql()}", node)
         if kind in _STRUCTURE:
             if isinstance(node, exp.Select) and node.args.get("locks"):
-                raise _refuse("FOR UPDATE/SHARE")
+                raise _refuse("FOR UPDATE/SHARE", node)
             if isinstance(node, exp.Select) and node.args.get("into"):
-                raise _refuse("SELECT INTO")
+                raise _refuse("SELECT INTO", node)
             continue
         if isinstance(node, exp.Binary | exp.Unary | exp.Predicate) and not isinstance(
                 node, exp.Operator):  # OPERATOR(schema.op) names a function of its own
             continue  # operators sqlglot parses are the built-in ones: =, +, LIKE, ||, ...
-        raise _refuse(f"{kind.__name__.upper()} ({node.sql()[:60]!r})")
+        raise _refuse(f"{node_name(node)} ({node.sql()[:60]!r})", node)
