@@ -400,6 +400,27 @@ class Connector(abc.ABC):
             params = tuple(params[k] for k in compiled.positiontup)
         return SourceQuery(str(compiled), params, statement)
 
+    def estimate_rows(self, query: SourceQuery) -> int | None:
+        """The source planner's estimate of the rows ``query`` returns (no rows move); None
+        where the dialect has no way to ask or the source would not say."""
+        if self.dialect.explain is None or self.dialect.explain_rows is None:
+            return None
+        try:
+            with self.guard("estimating rows"), self.engine.connect() as conn:
+                cursor = conn.connection.dbapi_connection.cursor()
+                try:  # the raw cursor, as in result_names; the prefix is the dialect's constant
+                    if query.params:
+                        cursor.execute(self.dialect.explain + query.sql, query.params)
+                    else:
+                        cursor.execute(self.dialect.explain + query.sql)
+                    names = [d[0] for d in cursor.description or ()]
+                    rows = cursor.fetchall()
+                finally:
+                    cursor.close()
+            return self.dialect.explain_rows(names, rows)
+        except (LdwError, LookupError, ValueError, TypeError):
+            return None
+
     def result_names(self, sql: str) -> list[str]:
         """Column names of a validated query, from a ``LIMIT 0`` probe (no rows move)."""
         dialect = self.sqlglot_dialect

@@ -26,7 +26,14 @@ from pymysql.constants import FIELD_TYPE, FLAG
 
 from .base import ColumnPlan, Connector, ReadPlan
 from .convert import convert_batch, target_schema
-from .dialect import STANDARD_UNAVAILABLE, CancelByTag, Dialect, ErrorCode, sqlstate_of
+from .dialect import (
+    STANDARD_UNAVAILABLE,
+    CancelByTag,
+    Dialect,
+    ErrorCode,
+    explained_rows,
+    sqlstate_of,
+)
 from .fan_in import Interrupt
 
 __all__ = ["MYSQL", "MySQLConnector"]
@@ -59,6 +66,8 @@ MYSQL = Dialect(
     cancel=CancelByTag("select id from information_schema.processlist "
                        "where info like :pattern and id <> connection_id()", "KILL QUERY {id}"),
     read_only="SET SESSION TRANSACTION READ ONLY",
+    explain="EXPLAIN ",
+    explain_rows=explained_rows,
 )
 
 _SESSION_SETUP = ["SET time_zone = '+00:00'", MYSQL.read_only]

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 from .base import ColumnPlan, Connector, ReadPlan
 from .convert import NAN_SENTINEL, convert_batch, target_schema
-from .dialect import STANDARD_UNAVAILABLE, CancelByTag, Dialect
+from .dialect import STANDARD_UNAVAILABLE, CancelByTag, Dialect, explained_rows
 from .fan_in import Interrupt
 
 __all__ = ["POSTGRES", "PostgresConnector"]
@@ -38,6 +38,8 @@ POSTGRES = Dialect(
                        "where query like :pattern and pid <> pg_backend_pid()",
                        "select pg_cancel_backend({id})"),
     read_only="SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
+    explain="EXPLAIN (FORMAT JSON) ",
+    explain_rows=explained_rows,
 )
 
 _SNAPSHOT_ID = re.compile(r"^[0-9A-Fa-f]+-[0-9A-Fa-f]+(-[0-9]+)?$")

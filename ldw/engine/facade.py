@@ -28,6 +28,7 @@ from ldw.connectors import Connector
 from ldw.engine.admin import Admin
 from ldw.engine.cache import Cache
 from ldw.engine.datasets import Datasets
+from ldw.engine.federation import Federation
 from ldw.engine.sources import Sources
 from ldw.governance.policies import Governance
 from ldw.lifecycle import DatasetRecord, Lifecycle
@@ -73,6 +74,8 @@ class Engine:
         self.admin = Admin(settings, self.catalog)  # users, tokens, the audit log
         self.cache = Cache(settings, self.lifecycle, self.store, self.governance, self.sources_,
                            self.datasets_, self.sql_engine, self.query_log)
+        self.federation = Federation(settings, self.datasets_, self.sources_, self.cache,
+                                     self.sql_engine, self.query_log)  # SQL, read lazily
         if not ephemeral:
             self.recover()
 
