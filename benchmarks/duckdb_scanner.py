@@ -31,6 +31,11 @@ def _extension(package: str, name: str) -> str:
     raise SystemExit(f"no {name} extension file in {package}")
 
 
+def _literal(text: str) -> str:
+    """A SQL string literal (ATTACH takes no parameters); the DSN is the benchmark's own."""
+    return "'" + text.replace("'", "''") + "'"
+
+
 def _plain(value: object) -> object:
     if isinstance(value, decimal.Decimal):
         return float(value)
@@ -45,10 +50,10 @@ def main() -> None:
     job = json.load(sys.stdin)
     con = duckdb.connect(config={"allow_unsigned_extensions": True})
     con.execute(f"LOAD '{_extension('duckdb_extension_postgres_scanner', 'postgres_scanner')}'")
-    con.execute("ATTACH ? AS pg (TYPE postgres, READ_ONLY)", [job["postgres"]])
+    con.execute(f"ATTACH {_literal(job['postgres'])} AS pg (TYPE postgres, READ_ONLY)")
     if job.get("mysql"):
         con.execute(f"LOAD '{_extension('duckdb_extension_mysql_scanner', 'mysql_scanner')}'")
-        con.execute("ATTACH ? AS my (TYPE mysql, READ_ONLY)", [job["mysql"]])
+        con.execute(f"ATTACH {_literal(job['mysql'])} AS my (TYPE mysql, READ_ONLY)")
     results = {}
     for key, sql in job["queries"].items():
         best, rows = None, None

@@ -156,7 +156,8 @@ def markdown(results: dict[str, dict[str, dict]], engines: list[str]) -> str:
             if e != "ldw":
                 s = by.get(e, {}).get("seconds")
                 cells.append(f"{s / mine:.2f}" if s is not None and mine else "—")
-        cells.append(", ".join(f"{e} {by[e]['check']}" for e in engines if "check" in by[e]))
+        cells.append(", ".join(f"{e} {by[e]['check']}" for e in engines
+                               if "check" in by.get(e, {})))
         lines.append("| " + " | ".join(cells) + " |")
         if key.startswith("Q") and all("seconds" in by.get(e, {}) for e in engines):
             complete += 1

@@ -400,6 +400,12 @@ class Connector(abc.ABC):
             params = tuple(params[k] for k in compiled.positiontup)
         return SourceQuery(str(compiled), params, statement)
 
+    def row_ranges(self, statement: sa.Select, parts: int) -> list[sa.ColumnElement] | None:
+        """Conditions that split a read of one plain table into ``parts`` disjoint ranges of
+        its physical storage, which together hold every row (None: this dialect cannot, or
+        the table is too small to be worth it)."""
+        return None
+
     def estimate_rows(self, query: SourceQuery) -> int | None:
         """The source planner's estimate of the rows ``query`` returns (no rows move); None
         where the dialect has no way to ask or the source would not say."""

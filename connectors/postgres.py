@@ -25,6 +25,18 @@ from .fan_in import Interrupt
 
 __all__ = ["POSTGRES", "PostgresConnector"]
 
+MIN_PAGES_PER_RANGE = 4096  # 32 MiB: below that one reader is as fast
+
+
+class _TID(sa.types.UserDefinedType):
+    """PostgreSQL's tuple identifier type, for ``ctid`` ranges."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return "tid"
+
+
 POSTGRES = Dialect(
     "postgresql",
     sqlglot="postgres",
@@ -163,6 +175,32 @@ class PostgresConnector(Connector):
         )
         with self.engine.connect() as conn:
             return {name: max(int(n), 0) for name, n in conn.execute(query, {"schema": schema})}
+
+    def row_ranges(self, statement: sa.Select, parts: int) -> list[sa.ColumnElement] | None:
+        """Page ranges of the table (``ctid`` between pages, a TID range scan since
+        PostgreSQL 14), as DuckDB's scanner splits a table; the last range is open, so pages
+        added since the last ANALYZE are read too."""
+        froms = statement.get_final_froms()
+        if parts < 2 or len(froms) != 1 or not isinstance(froms[0], sa.Table):
+            return None
+        table = froms[0]
+        name = ".".join(f'"{p}"' for p in (table.schema, table.name) if p is not None)
+        query = sa.text("select current_setting('server_version_num')::int, "
+                        "(select relpages from pg_class where oid = to_regclass(:name))")
+        with self.guard("sizing the table"), self.engine.connect() as conn:
+            version, pages = conn.execute(query, {"name": name}).one()
+        if version < 140000 or not pages or pages < MIN_PAGES_PER_RANGE * parts:
+            return None
+        ctid = sa.literal_column("ctid", type_=sa.types.NullType())
+        bounds = [pages * i // parts for i in range(1, parts)]
+
+        def tid(page: int) -> sa.ColumnElement:
+            return sa.cast(sa.literal(f"({page},0)"), _TID)
+
+        ranges = [ctid < tid(bounds[0])]
+        ranges += [sa.and_(ctid >= tid(a), ctid < tid(b)) for a, b in zip(bounds, bounds[1:],
+                                                                             strict=False)]
+        return ranges + [ctid >= tid(bounds[-1])]
 
     def _connect(self, *, autocommit: bool) -> Any:
         """An ADBC connection, once a slot of the source's limit is free (closing it frees

@@ -309,3 +309,19 @@ def test_conjuncts_keep_negation_and_refuse_what_has_no_equivalent() -> None:
     assert p("a = DATE '2020-01-01'")["args"][1] == {"lit": "2020-01-01", "type": "date"}
     assert p("a + 1 > 2") is None and p("lower(a) = 'x'") is None
     assert p("a LIKE 'x' ESCAPE '!'") is None
+
+
+@pytest.mark.postgres
+def test_a_big_table_is_read_in_page_ranges_from_one_snapshot(fed_wh: ldw.Warehouse,
+                                                              tpch_pg: str, pg_conn) -> None:
+    import os
+
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one core: a table is read by one reader")
+    text = "SELECT count(*) AS n, sum(l_quantity) AS q, max(l_comment) AS c FROM {}"
+    plan = fed_wh.explain(text.format(f"pg.{tpch_pg}.lineitem"), analyze=True)
+    (relation,) = plan.relations
+    assert len(relation["sql"]) >= 2 and all("ctid" in sql for sql in relation["sql"])
+    result = fed_wh.sql(text.format(f"pg.{tpch_pg}.lineitem"))
+    assert tpch.compare_results(_expected(pg_conn, text.format("lineitem")),
+                                result.rows()) is None

@@ -19,6 +19,8 @@ the validated tree with relations renamed, written out by sqlglot.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -39,7 +41,7 @@ from ldw.governance.masks import masked_schema
 from ldw.lifecycle import DatasetRecord
 from ldw.logical.analyze import Needs, analyze, internal_name
 from ldw.logical.conjuncts import to_predicate
-from ldw.planner import MappedQuery, Mapping, narrow, single_plan
+from ldw.planner import MappedQuery, Mapping, narrow, ranged_plan, single_plan
 from ldw.pushdown import predicate_to_sql
 from ldw.query_log import QueryLog
 
@@ -47,6 +49,8 @@ __all__ = ["Federation", "Relation"]
 
 MAX_DEPTH = 8          # derived datasets over derived datasets, read lazily
 PARALLEL_READS = 4     # relations read from sources at the same time
+MAX_RANGES = 8         # parallel readers of one big table
+RANGE_ROWS = 250_000   # rows (as the source estimates them) worth a reader of their own
 DIALECT = "duckdb"
 
 
@@ -303,37 +307,61 @@ class Federation:
                           predicate=relation.predicate, limit=relation.limit)
         return connector, single_plan(connector, narrowed), narrowed
 
+    def _ranged(self, relation: Relation) -> tuple[Any, Any, MappedQuery, list | None]:
+        """:meth:`read_plan`, split into page ranges read in parallel when the source
+        estimates enough rows for more than one reader (a plain table, no limit)."""
+        connector, plan, narrowed = self.read_plan(relation)
+        if relation.estimated_rows is None:
+            relation.estimated_rows = connector.estimate_rows(plan.queries[0])
+        if relation.limit is not None:
+            return connector, plan, narrowed, None
+        parts = min(self._parts(connector), (relation.estimated_rows or 0) // RANGE_ROWS)
+        ranges = connector.row_ranges(narrowed.select, parts) if parts >= 2 else None
+        if ranges:
+            plan = ranged_plan(connector, narrowed, ranges)
+        return connector, plan, narrowed, ranges
+
     def _from_source(self, relation: Relation, stop: threading.Event,
                      cancelled: Callable[[], bool] | None = None) -> pa.Table:
-        connector, plan, narrowed = self.read_plan(relation)
+        connector, plan, narrowed, ranges = self._ranged(relation)
         relation.sql = [q.sql for q in plan.queries]
         self.query_log.extend((relation.source, q) for q in relation.sql)
         if relation.record is not None:
             relation.record.source_queries += len(relation.sql)
         schema = masked_schema(target_schema(narrowed.columns), narrowed.arrow_masks)
         cancel = threading.Event()
-        batches = connector.stream(plan, cancel)
-        try:
-            kept = []
-            for batch in self.cache.masked(batches, narrowed):
-                if stop.is_set() or (cancelled is not None and cancelled()):
-                    cancel.set()
-                    raise Cancelled(f"sql: reading {relation.ref} was stopped (the query "
-                                    "failed elsewhere or its client went away)")
-                kept.append(batch)
-        finally:
-            batches.close()
+        with contextlib.ExitStack() as stack:
+            snapshot = None
+            if ranges:
+                stack.enter_context(connector.read_slots(len(ranges)))
+                snapshot = stack.enter_context(connector.snapshot(narrowed.tables,
+                                                                  partitioned=True))
+            batches = connector.stream(plan, cancel, snapshot)
+            try:
+                kept = []
+                for batch in self.cache.masked(batches, narrowed):
+                    if stop.is_set() or (cancelled is not None and cancelled()):
+                        cancel.set()
+                        raise Cancelled(f"sql: reading {relation.ref} was stopped (the query "
+                                        "failed elsewhere or its client went away)")
+                    kept.append(batch)
+            finally:
+                batches.close()
         return pa.Table.from_batches(kept, schema=schema) if kept else schema.empty_table()
+
+    @staticmethod
+    def _parts(connector: Any) -> int:
+        """Ranges per big table: one reader per core, within the source's connections."""
+        return max(1, min(os.cpu_count() or 1, MAX_RANGES, connector.max_partitions))
 
     def estimate(self, plan: Plan) -> None:
         """The sources' own row estimates for what each uncached relation reads."""
         for relation in plan.relations:
             if relation.read == "cache":
                 relation.estimated_rows = relation.record.version.rows  # type: ignore[union-attr]
-            elif relation.read == "source":
-                connector, read, _ = self.read_plan(relation)
+            elif relation.read == "source" and not relation.sql:
+                _, read, _, _ = self._ranged(relation)
                 relation.sql = [q.sql for q in read.queries]
-                relation.estimated_rows = connector.estimate_rows(read.queries[0])
 
 
 def _references(tree: exp.Expression) -> list[str | tuple[str, ...]]:
