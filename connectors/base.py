@@ -175,6 +175,9 @@ class Connector(abc.ABC):
         self.batch_rows = batch_rows
         self._engine: Engine | None = None
         self._lock = threading.Lock()
+        # table definitions and column plans, each kept with its definition marker
+        self._definitions: dict[tuple[str | None, str], tuple[str, sa.Table]] = {}
+        self._column_plans: dict[tuple, list[ColumnPlan]] = {}
         self.slots = ConnectionSlots(source)
         self._held: dict[int, Callable[[], None]] = {}  # id(DBAPI connection) -> its release
 
@@ -333,7 +336,47 @@ class Connector(abc.ABC):
         """Cheap row estimates from the catalog; exact counts would read the tables."""
         return {}
 
+    def definition_marker(self, schema: str | None, table: str) -> str | None:
+        """A value read cheaply from the source's catalog that changes whenever the table's
+        definition does (columns, types); None where the dialect has none (then nothing
+        about the table is cached)."""
+        return None
+
+    def _marker(self, schema: str | None, table: str) -> str | None:
+        try:
+            return self.definition_marker(schema, table)
+        except sa.exc.SQLAlchemyError:
+            return None
+
     def reflect(self, schema: str | None, table: str) -> sa.Table:
+        """The table's columns and types, as SQLAlchemy reflects them; kept while the source's
+        catalog says its definition has not changed."""
+        marker = self._marker(schema, table)
+        cached = self._definitions.get((schema, table)) if marker is not None else None
+        if cached is not None and cached[0] == marker:
+            return cached[1]
+        reflected = self._reflect(schema, table)
+        if marker is not None:
+            self._definitions[(schema, table)] = (marker, reflected)
+        return reflected
+
+    def planned_columns(self, statement: sa.Select) -> list[ColumnPlan]:
+        """:meth:`plan_columns`, kept per statement while the definitions of the tables it
+        reads are unchanged (planning asks the source, e.g. a schema-only query)."""
+        tables = [t for t in sa.sql.util.find_tables(statement) if isinstance(t, sa.Table)]
+        markers = tuple(self._marker(t.schema, t.name) for t in tables)
+        if not tables or None in markers:
+            return self.plan_columns(statement)
+        key = (self.compile(statement, literal=True).sql, markers)
+        plans = self._column_plans.get(key)
+        if plans is None:
+            plans = self.plan_columns(statement)
+            if len(self._column_plans) >= 1024:
+                self._column_plans.clear()
+            self._column_plans[key] = plans
+        return list(plans)
+
+    def _reflect(self, schema: str | None, table: str) -> sa.Table:
         with self.guard(f"reflecting {table!r}"):
             inspector = sa.inspect(self.engine)
             if not inspector.has_table(table, schema=schema) and table not in (

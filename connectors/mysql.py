@@ -156,6 +156,16 @@ class MySQLConnector(Connector):
         with self.engine.connect() as conn:
             return {name: int(n or 0) for name, n in conn.execute(query, {"schema": schema})}
 
+    def definition_marker(self, schema: str | None, table: str) -> str | None:
+        """The table's columns with their types, from information_schema."""
+        query = sa.text(
+            "select group_concat(concat(column_name, ':', column_type, ':', is_nullable, ':', "
+            "coalesce(collation_name, '')) order by ordinal_position separator ',') "
+            "from information_schema.columns where table_schema = coalesce(:schema, database()) "
+            "and table_name = :name")
+        with self.engine.connect() as conn:
+            return conn.execute(query, {"schema": schema, "name": table}).scalar()
+
     def plan_columns(self, statement: sa.Select) -> list[ColumnPlan]:
         sql = self.compile(statement.limit(0), literal=True).sql
         with self.guard("reading the result schema"), self.engine.connect() as conn:

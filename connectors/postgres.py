@@ -25,6 +25,12 @@ from .fan_in import Interrupt
 
 __all__ = ["POSTGRES", "PostgresConnector"]
 
+_DEFINITION = sa.text(
+    "select c.oid::text || '/' || c.xmin::text || '/' || coalesce((select string_agg("
+    "a.attname || ':' || a.atttypid::text || ':' || a.atttypmod::text || ':' || a.xmin::text, "
+    "',' order by a.attnum) from pg_catalog.pg_attribute a where a.attrelid = c.oid "
+    "and a.attnum > 0 and not a.attisdropped), '') "
+    "from pg_catalog.pg_class c where c.oid = pg_catalog.to_regclass(:name)")
 MIN_PAGES_PER_RANGE = 4096  # 32 MiB: below that one reader is as fast
 
 
@@ -175,6 +181,13 @@ class PostgresConnector(Connector):
         )
         with self.engine.connect() as conn:
             return {name: max(int(n), 0) for name, n in conn.execute(query, {"schema": schema})}
+
+    def definition_marker(self, schema: str | None, table: str) -> str | None:
+        """The table's catalog rows' versions and its columns' names and types: any ALTER
+        TABLE changes it (one catalog query, about a millisecond)."""
+        name = ".".join(f'"{p}"' for p in (schema, table) if p is not None)
+        with self.engine.connect() as conn:
+            return conn.execute(_DEFINITION, {"name": name}).scalar()
 
     def row_ranges(self, statement: sa.Select, parts: int) -> list[sa.ColumnElement] | None:
         """Page ranges of the table (``ctid`` between pages, a TID range scan since

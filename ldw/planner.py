@@ -211,7 +211,7 @@ def plan_mapping(connector: Connector, mapping: Mapping,
                            f"{mapping.ref} (or is masked); columns are: {list(lookup)}")
     if mapping.limit is not None:
         select = select.limit(mapping.limit)
-    plans = connector.plan_columns(select)
+    plans = connector.planned_columns(select)
     select = connector.apply_rewrites(select, plans)
     return MappedQuery(mapping, select, plans, lookup, tables, policies, arrow_masks)
 

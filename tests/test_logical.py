@@ -325,3 +325,25 @@ def test_a_big_table_is_read_in_page_ranges_from_one_snapshot(fed_wh: ldw.Wareho
     result = fed_wh.sql(text.format(f"pg.{tpch_pg}.lineitem"))
     assert tpch.compare_results(_expected(pg_conn, text.format("lineitem")),
                                 result.rows()) is None
+
+
+@pytest.mark.postgres
+def test_a_changed_table_definition_is_planned_again(fed_wh: ldw.Warehouse, pg_engine,
+                                                     pg_schema: str) -> None:
+    with pg_engine.begin() as conn:
+        conn.exec_driver_sql(f"create table {pg_schema}.t (id int, v int)")
+        conn.exec_driver_sql(f"insert into {pg_schema}.t values (1, 10), (2, 20)")
+    query = f"SELECT * FROM pg.{pg_schema}.t ORDER BY id"
+    assert fed_wh.sql(query).columns == ["id", "v"]
+    assert fed_wh.sql(query).columns == ["id", "v"]  # planned from the kept definition
+    with pg_engine.begin() as conn:
+        conn.exec_driver_sql(f"alter table {pg_schema}.t add column w text default 'x'")
+        conn.exec_driver_sql(f"alter table {pg_schema}.t alter column v type numeric(10,1)")
+    result = fed_wh.sql(query)
+    assert result.columns == ["id", "v", "w"] and result["w"].to_list() == ["x", "x"]
+    assert str(result["v"].dtype).startswith("Decimal")
+    with pg_engine.begin() as conn:
+        conn.exec_driver_sql(f"drop table {pg_schema}.t")
+        conn.exec_driver_sql(f"create table {pg_schema}.t (id int, v text)")
+        conn.exec_driver_sql(f"insert into {pg_schema}.t values (3, 'three')")
+    assert fed_wh.sql(query).rows() == [(3, "three")]
