@@ -41,6 +41,7 @@ from ldw.governance.masks import masked_schema
 from ldw.lifecycle import DatasetRecord
 from ldw.logical.analyze import Needs, analyze, internal_name
 from ldw.logical.conjuncts import to_predicate
+from ldw.logical.dynamic import MAX_KEYS, IntegerSet, integer_keys, integer_type
 from ldw.planner import MappedQuery, Mapping, narrow, ranged_plan, single_plan
 from ldw.pushdown import predicate_to_sql
 from ldw.query_log import QueryLog
@@ -51,6 +52,7 @@ MAX_DEPTH = 8          # derived datasets over derived datasets, read lazily
 PARALLEL_READS = 4     # relations read from sources at the same time
 MAX_RANGES = 8         # parallel readers of one big table
 RANGE_ROWS = 250_000   # rows (as the source estimates them) worth a reader of their own
+WAIT_RATIO = 8         # a relation waits for a join partner this many times smaller
 DIALECT = "duckdb"
 
 
@@ -247,29 +249,91 @@ class Federation:
     def tables(self, plan: Plan, *, cancelled: Callable[[], bool] | None = None,
                depth: int = 0) -> dict[str, pa.Table]:
         """Every relation of ``plan`` as an Arrow table: from the cache, or read from its
-        source now (in parallel)."""
-        tables: dict[str, pa.Table] = {}
-        for relation in plan.relations:
+        source now, in parallel waves: a relation that joins a much smaller one on an integer
+        key waits for it and reads only the rows whose key it has (:mod:`ldw.logical.dynamic`)."""
+        read: dict[int, pa.Table] = {}
+        for i, relation in enumerate(plan.relations):
             if relation.read == "cache":
                 assert relation.record is not None
-                table = self.cache.open(relation.record.owner, relation.record.name)
-                relation.rows = table.num_rows
-                tables[relation.view] = table
-        pending = [r for r in plan.relations if r.read != "cache"]
-        if not pending:
-            return tables
+                read[i] = self.cache.open(relation.record.owner, relation.record.name)
+                relation.rows = read[i].num_rows
+        pending = [i for i, r in enumerate(plan.relations) if r.read != "cache"]
+        waits = self._waits(plan, pending)
         stop = threading.Event()
-        with ThreadPoolExecutor(max_workers=min(PARALLEL_READS, len(pending)),
+        with ThreadPoolExecutor(max_workers=max(1, min(PARALLEL_READS, len(pending))),
                                 thread_name_prefix="ldw-read") as pool:
-            futures = [(r, pool.submit(self._read, r, stop, depth, cancelled))
-                       for r in pending]
-            try:
-                for relation, future in futures:
-                    tables[relation.view] = future.result()
-            except BaseException:
-                stop.set()
-                raise
-        return tables
+            while pending:
+                wave = [i for i in pending if waits[i] <= read.keys()] or pending
+                for i in wave:
+                    self._dynamic_filters(plan.relations[i], plan.relations, read)
+                futures = [(i, pool.submit(self._read, plan.relations[i], stop, depth,
+                                           cancelled)) for i in wave]
+                try:
+                    for i, future in futures:
+                        read[i] = future.result()
+                except BaseException:
+                    stop.set()
+                    raise
+                pending = [i for i in pending if i not in read]
+        return {plan.relations[i].view: table for i, table in read.items()}
+
+    def _waits(self, plan: Plan, pending: list[int]) -> dict[int, set[int]]:
+        """For each relation to read, the much smaller join partners worth waiting for."""
+        def size(i: int) -> int | None:
+            relation = plan.relations[i]
+            if relation.read == "cache":
+                return relation.record.version.rows  # type: ignore[union-attr]
+            if relation.read != "source":
+                return None
+            if relation.estimated_rows is None:
+                self._ranged(relation)
+            return relation.estimated_rows
+
+        waits: dict[int, set[int]] = {i: set() for i in pending}
+        for i in pending:
+            relation = plan.relations[i]
+            if relation.read != "source" or relation.needs is None or not relation.needs.joins:
+                continue
+            mine = size(i)
+            for _, other, _ in relation.needs.joins:
+                theirs = size(other)
+                if mine is not None and theirs is not None and theirs <= MAX_KEYS \
+                        and theirs * WAIT_RATIO <= mine:
+                    waits[i].add(other)
+        return waits
+
+    def _dynamic_filters(self, relation: Relation, relations: list[Relation],
+                         read: dict[int, pa.Table]) -> None:
+        """Add ``key IN (keys of a partner already read)`` to a relation's source query."""
+        needs = relation.needs
+        if relation.read != "source" or needs is None or relation.limit is not None:
+            return
+        query = self._mapped(relation)
+        names = {n.lower(): n for n in relation.schema.names}
+        added = []
+        for column, other, other_column in needs.joins:
+            name = names.get(column.lower())
+            partner = read.get(other)
+            if name is None or partner is None or name not in query.lookup \
+                    or not pa.types.is_integer(relation.schema.field(name).type) \
+                    or not _filtered(relations[other]):
+                continue
+            sql_type = integer_type(query.lookup[name])
+            if sql_type is None:
+                continue
+            partner_names = {n.lower(): n for n in partner.column_names}
+            source_column = partner_names.get(other_column.lower())
+            keys = integer_keys(partner.column(source_column)) if source_column else None
+            if keys is None:
+                continue
+            added.append(IntegerSet(query.lookup[name], sorted(keys), sql_type))
+            relation.conditions.append(f"{name} IN ({len(keys):,} keys of "
+                                       f"{relations[other].ref}.{source_column})")
+        if added:
+            relation.predicate = sa.and_(*([relation.predicate] if relation.predicate is not None
+                                           else []), *added)
+            relation.estimated_rows = None  # the source estimates the filtered read again
+            relation.sql = []
 
     def _read(self, relation: Relation, stop: threading.Event, depth: int,
               cancelled: Callable[[], bool] | None) -> pa.Table:
@@ -362,6 +426,15 @@ class Federation:
             elif relation.read == "source" and not relation.sql:
                 _, read, _, _ = self._ranged(relation)
                 relation.sql = [q.sql for q in read.queries]
+
+
+def _filtered(relation: Relation) -> bool:
+    """Whether a relation was read with conditions (then its keys are likely a few of the
+    domain; an unfiltered table's keys are usually all of it, and filter nothing)."""
+    if relation.read == "cache":
+        mapping = relation.record.mapping  # type: ignore[union-attr]
+        return relation.record.derived or mapping.where is not None or mapping.sql is not None
+    return relation.predicate is not None
 
 
 def _references(tree: exp.Expression) -> list[str | tuple[str, ...]]:

@@ -53,6 +53,9 @@ class Needs:
     occurrences: list[list[exp.Expression]] = field(default_factory=list)
     limit: int | None = None
     notes: list[str] = field(default_factory=list)  # why something was not pushed
+    # inner equi-joins every occurrence has: (its column, other relation, other column); its
+    # rows without a partner there cannot reach the result (a dynamic filter)
+    joins: list[tuple[str, int, str]] = field(default_factory=list)
 
     @property
     def filtered(self) -> bool:
@@ -203,18 +206,23 @@ def _bare(conjunct: exp.Expression) -> exp.Expression:
         return conjunct.copy().transform(strip)
 
 
-def _scope_pushdown(select: exp.Select) -> tuple[dict[str, list[exp.Expression]], str | None]:
-    """Conjuncts of one SELECT that may filter a single source first, by alias; or why none."""
+Pushdown = tuple[dict[str, list[exp.Expression]], str | None,
+                 list[tuple[str, str, str | int, str]]]
+
+
+def _scope_pushdown(select: exp.Select) -> Pushdown:
+    """Conjuncts of one SELECT that may filter a single source first, by alias, or why none;
+    and its equi-joins between two sources no outer join pads (alias, column, alias, column)."""
     from_ = select.args.get("from_") or select.args.get("from")
     if from_ is None:
-        return {}, None
+        return {}, None, []
     nullable: set[str] = set()
     candidates: list[tuple[exp.Expression, bool]] = []  # (conjunct, from a LEFT JOIN's ON)
     for join in select.args.get("joins") or []:
         side, kind = (join.side or "").upper(), (join.kind or "").upper()
         if side in {"RIGHT", "FULL"} or kind in {"SEMI", "ANTI", "ASOF", "POSITIONAL"} \
                 or join.args.get("method") or isinstance(join.this, exp.Lateral):
-            return {}, f"the query has a {side or kind or 'special'} join"
+            return {}, f"the query has a {side or kind or 'special'} join", []
         alias = join.this.alias_or_name
         if side == "LEFT":
             nullable.add(alias)
@@ -226,8 +234,15 @@ def _scope_pushdown(select: exp.Select) -> tuple[dict[str, list[exp.Expression]]
     where = select.args.get("where")
     candidates += [(c, False) for c in _conjuncts_of(where.this if where else None)]
     pushed: dict[str, list[exp.Expression]] = {}
+    equi: list[tuple[str, str, str | int, str]] = []
     for conjunct, left_on in candidates:
         alias = _single_alias(conjunct)
+        pair = _equi_join(conjunct) if not left_on else None
+        if pair is not None and not {pair[0], pair[2]} & nullable:
+            equi += [pair, (pair[2], pair[3], pair[0], pair[1])]
+        semi = _semi_join(conjunct) if not left_on else None
+        if semi is not None and semi[0] not in nullable:
+            equi.append(semi)
         if alias is None:
             for alias, implied in _implied(conjunct).items():
                 if alias not in nullable:
@@ -236,7 +251,63 @@ def _scope_pushdown(select: exp.Select) -> tuple[dict[str, list[exp.Expression]]
         if alias in nullable and not left_on:
             continue
         pushed.setdefault(alias, []).append(_bare(conjunct))
-    return pushed, None
+    return pushed, None, _transitive(equi)
+
+
+def _transitive(equi: list[tuple[str, str, str | int, str]]
+                ) -> list[tuple[str, str, str | int, str]]:
+    """Equi-joins closed under transitivity: a.x = b.y and b.y = c.z give a.x = c.z."""
+    pairs = [(a, c, b, d) for a, c, b, d in equi if isinstance(b, str)]
+    parent: dict[tuple[str, str], tuple[str, str]] = {}
+
+    def root(node: tuple[str, str]) -> tuple[str, str]:
+        while parent.get(node, node) != node:
+            node = parent[node]
+        return node
+
+    for a, c, b, d in pairs:
+        parent[root((a, c))] = root((b, d))
+    classes: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for node in {n for a, c, b, d in pairs for n in ((a, c), (b, d))}:
+        classes.setdefault(root(node), []).append(node)
+    closed = {(a, c, b, d) for members in classes.values() for a, c in members
+              for b, d in members if a != b}
+    return sorted(closed) + [e for e in equi if not isinstance(e[2], str)]
+
+
+def _equi_join(conjunct: exp.Expression) -> tuple[str, str, str, str] | None:
+    node = conjunct.unnest()
+    if not isinstance(node, exp.EQ):
+        return None
+    left, right = node.this.unnest(), node.expression.unnest()
+    if isinstance(left, exp.Column) and isinstance(right, exp.Column) \
+            and left.table and right.table and left.table != right.table:
+        return left.table, left.name, right.table, right.name
+    return None
+
+
+def _semi_join(conjunct: exp.Expression) -> tuple[str, str, int, str] | None:
+    """``x.c IN (SELECT y.d FROM relation y ...)``: x's rows need a partner among the
+    relation's values of d (alias, column, relation index, its column)."""
+    node = conjunct.unnest()
+    query = node.args.get("query") if isinstance(node, exp.In) else None
+    column = node.this.unnest() if isinstance(node, exp.In) else None
+    if not isinstance(column, exp.Column) or not column.table or node.args.get("negate"):
+        return None
+    select = query.this if isinstance(query, exp.Subquery) else query
+    if not isinstance(select, exp.Select) or len(select.expressions) != 1:
+        return None
+    projected = select.expressions[0].unalias()
+    if not isinstance(projected, exp.Column) or not projected.table:
+        return None
+    from_ = select.args.get("from_") or select.args.get("from")
+    sources = [from_.this] if from_ is not None else []
+    sources += [j.this for j in select.args.get("joins") or []]  # a value shown is theirs
+    for source in sources:
+        index = _relation_of(source)
+        if index is not None and source.alias_or_name == projected.table:
+            return column.table, column.name, index, projected.name
+    return None
 
 
 def _implied(conjunct: exp.Expression) -> dict[str, exp.Expression]:
@@ -261,16 +332,24 @@ def _implied(conjunct: exp.Expression) -> dict[str, exp.Expression]:
 
 def _conjuncts(tree: exp.Expression, scopes: list[Scope], needs: list[Needs]) -> None:
     seen = [0] * len(needs)
+    joins: list[list[set[tuple[str, int, str]]]] = [[] for _ in needs]
     for scope in scopes:
         select = scope.expression
-        pushed, why = (_scope_pushdown(select) if isinstance(select, exp.Select)
-                       else ({}, "the relation is read by a non-SELECT clause"))
+        pushed, why, equi = (_scope_pushdown(select) if isinstance(select, exp.Select)
+                             else ({}, "the relation is read by a non-SELECT clause", []))
+        partners: dict[str, set[tuple[str, int, str]]] = {}
+        for alias, column, other_alias, other_column in equi:
+            other = (other_alias if isinstance(other_alias, int)  # IN (SELECT ...)
+                     else _resolve(scope, other_alias))  # this scope's, or an outer one
+            if alias in scope.sources and other is not None:
+                partners.setdefault(alias, set()).add((column, other, other_column))
         for alias, source in scope.sources.items():
             index = _relation_of(source)
             if index is None:
                 continue
             seen[index] += 1
             needs[index].occurrences.append(pushed.get(alias, []))
+            joins[index].append({j for j in partners.get(alias, set()) if j[1] != index})
             if why:
                 needs[index].notes.append(f"no row condition pushed: {why}")
     for table in tree.find_all(exp.Table):
@@ -280,6 +359,10 @@ def _conjuncts(tree: exp.Expression, scopes: list[Scope], needs: list[Needs]) ->
     for index, left in enumerate(seen):
         if left < 0:  # read somewhere the scopes do not show (e.g. PIVOT): every row
             needs[index].occurrences.append([])
+    for need, found in zip(needs, joins, strict=True):
+        # a partner every occurrence needs (one occurrence's says nothing of the others)
+        if found and len(found) == len(need.occurrences):
+            need.joins = sorted(set.intersection(*found))
 
 
 # -- row limits -----------------------------------------------------------------------------------
