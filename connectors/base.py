@@ -13,7 +13,7 @@ import contextlib
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import pyarrow as pa
 import sqlalchemy as sa
@@ -36,8 +36,8 @@ from .fan_in import Producer, fan_in
 from .names import GENERIC_RULES, NAME_RULES, NameRules, Relation
 from .slots import ConnectionSlots, Lease, current_lease, uncounted
 
-__all__ = ["ColumnPlan", "Connector", "ReadPlan", "Relation", "SourceQuery", "timeout_error",
-           "wrap_driver_error"]
+__all__ = ["ColumnPlan", "Connector", "Probe", "ReadPlan", "Relation", "SourceQuery",
+           "timeout_error", "wrap_driver_error"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,14 @@ class ColumnPlan:
             "nullable": self.nullable,
             "note": self.note or "",
         }
+
+
+class Probe(NamedTuple):
+    """What :meth:`Connector.probe` found: rows, and max / sum per column."""
+
+    rows: int
+    maxima: dict[str, Any]
+    sums: dict[str, int | None]
 
 
 @dataclass(frozen=True)
@@ -432,6 +440,36 @@ class Connector(abc.ABC):
                  ) -> contextlib.AbstractContextManager[sa.Connection]:
         """A connection whose view of the source every partition of one read shares (a
         context manager; implement it with ``@contextlib.contextmanager``)."""
+
+    # -- change detection --------------------------------------------------------------------
+    change_counters_method: ClassVar[str | None] = None  # what change_counters reads, if any
+
+    def change_counters(self, tables: Sequence[tuple[str | None, str, str | None]]
+                        ) -> dict[str, Any] | None:
+        """What the source's own statistics say about writes to ``tables`` ((schema, name,
+        alias) as a plan lists them), per table, as JSON values that change whenever the
+        table is written to; None where the dialect keeps no such statistics (then only
+        :meth:`probe` tells). Cheap: it never reads the tables."""
+        return None
+
+    def probe(self, select: sa.Select, *, maxima: Sequence[str] = (), sums: Sequence[str] = (),
+              conn: sa.Connection | None = None) -> Probe:
+        """``count(*)`` of a planned select, ``max`` of ``maxima`` and ``sum`` of ``sums`` (any
+        dialect), on ``conn`` (e.g. a read's snapshot) or a control connection of its own."""
+        sub = select.subquery("ldw_probe")
+        statement = sa.select(sa.func.count(), *[sa.func.max(sub.c[c]) for c in maxima],
+                              *[sa.func.sum(sub.c[c]) for c in sums])
+        with self.guard("checking the source for changes"):
+            if conn is not None:
+                row = conn.execute(statement).one()
+            else:
+                with self.engine.connect() as own:
+                    row = own.execute(statement).one()
+        values = list(row)
+        rows, top, total = values[0], values[1:1 + len(maxima)], values[1 + len(maxima):]
+        return Probe(int(rows), dict(zip(maxima, top, strict=True)),
+                     {c: int(v) if v is not None else None
+                      for c, v in zip(sums, total, strict=True)})
 
     # -- reading -----------------------------------------------------------------------------
     @abc.abstractmethod
