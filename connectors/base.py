@@ -458,7 +458,7 @@ class Connector(abc.ABC):
         dialect), on ``conn`` (e.g. a read's snapshot) or a control connection of its own."""
         sub = select.subquery("ldw_probe")
         statement = sa.select(sa.func.count(), *[sa.func.max(sub.c[c]) for c in maxima],
-                              *[sa.func.sum(sub.c[c]) for c in sums])
+                              *[sa.func.sum(sub.c[c]) for c in sums]).select_from(sub)
         with self.guard("checking the source for changes"):
             if conn is not None:
                 row = conn.execute(statement).one()

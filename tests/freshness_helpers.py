@@ -26,10 +26,11 @@ class Source:
     def table(self) -> str:
         return f"{self.kind}.{self.schema}.orders"
 
-    def run(self, *statements: str) -> None:
+    def run(self, *statements: str, settle: bool = False) -> None:
         """Run writes in one transaction and make sure the source's statistics show them
         (PostgreSQL publishes a session's counters when it goes idle, within about a second;
-        ``pg_stat_force_next_flush`` makes that immediate)."""
+        ``pg_stat_force_next_flush`` makes that immediate). ``settle``: on MariaDB, wait for
+        the next second so that a later write moves ``update_time``."""
         with self.engine.connect() as conn:
             for statement in statements:
                 conn.exec_driver_sql(statement)
@@ -37,7 +38,7 @@ class Source:
             if self.kind == "pg":
                 conn.exec_driver_sql("select pg_stat_force_next_flush()")
                 conn.exec_driver_sql("select 1")
-        if self.kind == "my":
+        if self.kind == "my" and settle:
             time.sleep(1.05)  # information_schema update_time has second resolution
 
     def create(self, rows: int = ROWS) -> None:
@@ -46,16 +47,18 @@ class Source:
         self.run(f"create table {self.schema}.orders (o_orderkey bigint primary key, "
                  f"o_custkey integer not null, o_totalprice numeric(12,2), "
                  f"o_comment {text}, updated_at {ts} not null)")
-        self.insert(1, rows)
+        self.insert(1, rows, settle=True)
 
-    def insert(self, first: int, last: int) -> None:
+    def insert(self, first: int, last: int, *, settle: bool = False) -> None:
         """Rows ``first..last`` (inclusive) with a watermark of now."""
         if self.kind == "pg":
             self.run(f"insert into {self.schema}.orders select g, mod(g, 1000), g * 1.25, "
-                     f"'comment ' || g, now() from generate_series({first}, {last}) g")
+                     f"'comment ' || g, now() from generate_series({first}, {last}) g",
+                     settle=settle)
         else:
             self.run(f"insert into {self.schema}.orders select seq, mod(seq, 1000), seq * 1.25, "
-                     f"concat('comment ', seq), now(6) from seq_{first}_to_{last}")
+                     f"concat('comment ', seq), now(6) from seq_{first}_to_{last}",
+                     settle=settle)
 
     def content(self) -> pa.Table:
         with self.engine.connect() as conn:

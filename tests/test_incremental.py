@@ -71,7 +71,7 @@ def test_upsert_replaces_updated_rows_and_adds_new_ones(src: Source, wh: ldw.War
     # distinct watermarks: only the rows at the last one seen are read again
     src.run(f"update {src.schema}.orders set updated_at = "
             + ("timestamp '2024-01-01' + o_orderkey * interval '1 second'" if src.kind == "pg"
-               else "timestamp '2024-01-01' + interval o_orderkey second"))
+               else "timestamp '2024-01-01 00:00:00' + interval o_orderkey second"))
     orders = wh.map("orders", src.table, incremental="upsert", key="o_orderkey",
                     watermark="updated_at").cache()
     now = "now()" if src.kind == "pg" else "now(6)"
