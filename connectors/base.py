@@ -174,6 +174,9 @@ class Connector(abc.ABC):
     # snapshot (the connector's snapshot() exports one and stream() imports it)
     supports_distributed_reads: ClassVar[bool] = False
     transport: ClassVar[str] = "dbapi"
+    # whether a read's snapshot connection is free for other queries (a probe) while stream()
+    # reads (PostgreSQL: the readers import an exported snapshot on connections of their own)
+    snapshot_idle_while_streaming: ClassVar[bool] = False
     # whether this source's connections count against [sources.NAME] max_connections (a
     # file-based source has no server whose connections to spare)
     counts_connections: ClassVar[bool] = True

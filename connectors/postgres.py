@@ -113,6 +113,7 @@ class PostgresConnector(Connector):
     transport: ClassVar[str] = "adbc"
     dialect: Dialect = POSTGRES
     supports_distributed_reads: ClassVar[bool] = True  # partitions import an exported snapshot
+    snapshot_idle_while_streaming: ClassVar[bool] = True
     SQL_REWRITES: ClassVar[dict[str, Any]] = {
         "text": lambda column: sa.cast(column, sa.Text),
         "text_array": lambda column: sa.cast(column, sa.ARRAY(sa.Text)),

@@ -3,10 +3,12 @@ current version, and making room in the memory tier (spill, drop, evict, expire)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import pyarrow as pa
@@ -177,7 +179,7 @@ class Cache:
                          progress: ProgressFn) -> Version | None:
         """old version + what changed, ``previous`` itself if nothing did, None when only a
         full read is right (the reason is kept in the record's freshness)."""
-        from ldw.engine.incremental import read_increment
+        from ldw.engine.incremental import Abandoned, Pending, read_increment
 
         started = time.perf_counter()
         connector = self.sources.connector(record.mapping.source)
@@ -186,9 +188,25 @@ class Cache:
             old = self.store.open_table(previous)
         except (VersionLost, FileNotFoundError):
             return None
-        found = read_increment(connector, record, query, old, self.masked)
-        self._log(record, found.sql)
         mode = record.mapping.incremental or "full"
+        pending = Pending()
+        with ThreadPoolExecutor(1, thread_name_prefix="ldw-extend") as pool:
+            writing = None
+            if mode == "append":  # the old rows are copied while the source is read
+                writing = pool.submit(self.store.extend, previous, record.schema, pending,
+                                      progress=progress,
+                                      make_room=lambda n: self.make_room(n, record))
+            try:
+                found = read_increment(connector, record, query, old, self.masked)
+            finally:
+                pending.abandon()  # a no-op once delivered
+            self._log(record, found.sql)
+            if found.fallback is not None or not found.batches:
+                if writing is not None:
+                    with contextlib.suppress(Abandoned):
+                        writing.result()
+            else:
+                pending.deliver(found.batches)
         if found.fallback is not None:
             log.info("%s: full refresh: %s", record.key, found.fallback)
             record.freshness = {**record.freshness, "fallback": found.fallback}
@@ -197,9 +215,9 @@ class Cache:
             self._note_refresh(record, mode, started, 0, 0, reason="no change in the source")
             return previous
         record.source_sql = list(found.sql)
-        version = self.store.extend(previous, record.schema, found.batches,
-                                    replace_key=found.replace_key, progress=progress,
-                                    make_room=lambda n: self.make_room(n, record))
+        version = writing.result() if writing is not None else self.store.extend(
+            previous, record.schema, found.batches, replace_key=found.replace_key,
+            progress=progress, make_room=lambda n: self.make_room(n, record))
         self._note_refresh(record, mode, started, found.rows, found.bytes)
         return version
 

@@ -13,6 +13,8 @@ caller reads the whole dataset: never a silently wrong version. The old rows com
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -21,11 +23,12 @@ import pyarrow.compute as pc
 import sqlalchemy as sa
 
 from ldw.connectors import Connector
+from ldw.connectors.base import Probe
 from ldw.errors import SourceUnavailable
 from ldw.lifecycle import DatasetRecord
 from ldw.planner import MappedQuery, narrow, read_plan
 
-__all__ = ["Increment", "read_increment"]
+__all__ = ["Abandoned", "Increment", "Pending", "read_increment"]
 
 
 @dataclass
@@ -40,15 +43,47 @@ class Increment:
     sql: tuple[str, ...] = ()
 
 
+class Abandoned(Exception):  # internal: the increment will not come, drop what was written
+    """Raised into a store write whose increment was abandoned (a full read is needed)."""
+
+
+class Pending:
+    """The increment's batches, delivered later: a store write iterating over them copies the
+    old rows meanwhile and waits here for the new ones (or for :meth:`abandon`)."""
+
+    def __init__(self) -> None:
+        self._ready = threading.Event()
+        self._batches: list[pa.RecordBatch] | None = None
+
+    def deliver(self, batches: list[pa.RecordBatch]) -> None:
+        self._batches = batches
+        self._ready.set()
+
+    def abandon(self) -> None:
+        self._ready.set()
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        self._ready.wait()
+        if self._batches is None:
+            raise Abandoned
+        return iter(self._batches)
+
+
 def _literal(column: sa.ColumnElement, value: Any) -> sa.ColumnElement:
     typed = not isinstance(column.type, sa.types.NullType)
     return sa.literal(value, type_=column.type if typed else None)
 
 
 def _integer_sum(column: pa.ChunkedArray | pa.Array) -> int | None:
+    """The exact sum of an integer column (None for other types)."""
     if not pa.types.is_integer(column.type):
         return None
-    total = pc.sum(column.cast(pa.decimal128(38, 0))).as_py()
+    low, high = pc.min_max(column).values()
+    bound = max(abs(low.as_py() or 0), abs(high.as_py() or 0)) * len(column)
+    if bound < 2**63 and not pa.types.is_uint64(column.type):  # int64 cannot overflow
+        total = pc.sum(column.cast(pa.int64())).as_py()
+    else:
+        total = pc.sum(column.cast(pa.decimal128(38, 0))).as_py()
     return int(total) if total is not None else 0
 
 
@@ -87,15 +122,17 @@ def read_increment(connector: Connector, record: DatasetRecord, query: MappedQue
         settled = query
         newer = narrow(query, predicate=mark >= _literal(mark, last))
         expected_rows = expected_sum = None  # known once the increment is read
+    sums = [key] if integer else []
     with connector.read_slots(1), \
-            connector.snapshot(query.tables, partitioned=True) as snapshot:
-        probe = connector.probe(settled.select, sums=[key] if integer else [],
-                                conn=snapshot)
-        if expected_rows is not None and (probe.rows != expected_rows or (
-                integer and probe.sums[key] != expected_sum)):
-            return Increment([], fallback=(
-                f"rows at or below the cached max({key}) changed in the source (deleted or "
-                f"rewritten: {probe.rows} rows there, {expected_rows} cached)"))
+            connector.snapshot(query.tables, partitioned=True) as snapshot, \
+            ThreadPoolExecutor(1, thread_name_prefix="ldw-probe") as pool:
+        probing = None
+        if connector.snapshot_idle_while_streaming:  # probe and read at once
+            probing = pool.submit(connector.probe, settled.select, sums=sums, conn=snapshot)
+        else:
+            probe = connector.probe(settled.select, sums=sums, conn=snapshot)
+            if _moved(probe, key, expected_rows, expected_sum):
+                return Increment([], fallback=_moved(probe, key, expected_rows, expected_sum))
         single = replace(newer, mapping=replace(mapping, partitions=1, partition_on=None))
         plan = read_plan(connector, single, snapshot)
         cancel = threading.Event()
@@ -108,12 +145,24 @@ def read_increment(connector: Connector, record: DatasetRecord, query: MappedQue
             if not isinstance(exc, SourceUnavailable):
                 connector.cancel_tagged(plan.tag)
             raise
+        if probing is not None:
+            probe = probing.result()
+            if _moved(probe, key, expected_rows, expected_sum):
+                return Increment([], fallback=_moved(probe, key, expected_rows, expected_sum))
     found = Increment(batches, rows=sum(b.num_rows for b in batches),
                       bytes=sum(b.nbytes for b in batches),
                       sql=tuple(q.sql for q in plan.queries))
     if mapping.incremental == "upsert":
         return _check_upsert(found, old, key, probe.rows, probe.sums.get(key), integer)
     return found
+
+
+def _moved(probe: Probe, key: str, rows: int | None, total: int | None) -> str | None:
+    """Why the cached rows of an append dataset are no longer the source's, if they are not."""
+    if rows is None or (probe.rows == rows and probe.sums.get(key) == total):
+        return None
+    return (f"rows at or below the cached max({key}) changed in the source (deleted or "
+            f"rewritten: {probe.rows} rows there, {rows} cached)")
 
 
 def _check_upsert(found: Increment, old: pa.Table, key: str, source_rows: int,

@@ -177,9 +177,11 @@ class VersionStore(abc.ABC):
         the new rows replace them). ``base`` itself is untouched; readers keep it."""
         import pyarrow.compute as pc
 
-        increment = list(batches)
         old = self.open_table(base)
+        increment: Iterable[pa.RecordBatch] = batches
         keys = None
+        if replace_key is not None:  # the new keys first: old rows are filtered by them
+            increment = list(batches)
         if replace_key is not None and increment:
             keys = pa.chunked_array([b.column(replace_key) for b in increment],
                                     type=increment[0].schema.field(replace_key).type
