@@ -103,13 +103,14 @@ def _append(engine: sa.Engine, schema: str, spec: tuple, fraction: float) -> int
 
 
 def _update(engine: sa.Engine, schema: str, spec: tuple, fraction: float) -> int:
+    """Update ``fraction`` of the rows, spread over the whole key range."""
     name, key, amount, _, _ = spec
     with engine.begin() as conn:
-        count = conn.exec_driver_sql(f"select count(*) from {schema}.{name}").scalar_one()
-        step = int(1 / fraction)
         return conn.exec_driver_sql(
             f"update {schema}.{name} set {amount} = {amount} + 1, updated_at = now() "
-            f"where mod({key}, {step}) = 0 and {key} <= {count}").rowcount
+            f"where {key} in (select {key} from (select {key}, row_number() over (order by "
+            f"{key}) as n from {schema}.{name}) s where mod(n, {int(1 / fraction)}) = 0)"
+        ).rowcount
 
 
 def _source_digest(engine: sa.Engine, schema: str, spec: tuple) -> tuple:

@@ -181,3 +181,29 @@ def test_old_catalog_mappings_still_load() -> None:
     new = Mapping("o", "pg", "s", "t", incremental="append", key="k", refresh="every 10m")
     assert mapping_from_json(mapping_to_json(new)) == new
 
+
+
+def test_the_store_extends_a_version_without_touching_it(tmp_path) -> None:
+    """VersionStore.extend: old rows from the store plus new ones; with replace_key the new
+    rows replace old ones of the same key; the base version stays as it was."""
+    import pyarrow as pa
+
+    from ldw.storage.local import Store
+
+    store = Store(tmp_path / "memory", tmp_path / "disk", memory_limit=1 << 30)
+    try:
+        schema = pa.schema([("id", pa.int64()), ("s", pa.string())])
+        base = store.write("me/t", schema, [pa.record_batch(
+            {"id": [1, 2, 3], "s": ["a", "b", "c"]}, schema=schema)])
+        added = pa.record_batch({"id": [2, 4], "s": ["B", "d"]}, schema=schema)
+        appended = store.extend(base, schema, [added])
+        upserted = store.extend(base, schema, [added], replace_key="id")
+        assert store.open_table(appended).to_pylist() == [
+            {"id": 1, "s": "a"}, {"id": 2, "s": "b"}, {"id": 3, "s": "c"},
+            {"id": 2, "s": "B"}, {"id": 4, "s": "d"}]
+        assert sorted(store.open_table(upserted).to_pylist(), key=lambda r: r["id"]) == [
+            {"id": 1, "s": "a"}, {"id": 2, "s": "B"}, {"id": 3, "s": "c"}, {"id": 4, "s": "d"}]
+        assert store.open_table(base).num_rows == 3
+        assert store.open_table(upserted).schema.field("s").type == pa.string_view()
+    finally:
+        store.close()
