@@ -86,20 +86,19 @@ def _copy(conn: sa.Connection, schema: str, spec: tuple, *, tpch: bool) -> str:
 
 
 def _append(engine: sa.Engine, schema: str, spec: tuple, fraction: float) -> int:
+    """Append ``fraction`` new rows: copies of the first rows with keys above the maximum."""
     name, key, _, _, _ = spec
     with engine.begin() as conn:
         top, count = conn.exec_driver_sql(
             f"select max({key}), count(*) from {schema}.{name}").one()
-        new = int(count * fraction)
         columns = [c for c, in conn.exec_driver_sql(
             "select column_name from information_schema.columns where table_schema = "
             f"'{schema}' and table_name = '{name}' order by ordinal_position").all()]
         rest = ", ".join(c for c in columns if c not in (key, "updated_at"))
-        conn.exec_driver_sql(
+        return conn.exec_driver_sql(
             f"insert into {schema}.{name} ({key}, {rest}, updated_at) "
-            f"select {key} + {top}, {rest}, now() from {schema}.{name} "
-            f"where {key} <= (select min({key}) from {schema}.{name}) + {new - 1}")
-    return new
+            f"select {key} + {top}, {rest}, now() from (select * from {schema}.{name} "
+            f"order by {key} limit {int(count * fraction)}) s").rowcount
 
 
 def _update(engine: sa.Engine, schema: str, spec: tuple, fraction: float) -> int:

@@ -207,9 +207,14 @@ class Lifecycle:
         self._rebase(record, token)
 
     def _rebase(self, record: DatasetRecord, token: dict[str, Any] | None) -> None:
+        """A version read from the source now: the read was a check (at ``token["at"]``,
+        when it started), so the next one is due an interval later."""
         record.token = token
         record.freshness = {k: v for k, v in record.freshness.items()
                             if k in ("method", "last_refresh")}
+        if token is not None and record.version is not None:
+            record.freshness.update(checked_at=token["at"], reason=None, error=None,
+                                    version=record.version.version_id)
         try:
             self.save_options(record)
         except Exception:  # the version is published; without a baseline it reads as unknown

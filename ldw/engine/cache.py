@@ -133,7 +133,8 @@ class Cache:
                     "restart or crash); call refresh() to read the source again")
             if record.memory_only:
                 self.store.check_memory_only(record.key)
-            counters = self.freshness.counters(record) if self.freshness else (None, False)
+            counters = self.freshness.counters(record) if self.freshness \
+                else (None, False, time.time())
             previous = self.lifecycle.start(record)
             try:
                 version, reason = None, "full=True" if full and previous else None
@@ -160,7 +161,7 @@ class Cache:
         return version
 
     def _baseline(self, record: DatasetRecord, version: Version,
-                  counters: tuple[Any, bool]) -> dict[str, Any] | None:
+                  counters: tuple[Any, bool, float]) -> dict[str, Any] | None:
         if self.freshness is None:
             return None
         try:

@@ -89,23 +89,25 @@ class Freshness:
         self._scheduler: threading.Thread | None = None
 
     # -- the baseline of a version --------------------------------------------------------------
-    def counters(self, record: DatasetRecord) -> tuple[dict[str, Any] | None, bool]:
-        """The source's change counters now (before a read opens its snapshot), and whether
-        they could be read at all; never raises (a read does not depend on them)."""
+    def counters(self, record: DatasetRecord) -> tuple[dict[str, Any] | None, bool, float]:
+        """The source's change counters now (before a read opens its snapshot), whether they
+        could be read at all, and when; never raises (a read does not depend on them)."""
+        now = time.time()
         if record.derived:
-            return None, False
+            return None, False, now
         try:
             query = self.datasets.query(record)
             if query is None or not _watch_counters(query):
-                return None, False
+                return None, False, now
             connector = self.sources.connector(record.mapping.source)
-            return connector.change_counters(query.tables), True
+            return connector.change_counters(query.tables), True, now
         except Exception:  # (the read decides whether the source is usable)
             log.debug("no change counters for %s", record.key, exc_info=True)
-            return None, False
+            return None, False, now
 
     def baseline(self, record: DatasetRecord, version: Version,
-                 counters: tuple[dict[str, Any] | None, bool]) -> dict[str, Any] | None:
+                 counters: tuple[dict[str, Any] | None, bool, float]
+                 ) -> dict[str, Any] | None:
         """What a check compares with: counters read before the read, and the version's own
         row count and maxima of the declared columns (exactly what it holds)."""
         if record.derived:
@@ -120,9 +122,9 @@ class Freshness:
                 if column.type != arrow_type:
                     column = column.cast(arrow_type)
                 maxima[name] = _comparable(pc.max(column).as_py(), arrow_type)
-        values, ok = counters
+        values, ok, at = counters
         return {"counters": values, "counters_ok": ok, "rows": version.rows, "max": maxima,
-                "at": time.time()}
+                "at": at}
 
     # -- checks ---------------------------------------------------------------------------------
     def look(self, record: DatasetRecord, wait: float = INFO_WAIT) -> None:
@@ -178,7 +180,7 @@ class Freshness:
         query = self.datasets.query(record)
         if query is None:
             return None, [], "derived"
-        counters, ok = self.counters(record)
+        counters, ok, _ = self.counters(record)
         reasons = []
         if ok and token.get("counters_ok") and connector.change_counters_method:
             method = f"{connector.change_counters_method} + {PROBE}"
