@@ -13,7 +13,7 @@ import contextlib
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
 import pyarrow as pa
 import sqlalchemy as sa
@@ -36,7 +36,7 @@ from .fan_in import Producer, fan_in
 from .names import GENERIC_RULES, NAME_RULES, NameRules, Relation
 from .slots import ConnectionSlots, Lease, current_lease, uncounted
 
-__all__ = ["ColumnPlan", "Connector", "Probe", "ReadPlan", "Relation", "SourceQuery",
+__all__ = ["ColumnPlan", "Connector", "ReadPlan", "Relation", "SourceQuery",
            "timeout_error", "wrap_driver_error"]
 
 
@@ -60,14 +60,6 @@ class ColumnPlan:
             "nullable": self.nullable,
             "note": self.note or "",
         }
-
-
-class Probe(NamedTuple):
-    """What :meth:`Connector.probe` found: rows, and max / sum per column."""
-
-    rows: int
-    maxima: dict[str, Any]
-    sums: dict[str, int | None]
 
 
 @dataclass(frozen=True)
@@ -186,6 +178,9 @@ class Connector(abc.ABC):
         self.batch_rows = batch_rows
         self._engine: Engine | None = None
         self._lock = threading.Lock()
+        # table definitions and column plans, each kept with its definition marker
+        self._definitions: dict[tuple[str | None, str], tuple[str, sa.Table]] = {}
+        self._column_plans: dict[tuple, list[ColumnPlan]] = {}
         self.slots = ConnectionSlots(source)
         self._held: dict[int, Callable[[], None]] = {}  # id(DBAPI connection) -> its release
 
@@ -344,7 +339,47 @@ class Connector(abc.ABC):
         """Cheap row estimates from the catalog; exact counts would read the tables."""
         return {}
 
+    def definition_marker(self, schema: str | None, table: str) -> str | None:
+        """A value read cheaply from the source's catalog that changes whenever the table's
+        definition does (columns, types); None where the dialect has none (then nothing
+        about the table is cached)."""
+        return None
+
+    def _marker(self, schema: str | None, table: str) -> str | None:
+        try:
+            return self.definition_marker(schema, table)
+        except sa.exc.SQLAlchemyError:
+            return None
+
     def reflect(self, schema: str | None, table: str) -> sa.Table:
+        """The table's columns and types, as SQLAlchemy reflects them; kept while the source's
+        catalog says its definition has not changed."""
+        marker = self._marker(schema, table)
+        cached = self._definitions.get((schema, table)) if marker is not None else None
+        if cached is not None and cached[0] == marker:
+            return cached[1]
+        reflected = self._reflect(schema, table)
+        if marker is not None:
+            self._definitions[(schema, table)] = (marker, reflected)
+        return reflected
+
+    def planned_columns(self, statement: sa.Select) -> list[ColumnPlan]:
+        """:meth:`plan_columns`, kept per statement while the definitions of the tables it
+        reads are unchanged (planning asks the source, e.g. a schema-only query)."""
+        tables = [t for t in sa.sql.util.find_tables(statement) if isinstance(t, sa.Table)]
+        markers = tuple(self._marker(t.schema, t.name) for t in tables)
+        if not tables or None in markers:
+            return self.plan_columns(statement)
+        key = (self.compile(statement, literal=True).sql, markers)
+        plans = self._column_plans.get(key)
+        if plans is None:
+            plans = self.plan_columns(statement)
+            if len(self._column_plans) >= 1024:
+                self._column_plans.clear()
+            self._column_plans[key] = plans
+        return list(plans)
+
+    def _reflect(self, schema: str | None, table: str) -> sa.Table:
         with self.guard(f"reflecting {table!r}"):
             inspector = sa.inspect(self.engine)
             if not inspector.has_table(table, schema=schema) and table not in (
@@ -411,6 +446,33 @@ class Connector(abc.ABC):
             params = tuple(params[k] for k in compiled.positiontup)
         return SourceQuery(str(compiled), params, statement)
 
+    def row_ranges(self, statement: sa.Select, parts: int) -> list[sa.ColumnElement] | None:
+        """Conditions that split a read of one plain table into ``parts`` disjoint ranges of
+        its physical storage, which together hold every row (None: this dialect cannot, or
+        the table is too small to be worth it)."""
+        return None
+
+    def estimate_rows(self, query: SourceQuery) -> int | None:
+        """The source planner's estimate of the rows ``query`` returns (no rows move); None
+        where the dialect has no way to ask or the source would not say."""
+        if self.dialect.explain is None or self.dialect.explain_rows is None:
+            return None
+        try:
+            with self.guard("estimating rows"), self.engine.connect() as conn:
+                cursor = conn.connection.dbapi_connection.cursor()
+                try:  # the raw cursor, as in result_names; the prefix is the dialect's constant
+                    if query.params:
+                        cursor.execute(self.dialect.explain + query.sql, query.params)
+                    else:
+                        cursor.execute(self.dialect.explain + query.sql)
+                    names = [d[0] for d in cursor.description or ()]
+                    rows = cursor.fetchall()
+                finally:
+                    cursor.close()
+            return self.dialect.explain_rows(names, rows)
+        except (LdwError, LookupError, ValueError, TypeError):
+            return None
+
     def result_names(self, sql: str) -> list[str]:
         """Column names of a validated query, from a ``LIMIT 0`` probe (no rows move)."""
         dialect = self.sqlglot_dialect
@@ -452,27 +514,8 @@ class Connector(abc.ABC):
         """What the source's own statistics say about writes to ``tables`` ((schema, name,
         alias) as a plan lists them), per table, as JSON values that change whenever the
         table is written to; None where the dialect keeps no such statistics (then only
-        :meth:`probe` tells). Cheap: it never reads the tables."""
+        :func:`connectors.changes.probe` tells). Cheap: it never reads the tables."""
         return None
-
-    def probe(self, select: sa.Select, *, maxima: Sequence[str] = (), sums: Sequence[str] = (),
-              conn: sa.Connection | None = None) -> Probe:
-        """``count(*)`` of a planned select, ``max`` of ``maxima`` and ``sum`` of ``sums`` (any
-        dialect), on ``conn`` (e.g. a read's snapshot) or a control connection of its own."""
-        sub = select.subquery("ldw_probe")
-        statement = sa.select(sa.func.count(), *[sa.func.max(sub.c[c]) for c in maxima],
-                              *[sa.func.sum(sub.c[c]) for c in sums]).select_from(sub)
-        with self.guard("checking the source for changes"):
-            if conn is not None:
-                row = conn.execute(statement).one()
-            else:
-                with self.engine.connect() as own:
-                    row = own.execute(statement).one()
-        values = list(row)
-        rows, top, total = values[0], values[1:1 + len(maxima)], values[1 + len(maxima):]
-        return Probe(int(rows), dict(zip(maxima, top, strict=True)),
-                     {c: int(v) if v is not None else None
-                      for c, v in zip(sums, total, strict=True)})
 
     # -- reading -----------------------------------------------------------------------------
     @abc.abstractmethod

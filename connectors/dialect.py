@@ -23,7 +23,8 @@ from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
-__all__ = ["GENERIC_DIALECT", "CancelByTag", "Dialect", "ErrorCode", "sqlstate_of"]
+__all__ = ["GENERIC_DIALECT", "CancelByTag", "Dialect", "ErrorCode", "explained_rows",
+           "sqlstate_of"]
 
 ErrorCode = str | int
 
@@ -35,6 +36,24 @@ class CancelByTag(NamedTuple):
 
     find: str
     kill: str
+
+
+def explained_rows(names: list[str], rows: list[tuple]) -> int | None:
+    """Rows estimated by an EXPLAIN: PostgreSQL's JSON plan, or a MySQL/MariaDB table whose
+    ``rows`` column is multiplied over the tables it joins."""
+    import json
+
+    if names and names[0].upper() == "QUERY PLAN" and rows:
+        plan = rows[0][0]
+        plan = json.loads(plan) if isinstance(plan, str) else plan
+        return int(plan[0]["Plan"]["Plan Rows"])
+    if "rows" in names:
+        total = 1
+        for row in rows:
+            value = row[names.index("rows")]
+            total *= int(value) if value is not None else 1
+        return total if rows else None
+    return None
 
 
 def sqlstate_of(exc: BaseException) -> ErrorCode | None:
@@ -69,6 +88,10 @@ class Dialect:
     timeout_words: tuple[str, ...] = ()
     cancel: CancelByTag | None = None
     read_only: str | None = None  # run on every new connection: the source refuses writes
+    # the planner's estimate of a query's rows: the prefix that asks for it (a constant) and
+    # how to read the answer (column names, rows) -> rows
+    explain: str | None = None
+    explain_rows: Callable[[list[str], list[tuple]], int | None] | None = None
     # SQL functions column masks use, where dialects name them differently
     text_length: Callable[[Any], Any] = sa.func.char_length
     text_right: Callable[[Any, int], Any] = sa.func.right

@@ -26,7 +26,14 @@ from pymysql.constants import FIELD_TYPE, FLAG
 
 from .base import ColumnPlan, Connector, ReadPlan
 from .convert import convert_batch, target_schema
-from .dialect import STANDARD_UNAVAILABLE, CancelByTag, Dialect, ErrorCode, sqlstate_of
+from .dialect import (
+    STANDARD_UNAVAILABLE,
+    CancelByTag,
+    Dialect,
+    ErrorCode,
+    explained_rows,
+    sqlstate_of,
+)
 from .fan_in import Interrupt
 
 __all__ = ["MYSQL", "MySQLConnector"]
@@ -59,6 +66,8 @@ MYSQL = Dialect(
     cancel=CancelByTag("select id from information_schema.processlist "
                        "where info like :pattern and id <> connection_id()", "KILL QUERY {id}"),
     read_only="SET SESSION TRANSACTION READ ONLY",
+    explain="EXPLAIN ",
+    explain_rows=explained_rows,
 )
 
 _SESSION_SETUP = ["SET time_zone = '+00:00'", MYSQL.read_only]
@@ -164,6 +173,16 @@ class MySQLConnector(Connector):
                     return None
                 counters[f"{schema or ''}.{name}"] = str(value)
         return counters
+
+    def definition_marker(self, schema: str | None, table: str) -> str | None:
+        """The table's columns with their types, from information_schema."""
+        query = sa.text(
+            "select group_concat(concat(column_name, ':', column_type, ':', is_nullable, ':', "
+            "coalesce(collation_name, '')) order by ordinal_position separator ',') "
+            "from information_schema.columns where table_schema = coalesce(:schema, database()) "
+            "and table_name = :name")
+        with self.engine.connect() as conn:
+            return conn.execute(query, {"schema": schema, "name": table}).scalar()
 
     def plan_columns(self, statement: sa.Select) -> list[ColumnPlan]:
         sql = self.compile(statement.limit(0), literal=True).sql

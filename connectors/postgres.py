@@ -20,10 +20,28 @@ import sqlalchemy as sa
 
 from .base import ColumnPlan, Connector, ReadPlan
 from .convert import NAN_SENTINEL, convert_batch, target_schema
-from .dialect import STANDARD_UNAVAILABLE, CancelByTag, Dialect
+from .dialect import STANDARD_UNAVAILABLE, CancelByTag, Dialect, explained_rows
 from .fan_in import Interrupt
 
 __all__ = ["POSTGRES", "PostgresConnector"]
+
+_DEFINITION = sa.text(
+    "select c.oid::text || '/' || c.xmin::text || '/' || coalesce((select string_agg("
+    "a.attname || ':' || a.atttypid::text || ':' || a.atttypmod::text || ':' || a.xmin::text, "
+    "',' order by a.attnum) from pg_catalog.pg_attribute a where a.attrelid = c.oid "
+    "and a.attnum > 0 and not a.attisdropped), '') "
+    "from pg_catalog.pg_class c where c.oid = pg_catalog.to_regclass(:name)")
+MIN_PAGES_PER_RANGE = 4096  # 32 MiB: below that one reader is as fast
+
+
+class _TID(sa.types.UserDefinedType):
+    """PostgreSQL's tuple identifier type, for ``ctid`` ranges."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return "tid"
+
 
 POSTGRES = Dialect(
     "postgresql",
@@ -38,6 +56,8 @@ POSTGRES = Dialect(
                        "where query like :pattern and pid <> pg_backend_pid()",
                        "select pg_cancel_backend({id})"),
     read_only="SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
+    explain="EXPLAIN (FORMAT JSON) ",
+    explain_rows=explained_rows,
 )
 
 _SNAPSHOT_ID = re.compile(r"^[0-9A-Fa-f]+-[0-9A-Fa-f]+(-[0-9]+)?$")
@@ -181,6 +201,39 @@ class PostgresConnector(Connector):
                     return None
                 counters[f"{schema or ''}.{name}"] = int(value)
         return counters
+
+    def definition_marker(self, schema: str | None, table: str) -> str | None:
+        """The table's catalog rows' versions and its columns' names and types: any ALTER
+        TABLE changes it (one catalog query, about a millisecond)."""
+        name = ".".join(f'"{p}"' for p in (schema, table) if p is not None)
+        with self.engine.connect() as conn:
+            return conn.execute(_DEFINITION, {"name": name}).scalar()
+
+    def row_ranges(self, statement: sa.Select, parts: int) -> list[sa.ColumnElement] | None:
+        """Page ranges of the table (``ctid`` between pages, a TID range scan since
+        PostgreSQL 14), as DuckDB's scanner splits a table; the last range is open, so pages
+        added since the last ANALYZE are read too."""
+        froms = statement.get_final_froms()
+        if parts < 2 or len(froms) != 1 or not isinstance(froms[0], sa.Table):
+            return None
+        table = froms[0]
+        name = ".".join(f'"{p}"' for p in (table.schema, table.name) if p is not None)
+        query = sa.text("select current_setting('server_version_num')::int, "
+                        "(select relpages from pg_class where oid = to_regclass(:name))")
+        with self.guard("sizing the table"), self.engine.connect() as conn:
+            version, pages = conn.execute(query, {"name": name}).one()
+        if version < 140000 or not pages or pages < MIN_PAGES_PER_RANGE * parts:
+            return None
+        ctid = sa.literal_column("ctid", type_=sa.types.NullType())
+        bounds = [pages * i // parts for i in range(1, parts)]
+
+        def tid(page: int) -> sa.ColumnElement:
+            return sa.cast(sa.literal(f"({page},0)"), _TID)
+
+        ranges = [ctid < tid(bounds[0])]
+        ranges += [sa.and_(ctid >= tid(a), ctid < tid(b)) for a, b in zip(bounds, bounds[1:],
+                                                                             strict=False)]
+        return ranges + [ctid >= tid(bounds[-1])]
 
     def _connect(self, *, autocommit: bool) -> Any:
         """An ADBC connection, once a slot of the source's limit is free (closing it frees

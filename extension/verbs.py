@@ -383,6 +383,11 @@ def _audit(magics: Session, args: argparse.Namespace, cell: str | None) -> Listi
 
 def _sql_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--out", metavar="NAME", help="also bind the result to NAME")
+    p.add_argument("--cache", action="store_true",
+                   help="cache the datasets the query reads first (default: read lazily)")
+    p.add_argument("--explain", action="store_true",
+                   help="show how each relation would be read (cache or source, SQL sent) "
+                        "instead of running the query")
 
 
 def _sql(magics: Session, args: argparse.Namespace, cell: str | None) -> Any:
@@ -390,8 +395,17 @@ def _sql(magics: Session, args: argparse.Namespace, cell: str | None) -> Any:
         check_variable(args.out, "-o")
     if not (cell or "").strip():
         raise UsageError("%%ldw sql: the cell body is empty; write the query there")
+    if args.explain:
+        if args.cache:
+            raise UsageError("%%ldw sql: --explain shows the plan without running the query; "
+                             "drop --cache")
+        explain = _require(magics.warehouse, "explain", "explaining SQL")
+        result = explain(cell)
+        if args.out:
+            magics.bind(args.out, result)
+        return result
     sql = _require(magics.warehouse, "sql", "SQL over datasets")
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"cache": True} if args.cache else {}
     _bind_parameters(magics, sql, cell, kwargs, "the query")
     result = sql(cell, **kwargs)
     if args.out:
@@ -422,7 +436,8 @@ VERBS: dict[str, Verb] = {v.name: v for v in [
     Verb("status", "cache status: memory used, datasets", _no_args, _status),
     Verb("audit", "recent audit records", _audit_args, _audit),
     Verb("browse", "open the catalog browser", _no_args, _browse),
-    Verb("sql", "run SQL over datasets (cell body) and show the result", _sql_args, _sql,
+    Verb("sql", "run SQL over datasets and source tables (cell body) and show the result",
+         _sql_args, _sql,
          cell="required"),
 ]}
 

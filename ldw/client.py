@@ -20,6 +20,7 @@ import polars as pl
 import pyarrow as pa
 
 from ldw.backend import Backend
+from ldw.explain import Explain
 from ldw.lazy import scan_dataset
 from ldw.pushdown import encode_polars_predicate
 from ldw.types import (
@@ -334,19 +335,30 @@ class Warehouse:
         """name, owner, mapping, state, rows, bytes, version, last_access, hits, ..."""
         return _frame(self._backend.call("datasets"), DatasetListing)
 
-    def sql(self, query: str, *, name: str | None = None) -> Any:
-        """Run SQL (DuckDB dialect) over my datasets, referenced by name (``"alice/orders"``
-        for a shared one); uncached ones are materialized first. Only a single read-only
-        query over datasets is accepted. Returns a polars DataFrame, or with ``name`` a new
-        cached :class:`Dataset` whose lineage is the query (recomputed if lost).
+    def sql(self, query: str, *, name: str | None = None, cache: bool = False) -> Any:
+        """Run SQL (DuckDB dialect) over my datasets (``orders``), shared ones
+        (``"alice/orders"``) and governed source tables (``pg.sales.orders``; MariaDB
+        ``my.shop.orders``). Cached datasets are read from the cache; anything else reads only
+        the columns and rows the query needs from its source, and nothing is cached by it
+        (``cache=True`` caches the datasets it reads first). Only a single read-only query is
+        accepted. Returns a polars DataFrame, or with ``name`` a new cached :class:`Dataset`
+        whose lineage is the query (datasets only; recomputed if lost).
 
         >>> wh.sql("SELECT o_orderstatus, count(*) AS n FROM orders GROUP BY 1")  # doctest: +SKIP
         """
-        reader = self._backend.stream("sql", {"query": query, "name": name})
-        table = reader.read_all()
+        args: dict[str, Any] = {"query": query, "name": name}
+        if cache:
+            args["cache"] = True
+        table = self._backend.stream("sql", args).read_all()
         if name is not None:
             return Dataset(self, name)
         return pl.from_arrow(_polars_ready(table), rechunk=False)
+
+    def explain(self, query: str, *, analyze: bool = False) -> Explain:
+        """How :meth:`sql` would read each relation of ``query``: from the cache or from its
+        source, the SQL sent, the conditions pushed (and why others were not), the source's
+        row estimate; with ``analyze``, after running the query, the rows actually read."""
+        return Explain(self._backend.call("explain", {"query": query, "analyze": analyze}))
 
     def status(self) -> ServerStatus:
         """Capacity, memory used, datasets, per-dataset hits and bytes served."""

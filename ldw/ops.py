@@ -119,6 +119,12 @@ class ScanArgs(DatasetRef, total=False):
 class SqlArgs(TypedDict, total=False):
     query: str
     name: str | None  # a new dataset whose lineage is the query
+    cache: bool       # cache the datasets the query reads first
+
+
+class ExplainArgs(TypedDict, total=False):
+    query: str
+    analyze: bool     # run the query too, for the rows actually read
 
 
 class PreviewArgs(TableArgs, total=False):
@@ -178,7 +184,9 @@ OPS: dict[str, Op] = {o.name: o for o in (
        Kind.ATTACH, "attach_table"),
     op("scan", ScanArgs, "read from the source with pushdown; record batches", Kind.STREAM,
        "stream_scan"),
-    op("sql", SqlArgs, "SQL over my datasets; record batches", Kind.STREAM, "stream_sql"),
+    op("explain", ExplainArgs, "how SQL would read each relation: cache or source, SQL sent"),
+    op("sql", SqlArgs, "SQL over datasets and source tables; record batches", Kind.STREAM,
+       "stream_sql"),
     op("preview", PreviewArgs, "the first rows of a source table as my policy shows them",
        Kind.STREAM, "stream_preview"),
 )}

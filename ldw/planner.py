@@ -218,7 +218,7 @@ def plan_mapping(connector: Connector, mapping: Mapping,
                            f"{mapping.ref} (or is masked); columns are: {list(lookup)}")
     if mapping.limit is not None:
         select = select.limit(mapping.limit)
-    plans = connector.plan_columns(select)
+    plans = connector.planned_columns(select)
     _check_freshness_columns(mapping, plans, lookup, policies)
     select = connector.apply_rewrites(select, plans)
     return MappedQuery(mapping, select, plans, lookup, tables, policies, arrow_masks)
@@ -329,10 +329,20 @@ def read_plan(connector: Connector, query: MappedQuery,
     return ReadPlan(queries, query.columns, query.tables, tag)
 
 
+def ranged_plan(connector: Connector, query: MappedQuery,
+                ranges: Sequence[sa.ColumnElement]) -> ReadPlan:
+    """One query per range of ``connector.row_ranges`` (read in one snapshot)."""
+    tag = f"ldw:{uuid.uuid4().hex[:12]}"
+    select = query.select.prefix_with(f"/* {tag} */")
+    literal = connector.transport != "dbapi"
+    queries = [connector.compile(select.where(r), literal=literal) for r in ranges]
+    return ReadPlan(queries, query.columns, query.tables, tag)
+
+
 def single_plan(connector: Connector, query: MappedQuery) -> ReadPlan:
     """One query, no snapshot coordination (lazy scans, previews)."""
     return read_plan(connector, replace(query, mapping=replace(query.mapping, partitions=1)),
                      None)
 
 
-__all__ += ["narrow", "read_plan", "single_plan", "SourceQuery"]
+__all__ += ["narrow", "ranged_plan", "read_plan", "single_plan", "SourceQuery"]

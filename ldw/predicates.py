@@ -168,6 +168,10 @@ class _Translator:
         return sa.literal(value) if value is not None else sa.null()
 
     def build(self, node: exp.Expression) -> sa.ColumnElement:
+        if node.args.get("negate"):  # sqlglot writes x NOT LIKE y as Like(..., negate=True)
+            positive = node.copy()
+            positive.set("negate", None)
+            return sa.not_(self.build(positive))
         if isinstance(node, exp.Placeholder):
             return self.placeholder(node)
         if isinstance(node, exp.Paren):

@@ -12,12 +12,14 @@ Nodes (every node is a JSON object)::
 
     {"col": NAME}
     {"lit": VALUE, "type": "int" | "float" | "str" | "bool" | "date"}    date: "YYYY-MM-DD"
+    {"lit": "DIGITS", "type": "decimal"}                                e.g. "0.07", exact
     {"op": "eq" | "ne" | "lt" | "le" | "gt" | "ge", "args": [X, Y]}     X, Y: col or lit
     {"op": "and" | "or", "args": [P, P, ...]}
     {"op": "not", "args": [P]}
     {"op": "is_null" | "is_not_null", "args": [COL]}
     {"op": "is_in", "args": [COL, LIT, ...]}
     {"op": "between", "args": [COL, LOW, HIGH]}                         both ends included
+    {"op": "like", "args": [COL, STR]}                                  SQL LIKE pattern
 
 A pushed conjunct is either exact (the source keeps exactly the rows polars keeps) or a superset
 (string equality: collations and ``char(n)`` padding may match more); a row limit is pushed only
@@ -27,6 +29,7 @@ when every conjunct was pushed exactly.
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import json
 import math
 from collections.abc import Callable, Iterator, Mapping
@@ -47,8 +50,9 @@ _COMPARE: dict[str, Callable[[Any, Any], Any]] = {
     "eq": lambda a, b: a == b, "ne": lambda a, b: a != b, "lt": lambda a, b: a < b,
     "le": lambda a, b: a <= b, "gt": lambda a, b: a > b, "ge": lambda a, b: a >= b,
 }
-_OPS = frozenset({*_COMPARE, "and", "or", "not", "is_null", "is_not_null", "is_in", "between"})
-_LIT_TYPES = frozenset({"int", "float", "str", "bool", "date"})
+_OPS = frozenset({*_COMPARE, "and", "or", "not", "is_null", "is_not_null", "is_in", "between",
+                  "like"})
+_LIT_TYPES = frozenset({"int", "float", "str", "bool", "date", "decimal"})
 
 
 # -- client: polars expression -> ldw predicate ---------------------------------------------------
@@ -217,7 +221,8 @@ def _check_shape(node: Any, depth: int, count: list[int]) -> None:
               or kind == "float" and type(value) in (int, float) and math.isfinite(value)
               or kind == "str" and isinstance(value, str)
               or kind == "bool" and isinstance(value, bool)
-              or kind == "date" and isinstance(value, str) and _date(value) is not None)
+              or kind == "date" and isinstance(value, str) and _date(value) is not None
+              or kind == "decimal" and isinstance(value, str) and _decimal(value) is not None)
         if kind not in _LIT_TYPES or not ok:
             raise InvalidMapping(f"scan predicate: invalid literal of type {kind!r}")
         return
@@ -227,6 +232,14 @@ def _check_shape(node: Any, depth: int, count: list[int]) -> None:
         return
     raise InvalidMapping("scan predicate: unknown node; the ldw predicate format has col, lit "
                          f"and op nodes (ops: {', '.join(sorted(_OPS))})")
+
+
+def _decimal(text: str) -> decimal.Decimal | None:
+    try:
+        value = decimal.Decimal(text)
+    except (decimal.InvalidOperation, ValueError):
+        return None
+    return value if value.is_finite() and len(text) <= 40 else None
 
 
 def _date(text: str) -> dt.date | None:
@@ -256,9 +269,10 @@ def _category(field_type: pa.DataType) -> str | None:
 
 # which literal types compare exactly with which column categories
 _EXACT_LITERALS = {"int": {"int", "decimal", "float"}, "float": {"float"},
+                   "decimal": {"int", "decimal", "float"},
                    "bool": {"bool"}, "date": {"date"}, "str": {"str"}}
 _SQL_TYPES = {"int": sa.BigInteger(), "float": sa.Float(), "str": sa.String(),
-              "bool": sa.Boolean(), "date": sa.Date()}
+              "bool": sa.Boolean(), "date": sa.Date(), "decimal": sa.Numeric()}
 
 
 class _Builder:
@@ -287,6 +301,12 @@ class _Builder:
             raise _NotPushed
         if kind == "date":
             value = _date(value)
+        if kind == "decimal":
+            value = _decimal(value)
+            exponent = value.as_tuple().exponent
+            scale = -exponent if isinstance(exponent, int) and exponent < 0 else 0
+            digits = max(len(value.as_tuple().digits), scale + 1)
+            return sa.literal(value, sa.Numeric(digits, scale)), kind, True
         return sa.literal(value, _SQL_TYPES[kind]), kind, True
 
     @staticmethod
@@ -357,6 +377,14 @@ class _Builder:
                     self._compatible(column, low) and self._compatible(column, high)):
                 raise _NotPushed
             return sa.and_(column[0] >= low[0], column[0] <= high[0]), True
+        if op == "like":
+            if len(args) != 2 or "lit" not in args[1] or args[1]["type"] != "str":
+                raise InvalidMapping("scan predicate: like takes a column and a string pattern")
+            column = self.column(args[0])
+            if column[1] != "str" or "\x00" in args[1]["lit"]:
+                raise _NotPushed
+            # a superset where the collation ignores case or trailing spaces
+            return column[0].like(sa.literal(args[1]["lit"], sa.String())), False
         raise _NotPushed
 
 

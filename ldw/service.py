@@ -514,10 +514,9 @@ class Service:
 
     def stream_sql(self, user: str, args: dict, client_gone: Callable[[], bool] | None = None
                    ) -> tuple[pa.RecordBatchReader, list[Pinned]]:
-        """SQL over datasets the caller may read (``"alice/orders"`` for a shared one), each
-        read zero-copy from its cached version."""
-        from ldw.sql import referenced_datasets  # DuckDB loads on first use
-
+        """SQL over datasets the caller may read (``"alice/orders"`` for a shared one) and
+        governed source tables (``source.schema.table``): cached datasets are read zero-copy,
+        everything else lazily from its source (:mod:`ldw.engine.federation`)."""
         query = _arg(args, "query", str, required=True)
         if args.get("name") is not None:  # a new dataset whose lineage is this query
             record = self.engine.map_derived(user, _arg(args, "name", str), query)
@@ -525,20 +524,41 @@ class Service:
             version = self.engine.attach(user, record.name)
             self.audit(user, "sql", record, sql=query, rows=version.rows, nbytes=version.bytes)
             return pa.RecordBatchReader.from_batches(record.schema, iter(())), []  # data stays
-        names = referenced_datasets(query)  # validated before any dataset is touched
-        tables, pinned = {}, []
-        for name in names:
-            owner, _, own_name = name.rpartition("/")
-            record = self.engine.readable(user, owner or user, own_name)
-            pinned.append((record.owner, record.name, record.policy))
-            tables[name] = self.engine.open(record.owner, record.name)
+        federation = self.engine.federation
+        plan = federation.plan(user, query, cache=bool(args.get("cache")))
+        pinned = [(r.record.owner, r.record.name, r.record.policy) for r in plan.relations
+                  if r.record is not None]
+        tables = federation.tables(plan, cancelled=client_gone)
         # streamed as it is read (a stalled reader holds a few batches, not the result);
         # audited before the first row leaves, so the size is not known yet
         limit, setting = self.engine.settings.sql_timeout_for(user)
-        result = self.engine.sql_engine().stream(query, tables, time_limit=limit,
+        result = self.engine.sql_engine().stream(plan.duckdb_sql, tables, time_limit=limit,
                                                  time_setting=setting, cancelled=client_gone)
-        self.audit(user, "sql", dataset=",".join(names), sql=query)
+        self.audit(user, "sql", dataset=",".join(r.ref for r in plan.relations), sql=query,
+                   detail=_sent(plan.relations))
         return result, pinned
+
+    def op_explain(self, user: str, args: dict, progress: Callable | None) -> dict[str, Any]:
+        """How ``query`` reads each relation; with ``analyze``, after running it."""
+        query = _arg(args, "query", str, required=True)
+        federation = self.engine.federation
+        plan = federation.plan(user, query)
+        rows = None
+        if args.get("analyze"):
+            tables = federation.tables(plan)
+            limit, setting = self.engine.settings.sql_timeout_for(user)
+            rows = self.engine.sql_engine().run(plan.duckdb_sql, tables, time_limit=limit,
+                                                time_setting=setting).num_rows
+        federation.estimate(plan)
+        self.audit(user, "explain", dataset=",".join(r.ref for r in plan.relations), sql=query,
+                   rows=rows, detail=_sent(plan.relations))
+        return {**plan.explain(), "rows": rows}
+
+
+def _sent(relations: Sequence[Any]) -> str | None:
+    """What was sent to each source, for the audit record."""
+    lines = [f"{r.ref} ({r.source}): {sql}" for r in relations for sql in r.sql]
+    return "\n".join(lines) or None
 
 
 def checked(batches: Iterable[pa.RecordBatch], check: Callable[[], None]

@@ -156,3 +156,6 @@ class ServerHandle:
 
     def remote(self, user: str, *roles: str) -> ldw.Warehouse:
         return ldw.connect(self.flight, token=self.token(user, *roles))
+
+
+from tpch_data import pg_conn, tpch_arrow, tpch_files, tpch_pg  # noqa: E402,F401  (fixtures)

@@ -528,3 +528,23 @@ def test_load_and_unload_are_idempotent(shell, lite_config):
     shell.run_line_magic("load_ext", "ldw.extension")
     assert ldw.Dataset in shell.display_formatter.formatters["text/html"].type_printers
     shell.reset(new_session=False)
+
+
+@pytest.mark.postgres
+def test_sql_names_source_tables_explains_and_caches(shell, magics, pg_config, pg_schema):
+    connect(shell, pg_config)
+    ran = run(shell, f"%%ldw sql -o res\nSELECT count(*) AS n FROM pg.{pg_schema}.orders "
+                     "WHERE id <= 10")
+    assert ran.error is None, ran.stderr
+    assert shell.user_ns["res"]["n"].item() == 10
+    ran = run(shell, f"%%ldw sql --explain\nSELECT count(*) FROM pg.{pg_schema}.orders "
+                     "WHERE id <= 10")
+    assert ran.error is None, ran.stderr
+    assert f"pg.{pg_schema}.orders: from source pg" in repr(ran.result)
+    assert "pushed: id <= 10" in repr(ran.result) and "sql: SELECT" in repr(ran.result)
+    assert run(shell, f"%ldw map lazy = pg.{pg_schema}.orders").error is None
+    assert run(shell, "%%ldw sql\nSELECT count(*) FROM lazy").error is None
+    assert shell.user_ns["lazy"].info()["state"] == "mapped"
+    assert run(shell, "%%ldw sql --cache\nSELECT count(*) FROM lazy").error is None
+    assert shell.user_ns["lazy"].info()["state"] == "cached"
+    assert "drop --cache" in usage_error(shell, "%%ldw sql --explain --cache\nSELECT 1")

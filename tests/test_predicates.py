@@ -121,3 +121,14 @@ def test_sql_mapping_refusals_say_where(sql: str, said: str) -> None:
     with pytest.raises(ldw.InvalidMapping, match=r"^sql= may not use ") as error:
         check_query_nodes(parse_query(sql, "postgres"), "postgres")
     assert said in str(error.value)
+
+
+def test_negated_like_stays_negated() -> None:
+    """sqlglot writes ``x NOT LIKE y`` as a Like node with ``negate``; dropping it would turn
+    a filter into its opposite."""
+    import sqlalchemy as sa
+
+    table = sa.table("t", sa.column("a"))
+    assert "NOT LIKE" in str(parse_where("a NOT LIKE 'x%'", table.c, dialect="postgresql"))
+    assert "NOT LIKE" in str(parse_where("a NOT ILIKE 'x%'", table.c, dialect="postgresql"))
+    assert "NOT LIKE" not in str(parse_where("a LIKE 'x%'", table.c, dialect="postgresql"))

@@ -52,10 +52,18 @@ CASES = {
     "cast in where": ({"where": "CAST(code AS INTEGER) >= 0"}, "to_arrow"),
     "division in a lazy filter": ({}, "lazy_division"),
     "division in sql=": ({}, "sql_division"),
+    "division in SQL over a source table": ({}, "wh_sql_division"),
+    "cast in SQL over a source table": ({}, "wh_sql_cast"),
+    "comparison on hidden rows in SQL over a source table": ({}, "wh_sql_pushed"),
 }
 
 
 def _read(wh: ldw.Warehouse, table: str, mapping: dict, how: str):
+    if how.startswith("wh_sql"):  # the condition is pushed, or runs in DuckDB, never below
+        condition = {"wh_sql_division": "100 / amount > 1",  # the row filter's fence
+                     "wh_sql_cast": "CAST(code AS INTEGER) >= 0",
+                     "wh_sql_pushed": "amount >= 0 AND code <> 'x'"}[how]
+        return wh.sql(f"SELECT id FROM pg.{table} WHERE {condition} ORDER BY id").to_arrow()
     if how == "sql_division":
         return wh.map("acct", sql=f"SELECT id FROM {table} WHERE 100 / amount > 1",
                       source="pg").to_arrow()

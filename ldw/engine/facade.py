@@ -28,6 +28,7 @@ from ldw.connectors import Connector
 from ldw.engine.admin import Admin
 from ldw.engine.cache import Cache
 from ldw.engine.datasets import Datasets
+from ldw.engine.federation import Federation
 from ldw.engine.freshness import INFO_WAIT, Freshness
 from ldw.engine.sources import Sources
 from ldw.governance.policies import Governance
@@ -78,6 +79,8 @@ class Engine:
                            self.datasets_, self.sql_engine, self.query_log, self.freshness)
         self.freshness.refresh = lambda owner, name: self.cache.materialize(owner, name,
                                                                             refresh=True)
+        self.federation = Federation(settings, self.datasets_, self.sources_, self.cache,
+                                     self.sql_engine, self.query_log)  # SQL, read lazily
         if not ephemeral:
             self.recover()
 

@@ -5,8 +5,9 @@ A check compares the source now with the *baseline* taken when the version was r
 (``DatasetRecord.token``): the dialect's own change counters where it keeps them (PostgreSQL
 ``pg_stat_user_tables``, MariaDB ``information_schema.tables.update_time``; see
 :meth:`Connector.change_counters`) and, for every dialect, a probe of the governed query:
-``count(*)`` and ``max`` of the declared ``key`` and ``watermark`` (:meth:`Connector.probe`).
-Counters are skipped under a row filter (they count rows the user may not see).
+``count(*)`` and ``max`` of the declared ``key`` and ``watermark``
+(:func:`ldw.connectors.changes.probe`). Counters are skipped under a row filter (they count
+rows the user may not see).
 
 Checks run at most every ``freshness_interval`` per version, each in a thread of its own, under
 the source's ``timeout``: a read never waits for one; ``info`` waits a bounded time and answers
@@ -27,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ldw.config import Settings, every_seconds
+from ldw.connectors.changes import probe
 from ldw.engine.datasets import Datasets
 from ldw.engine.sources import Sources
 from ldw.errors import LdwError
@@ -189,11 +191,11 @@ class Freshness:
                 reasons.append(f"{connector.change_counters_method}: "
                                f"{_counter_change(before, counters)}")
         columns = tracked_columns(record)
-        probe = connector.probe(query.select, maxima=columns)
-        if probe.rows != token["rows"]:
-            reasons.append(f"row count {token['rows']} -> {probe.rows}")
+        probed = probe(connector, query.select, maxima=columns)
+        if probed.rows != token["rows"]:
+            reasons.append(f"row count {token['rows']} -> {probed.rows}")
         for name in columns:
-            now = _comparable(probe.maxima[name], record.schema.field(name).type)
+            now = _comparable(probed.maxima[name], record.schema.field(name).type)
             if now != token["max"].get(name):
                 reasons.append(f"max({name}) {token['max'].get(name)} -> {now}")
         return bool(reasons), reasons, method

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import sqlalchemy as sa
 
 from ldw.connectors import Connector
-from ldw.connectors.base import Probe
+from ldw.connectors.changes import Probe, probe
 from ldw.errors import SourceUnavailable
 from ldw.lifecycle import DatasetRecord
 from ldw.planner import MappedQuery, narrow, read_plan
@@ -128,11 +128,12 @@ def read_increment(connector: Connector, record: DatasetRecord, query: MappedQue
             ThreadPoolExecutor(1, thread_name_prefix="ldw-probe") as pool:
         probing = None
         if connector.snapshot_idle_while_streaming:  # probe and read at once
-            probing = pool.submit(connector.probe, settled.select, sums=sums, conn=snapshot)
+            probing = pool.submit(probe, connector, settled.select, sums=sums,
+                                  conn=snapshot)
         else:
-            probe = connector.probe(settled.select, sums=sums, conn=snapshot)
-            if _moved(probe, key, expected_rows, expected_sum):
-                return Increment([], fallback=_moved(probe, key, expected_rows, expected_sum))
+            probed = probe(connector, settled.select, sums=sums, conn=snapshot)
+            if _moved(probed, key, expected_rows, expected_sum):
+                return Increment([], fallback=_moved(probed, key, expected_rows, expected_sum))
         single = replace(newer, mapping=replace(mapping, partitions=1, partition_on=None))
         plan = read_plan(connector, single, snapshot)
         cancel = threading.Event()
@@ -146,14 +147,14 @@ def read_increment(connector: Connector, record: DatasetRecord, query: MappedQue
                 connector.cancel_tagged(plan.tag)
             raise
         if probing is not None:
-            probe = probing.result()
-            if _moved(probe, key, expected_rows, expected_sum):
-                return Increment([], fallback=_moved(probe, key, expected_rows, expected_sum))
+            probed = probing.result()
+            if _moved(probed, key, expected_rows, expected_sum):
+                return Increment([], fallback=_moved(probed, key, expected_rows, expected_sum))
     found = Increment(batches, rows=sum(b.num_rows for b in batches),
                       bytes=sum(b.nbytes for b in batches),
                       sql=tuple(q.sql for q in plan.queries))
     if mapping.incremental == "upsert":
-        return _check_upsert(found, old, key, probe.rows, probe.sums.get(key), integer)
+        return _check_upsert(found, old, key, probed.rows, probed.sums.get(key), integer)
     return found
 
 

@@ -13,7 +13,8 @@ from ldw.errors import (
 )
 from ldw.parse_errors import describe_parse_error, span
 
-__all__ = ["ALLOWED_TABLE_FUNCTIONS", "DIALECT", "referenced_datasets", "validate"]
+__all__ = ["ALLOWED_TABLE_FUNCTIONS", "DIALECT", "referenced_datasets", "source_references",
+           "validate"]
 
 DIALECT = "duckdb"
 
@@ -118,8 +119,10 @@ def _table_function(node: exp.Func, query: str) -> None:
                       f"name (FROM orders); allowed table functions: {_ALLOWED_LIST}")
 
 
-def _check_table(table: exp.Table, query: str) -> str | None:
-    """The dataset a table reference reads; None for a CTE or an allowed table function."""
+def _check_table(table: exp.Table, query: str, sources: bool = False
+                 ) -> str | tuple[str, ...] | None:
+    """The dataset a table reference reads; None for a CTE or an allowed table function.
+    With ``sources``, a 2- or 3-part name (a source table) comes back as its parts."""
     target = table.this
     qualified = table.args.get("db") or table.args.get("catalog")
     if isinstance(target, exp.Func):
@@ -130,6 +133,8 @@ def _check_table(table: exp.Table, query: str) -> str | None:
     if not isinstance(target, exp.Identifier):
         raise _reject(table, query, "qualified names are not allowed; refer to a dataset by its "
                       "bare name (FROM orders)")
+    if qualified and sources:
+        return tuple(p.name for p in table.parts)
     if qualified:
         raise _reject(table, query, f"qualified name {table.sql(dialect=DIALECT)} is not "
                       f"allowed; refer to the dataset by its bare name ({target.name})")
@@ -143,15 +148,28 @@ def _check_table(table: exp.Table, query: str) -> str | None:
 
 
 def _validate(query: str) -> list[str]:
+    return [name for name in _references(query, _parse(query), sources=False)
+            if isinstance(name, str)]
+
+
+def source_references(query: str) -> tuple[exp.Expression, list[str | tuple[str, ...]]]:
+    """The parsed query and what it reads, after validating it as :func:`referenced_datasets`
+    does, except that a 2- or 3-part name (``source.schema.table``) is allowed and comes back
+    as a tuple of its parts; datasets come back as names."""
     tree = _parse(query)
-    names: dict[str, int] = {}
+    return tree, _references(query, tree, sources=True)
+
+
+def _references(query: str, tree: exp.Expression, *, sources: bool
+                ) -> list[str | tuple[str, ...]]:
+    names: dict[str | tuple[str, ...], int] = {}
     for node in tree.walk(bfs=False):
         if isinstance(node, _FORBIDDEN_NODES):
             raise _reject(node, query, f"{node.key.upper()} is not allowed in a read-only query")
         if isinstance(node, exp.Select) and node.args.get("locks"):
             raise _reject(node, query, "FOR UPDATE/SHARE is not allowed in a read-only query")
         if isinstance(node, exp.Table):
-            name = _check_table(node, query)
+            name = _check_table(node, query, sources)
             if name is not None and name not in names:
                 at = span(node)
                 names[name] = at[0] if at else len(query)
@@ -181,3 +199,4 @@ def referenced_datasets(query: str) -> list[str]:
 
 
 validate = _validate
+visible_ctes = _visible_ctes

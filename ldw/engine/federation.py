@@ -1,0 +1,415 @@
+"""SQL over datasets and source tables, read lazily: the logical layer.
+
+A query names my datasets (``orders``), shared ones (``"alice/orders"``) and governed source
+tables (``pg.sales.orders``; MariaDB ``my.shop.orders``). Each relation is resolved with the
+same checks as ``map`` (a source table named in SQL is an implicit, ephemeral mapping: the
+user's policy view, masks, row filters, fences), then:
+
+- a relation with a cached version is read from the cache, zero-copy;
+- any other relation reads from its source only the columns the query needs and the rows its
+  pushable conditions keep (:mod:`ldw.logical.analyze`), through ldw's own connectors,
+  all such relations in parallel; nothing is cached on the way (``cache=True`` caches the
+  datasets first, as ``wh.sql`` used to);
+- DuckDB runs the whole query over what was read and streams the result.
+
+Nothing the user typed is pasted into source SQL: conditions are translated into ldw's
+predicate format and rebuilt with SQLAlchemy (:mod:`ldw.pushdown`), and the query DuckDB runs is
+the validated tree with relations renamed, written out by sqlglot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import sqlalchemy as sa
+from sqlglot import exp
+
+from ldw.config import Settings
+from ldw.connectors.convert import target_schema
+from ldw.engine.datasets import Datasets, schema_of
+from ldw.engine.sources import Sources
+from ldw.errors import Cancelled, InvalidMapping, UnknownSource
+from ldw.governance.masks import masked_schema
+from ldw.lifecycle import DatasetRecord
+from ldw.logical.analyze import Needs, analyze, internal_name
+from ldw.logical.conjuncts import to_predicate
+from ldw.planner import MappedQuery, Mapping, narrow, ranged_plan, single_plan
+from ldw.pushdown import predicate_to_sql
+from ldw.query_log import QueryLog
+
+__all__ = ["Federation", "Relation"]
+
+MAX_DEPTH = 8          # derived datasets over derived datasets, read lazily
+PARALLEL_READS = 4     # relations read from sources at the same time
+MAX_RANGES = 8         # parallel readers of one big table
+RANGE_ROWS = 250_000   # rows (as the source estimates them) worth a reader of their own
+DIALECT = "duckdb"
+
+
+@dataclass
+class Relation:
+    """One relation a query reads, and how it is read."""
+
+    ref: str                                   # as the query names it
+    view: str                                  # the name DuckDB sees
+    schema: pa.Schema                          # every column it has (as the user sees them)
+    record: DatasetRecord | None = None        # a dataset; None for a source table
+    source: str | None = None
+    query: MappedQuery | None = None           # the governed plan of a source table
+    read: str = "cache"                        # "cache" | "source" | "query"
+    needs: Needs | None = None
+    columns: list[str] | None = None           # what is read (None: every column)
+    predicate: sa.ColumnElement | None = None  # the rows it keeps, on the source side
+    conditions: list[str] = field(default_factory=list)   # pushed, as the query wrote them
+    notes: list[str] = field(default_factory=list)        # what was not pushed, and why
+    limit: int | None = None
+    sql: list[str] = field(default_factory=list)          # sent to the source
+    estimated_rows: int | None = None
+    rows: int | None = None                    # read, after a run
+    seconds: float | None = None
+
+    def explain(self) -> dict[str, Any]:
+        return {"relation": self.ref, "kind": "dataset" if self.record is not None else "source",
+                "dataset": self.record.key if self.record is not None else None,
+                "source": self.source, "read": self.read,
+                "columns": self.columns if self.columns is not None else list(self.schema.names),
+                "pushed": self.conditions, "not_pushed": self.notes, "limit": self.limit,
+                "sql": self.sql, "estimated_rows": self.estimated_rows, "rows": self.rows,
+                "seconds": self.seconds}
+
+
+@dataclass
+class Plan:
+    """A query resolved and planned: its relations and the SQL DuckDB runs over them."""
+
+    query: str
+    relations: list[Relation]
+    duckdb_sql: str
+
+    @property
+    def source_reads(self) -> list[Relation]:
+        return [r for r in self.relations if r.read != "cache"]
+
+    def explain(self) -> dict[str, Any]:
+        sources = sorted({r.source or "" for r in self.source_reads} - {""})
+        if not self.source_reads:
+            why = "every relation is cached: nothing is sent to a source"
+        elif len(sources) > 1:
+            why = f"the relations come from {len(sources)} sources ({', '.join(sources)})"
+        elif any(r.read == "cache" for r in self.relations):
+            why = "some relations are cached; they are read from the cache instead"
+        else:
+            why = ("ldw sends each relation's own columns and conditions to its source and "
+                   "joins in DuckDB; whole-query pushdown is not implemented yet")
+        return {"query": self.query, "relations": [r.explain() for r in self.relations],
+                "joins": "DuckDB on the ldw server" if len(self.relations) > 1 else None,
+                "duckdb_sql": self.duckdb_sql,
+                "pushdown": {"whole_query": False, "why": why}}
+
+
+class Federation:
+    """Plans and runs SQL over datasets and source tables (see the module docstring)."""
+
+    def __init__(self, settings: Settings, datasets: Datasets, sources: Sources,
+                 cache: Any, sql_engine: Callable[[], Any], query_log: QueryLog) -> None:
+        self.settings = settings
+        self.datasets = datasets
+        self.sources = sources
+        self.cache = cache
+        self.sql_engine = sql_engine
+        self.query_log = query_log
+
+    # -- planning ---------------------------------------------------------------------------------
+    def plan(self, user: str, query: str, *, cache: bool = False) -> Plan:
+        """Resolve every relation ``query`` reads for ``user`` (access, policies) and decide
+        what to read from each; no rows move (``cache=True`` caches datasets first)."""
+        from ldw.sql.validate import source_references
+
+        tree, _ = source_references(query)  # validated
+        tree = self._folded(tree)
+        refs = _references(tree)
+        relations = [self._resolve(user, ref, cache) for ref in refs]
+        index = {ref: i for i, ref in enumerate(refs)}
+        analysed = _renamed(tree, index, relations, internal=True)
+        for relation, needs in zip(relations, analyze(analysed, [r.schema.names
+                                                                  for r in relations]),
+                                   strict=True):
+            relation.needs = needs
+            if relation.read != "cache":
+                self._narrow(relation)
+        sources = any(r.record is None for r in relations)
+        duckdb_sql = (_renamed(tree, index, relations, internal=False).sql(DIALECT) if sources
+                      else query)  # datasets only: the query runs exactly as written
+        return Plan(query, relations, duckdb_sql)
+
+    def _folded(self, tree: exp.Expression) -> exp.Expression:
+        """Source table names as their source folds unquoted identifiers (PostgreSQL: lower
+        case), written quoted from here on so nothing folds them again."""
+        from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
+
+        def fold(node: exp.Expression) -> exp.Expression:
+            if not isinstance(node, exp.Table) or node.args.get("db") is None \
+                    or not isinstance(node.this, exp.Identifier):
+                return node
+            source = node.parts[0].name
+            if source not in self.settings.sources:
+                return node
+            dialect = self.sources.connector(source).sqlglot_dialect
+            for part in node.parts[1:]:
+                folded = normalize_identifiers(part.copy(), dialect=dialect)
+                part.set("this", folded.name)
+                part.set("quoted", True)
+            return node
+
+        return tree.copy().transform(fold, copy=False)
+
+    def _resolve(self, user: str, ref: str | tuple[str, ...], cache: bool) -> Relation:
+        if isinstance(ref, str):
+            owner, _, name = ref.rpartition("/")
+            record = self.datasets.readable(user, owner or user, name)
+            if cache:
+                self.cache.attach(record.owner, record.name)
+            read = "cache" if record.version is not None else (
+                "query" if record.derived else "source")
+            return Relation(ref, ref, record.schema, record=record,
+                            source=None if record.derived else record.mapping.source,
+                            read=read)
+        text = ".".join(ref)
+        source = ref[0]
+        if source not in self.settings.sources:
+            known = ", ".join(sorted(self.settings.sources)) or "none"
+            raise UnknownSource(
+                f"sql reads {text}, but {source!r} is not a configured source (sources: "
+                f"{known}); name a dataset bare (FROM orders) or a source table as "
+                "source.schema.table")
+        schema, table = (ref[1], ref[2]) if len(ref) == 3 else (None, ref[1])
+        query = self.sources.plan(user, Mapping(table, source, schema, table))
+        return Relation(text, text, schema_of(query), source=source, query=query,
+                        read="source")
+
+    def _narrow(self, relation: Relation) -> None:
+        """What to read of a relation that is not cached: columns, conditions, limit."""
+        needs = relation.needs
+        assert needs is not None
+        relation.columns = needs.columns
+        relation.notes = list(needs.notes)
+        if relation.read == "query":
+            relation.notes.append("a derived dataset: its own SQL runs over its inputs")
+            return
+        if relation.record is not None and relation.record.mapping.limit is not None:
+            relation.notes.append("the dataset has a row limit: conditions are applied after it")
+            return
+        query = self._mapped(relation)
+        parts = []
+        for occurrence in needs.occurrences:
+            nodes, texts = [], []
+            for conjunct in occurrence:
+                node = to_predicate(conjunct)
+                if node is None:
+                    relation.notes.append(f"{conjunct.sql(DIALECT)}: not translatable to the "
+                                          "source exactly")
+                    continue
+                sql, complete = predicate_to_sql([node], query.lookup, relation.schema)
+                if sql is None:
+                    relation.notes.append(f"{conjunct.sql(DIALECT)}: not pushed (types, "
+                                          "collation or a masked column)")
+                    continue
+                nodes.append(sql)
+                texts.append(conjunct.sql(DIALECT))
+            if not nodes:
+                parts = None
+                break
+            parts.append((sa.and_(*nodes), texts))
+        if parts:
+            relation.predicate = sa.or_(*[p for p, _ in parts]) if len(parts) > 1 \
+                else parts[0][0]
+            relation.conditions = [" AND ".join(t) for _, t in parts]
+        elif needs.limit is not None:
+            relation.limit = needs.limit
+
+    def _mapped(self, relation: Relation) -> MappedQuery:
+        if relation.query is not None:
+            return relation.query
+        assert relation.record is not None
+        query = self.datasets.query(relation.record)
+        assert query is not None
+        return query
+
+    # -- running --------------------------------------------------------------------------------
+    def tables(self, plan: Plan, *, cancelled: Callable[[], bool] | None = None,
+               depth: int = 0) -> dict[str, pa.Table]:
+        """Every relation of ``plan`` as an Arrow table: from the cache, or read from its
+        source now (in parallel)."""
+        tables: dict[str, pa.Table] = {}
+        for relation in plan.relations:
+            if relation.read == "cache":
+                assert relation.record is not None
+                table = self.cache.open(relation.record.owner, relation.record.name)
+                relation.rows = table.num_rows
+                tables[relation.view] = table
+        pending = [r for r in plan.relations if r.read != "cache"]
+        if not pending:
+            return tables
+        stop = threading.Event()
+        with ThreadPoolExecutor(max_workers=min(PARALLEL_READS, len(pending)),
+                                thread_name_prefix="ldw-read") as pool:
+            futures = [(r, pool.submit(self._read, r, stop, depth, cancelled))
+                       for r in pending]
+            try:
+                for relation, future in futures:
+                    tables[relation.view] = future.result()
+            except BaseException:
+                stop.set()
+                raise
+        return tables
+
+    def _read(self, relation: Relation, stop: threading.Event, depth: int,
+              cancelled: Callable[[], bool] | None) -> pa.Table:
+        started = time.perf_counter()
+        if relation.read == "query":
+            table = self._derived(relation, depth)
+        else:
+            table = self._from_source(relation, stop, cancelled)
+        relation.rows = table.num_rows
+        relation.seconds = round(time.perf_counter() - started, 4)
+        return table
+
+    def _derived(self, relation: Relation, depth: int) -> pa.Table:
+        record = relation.record
+        assert record is not None and record.mapping.sql is not None
+        if depth >= MAX_DEPTH:
+            raise InvalidMapping(f"dataset {record.name!r} is derived more than {MAX_DEPTH} "
+                                 "levels deep; cache one of its inputs")
+        inner = self.plan(record.owner, record.mapping.sql)
+        relation.sql = [f"{r.ref}: {s}" for r in inner.relations for s in r.sql]
+        tables = self.tables(inner, depth=depth + 1)
+        limit, setting = self.settings.sql_timeout_for(record.owner)
+        result = self.sql_engine().run(inner.duckdb_sql, tables, time_limit=limit,
+                                       time_setting=setting)
+        relation.sql = [f"{r.ref}: {s}" for r in inner.relations for s in r.sql]
+        if relation.columns is not None:
+            result = result.select(relation.columns)
+        return result
+
+    def read_plan(self, relation: Relation) -> tuple[Any, Any, MappedQuery]:
+        """The connector, the source read and the narrowed query of an uncached relation."""
+        assert relation.source is not None
+        connector = self.sources.connector(relation.source)
+        narrowed = narrow(self._mapped(relation), columns=relation.columns,
+                          predicate=relation.predicate, limit=relation.limit)
+        return connector, single_plan(connector, narrowed), narrowed
+
+    def _ranged(self, relation: Relation) -> tuple[Any, Any, MappedQuery, list | None]:
+        """:meth:`read_plan`, split into page ranges read in parallel when the source
+        estimates enough rows for more than one reader (a plain table, no limit)."""
+        connector, plan, narrowed = self.read_plan(relation)
+        if relation.estimated_rows is None:
+            relation.estimated_rows = connector.estimate_rows(plan.queries[0])
+        if relation.limit is not None:
+            return connector, plan, narrowed, None
+        parts = min(self._parts(connector), (relation.estimated_rows or 0) // RANGE_ROWS)
+        ranges = connector.row_ranges(narrowed.select, parts) if parts >= 2 else None
+        if ranges:
+            plan = ranged_plan(connector, narrowed, ranges)
+        return connector, plan, narrowed, ranges
+
+    def _from_source(self, relation: Relation, stop: threading.Event,
+                     cancelled: Callable[[], bool] | None = None) -> pa.Table:
+        connector, plan, narrowed, ranges = self._ranged(relation)
+        relation.sql = [q.sql for q in plan.queries]
+        self.query_log.extend((relation.source, q) for q in relation.sql)
+        if relation.record is not None:
+            relation.record.source_queries += len(relation.sql)
+        schema = masked_schema(target_schema(narrowed.columns), narrowed.arrow_masks)
+        cancel = threading.Event()
+        with contextlib.ExitStack() as stack:
+            snapshot = None
+            if ranges:
+                stack.enter_context(connector.read_slots(len(ranges)))
+                snapshot = stack.enter_context(connector.snapshot(narrowed.tables,
+                                                                  partitioned=True))
+            batches = connector.stream(plan, cancel, snapshot)
+            try:
+                kept = []
+                for batch in self.cache.masked(batches, narrowed):
+                    if stop.is_set() or (cancelled is not None and cancelled()):
+                        cancel.set()
+                        raise Cancelled(f"sql: reading {relation.ref} was stopped (the query "
+                                        "failed elsewhere or its client went away)")
+                    kept.append(batch)
+            finally:
+                batches.close()
+        return pa.Table.from_batches(kept, schema=schema) if kept else schema.empty_table()
+
+    @staticmethod
+    def _parts(connector: Any) -> int:
+        """Ranges per big table: one reader per core, within the source's connections."""
+        return max(1, min(os.cpu_count() or 1, MAX_RANGES, connector.max_partitions))
+
+    def estimate(self, plan: Plan) -> None:
+        """The sources' own row estimates for what each uncached relation reads."""
+        for relation in plan.relations:
+            if relation.read == "cache":
+                relation.estimated_rows = relation.record.version.rows  # type: ignore[union-attr]
+            elif relation.read == "source" and not relation.sql:
+                _, read, _, _ = self._ranged(relation)
+                relation.sql = [q.sql for q in read.queries]
+
+
+def _references(tree: exp.Expression) -> list[str | tuple[str, ...]]:
+    """Datasets (names) and source tables (name parts) a validated query reads, in order of
+    first mention; CTEs and table functions are not relations."""
+    from ldw.sql.validate import visible_ctes
+
+    found: dict[str | tuple[str, ...], None] = {}
+    for node in tree.walk(bfs=False):
+        if not isinstance(node, exp.Table) or not isinstance(node.this, exp.Identifier):
+            continue
+        if node.args.get("db") is not None:
+            found.setdefault(tuple(p.name for p in node.parts), None)
+        elif node.name.lower() not in visible_ctes(node):
+            found.setdefault(node.name, None)
+    return list(found)
+
+
+def _renamed(tree: exp.Expression, index: dict, relations: Sequence[Relation], *,
+             internal: bool) -> exp.Expression:
+    """A copy of ``tree`` with each relation named :func:`internal_name` (for analysis) or by
+    its DuckDB view (to run); source tables keep their table name as alias, so columns
+    qualified with it still resolve."""
+    from ldw.sql.validate import visible_ctes
+
+    def rename(node: exp.Expression) -> exp.Expression:
+        if isinstance(node, exp.Column) and node.args.get("db") is not None:
+            parts = tuple(p.name for p in node.parts[:-1])
+            if parts in index:  # pg.tpch.lineitem.l_orderkey -> lineitem.l_orderkey
+                return exp.column(node.this.copy(), table=exp.to_identifier(parts[-1]))
+            return node
+        if not isinstance(node, exp.Table) or not isinstance(node.this, exp.Identifier):
+            return node
+        qualified = node.args.get("db") is not None
+        key: Any = tuple(p.name for p in node.parts) if qualified else node.name
+        if key not in index or (not qualified and node.name.lower() in visible_ctes(node)):
+            return node
+        i = index[key]
+        if not internal and not qualified:
+            return node  # a dataset runs under its own name
+        name = internal_name(i) if internal else relations[i].view
+        alias = node.args.get("alias")
+        if alias is None:
+            alias = exp.TableAlias(this=exp.to_identifier(node.name, quoted=node.this.quoted))
+        renamed = exp.Table(this=exp.to_identifier(name, quoted=True), alias=alias.copy())
+        for arg in ("sample", "pivots", "joins", "laterals", "hints"):
+            if node.args.get(arg):
+                renamed.set(arg, node.args[arg])
+        return renamed
+
+    return tree.copy().transform(rename)
