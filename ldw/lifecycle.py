@@ -156,10 +156,15 @@ class Lifecycle:
                 self.catalog.drop_grants(record.owner, record.name)
         return record
 
-    def keep(self, record: DatasetRecord, *, ttl: float | None, pin: bool) -> DatasetRecord:
+    def keep(self, record: DatasetRecord, *, ttl: float | None, pin: bool,
+             mapping: Mapping | None = None) -> DatasetRecord:
         """The dataset is defined again exactly as it is (a notebook re-run after a kernel
-        restart): it keeps its version and shares, taking only the new ``ttl`` and ``pin``."""
+        restart): it keeps its version and shares, taking only the new ``ttl`` and ``pin``,
+        and ``mapping`` if only its refresh policy differs (when, not what, to read)."""
         record.ttl, record.pin = ttl, pin
+        if mapping is not None and mapping != record.mapping:
+            record.mapping = mapping
+            self.catalog.set_mapping(record.owner, record.name, mapping_to_json(mapping))
         self.save_options(record)
         return record
 

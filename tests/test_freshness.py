@@ -198,3 +198,15 @@ def test_magics_declare_incremental_and_refresh_full(pg_engine: sa.Engine, pg_sc
     finally:
         shell.magics_manager.registry["LdwMagics"].close()
         shell.reset(new_session=False)
+
+
+def test_changing_only_the_refresh_policy_keeps_the_version(src: Source, wh: ldw.Warehouse
+                                                            ) -> None:
+    orders = wh.map("orders", src.table, incremental="append", key="o_orderkey").cache()
+    version = orders.info()["version"]
+    again = wh.map("orders", src.table, incremental="append", key="o_orderkey",
+                   refresh="on_access")
+    info = again.info()
+    assert info["version"] == version and info["freshness"]["refresh"] == "on_access"
+    wh.map("orders", src.table, incremental="append", key="o_orderkey", where="o_custkey > 1")
+    assert orders.info()["version"] is None  # what to read changed: the version goes

@@ -87,7 +87,7 @@ class Datasets:
         ttl_seconds = parse_duration(ttl)
         same = self._unchanged(owner, mapping, bool(memory_only))
         if same is not None:
-            return self.lifecycle.keep(same, ttl=ttl_seconds, pin=bool(pin))
+            return self.lifecycle.keep(same, ttl=ttl_seconds, pin=bool(pin), mapping=mapping)
         query = self.sources.plan(owner, mapping)
         record = DatasetRecord(owner, mapping, schema_of(query), ttl=ttl_seconds, pin=bool(pin),
                                asked_memory_only=bool(memory_only),
@@ -111,7 +111,8 @@ class Datasets:
         """The owner's dataset if it holds a version of exactly this definition under the
         owner's current policy: re-running a map cell must not read the source again."""
         old = self.lifecycle.get(f"{owner}/{mapping.name}")
-        if old is None or old.version is None or old.mapping != mapping \
+        if old is None or old.version is None \
+                or dataclasses.replace(old.mapping, refresh=mapping.refresh) != mapping \
                 or old.asked_memory_only != memory_only:
             return None
         try:
