@@ -206,13 +206,21 @@ class Freshness:
         that does not answer in time leaves the cached version to be served."""
         if record.mapping.refresh != "on_access" or record.version is None or record.derived:
             return
-        timeout = self.settings.source(record.mapping.source).timeout
+        timeout = self._timeout(record)
         self.look(record, min(timeout, ACCESS_WAIT) if timeout else ACCESS_WAIT)
         if record.stale and self.refresh is not None:
             try:
                 self.refresh(record.owner, record.name)
             except LdwError as exc:  # the previous version stays, flagged stale
                 log.warning("on_access refresh of %s failed: %s", record.key, exc)
+
+    def _timeout(self, record: DatasetRecord) -> float | None:
+        """The source's ``timeout``; None if it has none (or is no longer configured: the
+        check then says so, the cached version is still served)."""
+        try:
+            return self.settings.source(record.mapping.source).timeout
+        except LdwError:
+            return None
 
     def watch(self, record: DatasetRecord) -> None:
         """Start the scheduler if ``record`` has an ``every`` policy (once per engine)."""
@@ -246,7 +254,7 @@ class Freshness:
             thread.start()
 
     def _refresh_if_stale(self, record: DatasetRecord) -> None:
-        timeout = self.settings.source(record.mapping.source).timeout
+        timeout = self._timeout(record)
         self.look(record, timeout or ACCESS_WAIT)
         if record.stale and self.refresh is not None and not self._stop.is_set():
             try:
