@@ -36,8 +36,8 @@ from .fan_in import Producer, fan_in
 from .names import GENERIC_RULES, NAME_RULES, NameRules, Relation
 from .slots import ConnectionSlots, Lease, current_lease, uncounted
 
-__all__ = ["ColumnPlan", "Connector", "ReadPlan", "Relation", "SourceQuery", "timeout_error",
-           "wrap_driver_error"]
+__all__ = ["ColumnPlan", "Connector", "ReadPlan", "Relation", "SourceQuery",
+           "timeout_error", "wrap_driver_error"]
 
 
 @dataclass(frozen=True)
@@ -166,6 +166,9 @@ class Connector(abc.ABC):
     # snapshot (the connector's snapshot() exports one and stream() imports it)
     supports_distributed_reads: ClassVar[bool] = False
     transport: ClassVar[str] = "dbapi"
+    # whether a read's snapshot connection is free for other queries (a probe) while stream()
+    # reads (PostgreSQL: the readers import an exported snapshot on connections of their own)
+    snapshot_idle_while_streaming: ClassVar[bool] = False
     # whether this source's connections count against [sources.NAME] max_connections (a
     # file-based source has no server whose connections to spare)
     counts_connections: ClassVar[bool] = True
@@ -502,6 +505,17 @@ class Connector(abc.ABC):
                  ) -> contextlib.AbstractContextManager[sa.Connection]:
         """A connection whose view of the source every partition of one read shares (a
         context manager; implement it with ``@contextlib.contextmanager``)."""
+
+    # -- change detection --------------------------------------------------------------------
+    change_counters_method: ClassVar[str | None] = None  # what change_counters reads, if any
+
+    def change_counters(self, tables: Sequence[tuple[str | None, str, str | None]]
+                        ) -> dict[str, Any] | None:
+        """What the source's own statistics say about writes to ``tables`` ((schema, name,
+        alias) as a plan lists them), per table, as JSON values that change whenever the
+        table is written to; None where the dialect keeps no such statistics (then only
+        :func:`connectors.changes.probe` tells). Cheap: it never reads the tables."""
+        return None
 
     # -- reading -----------------------------------------------------------------------------
     @abc.abstractmethod

@@ -10,7 +10,7 @@ import contextlib
 import math
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 from urllib.parse import quote, urlencode
 
@@ -133,6 +133,7 @@ class PostgresConnector(Connector):
     transport: ClassVar[str] = "adbc"
     dialect: Dialect = POSTGRES
     supports_distributed_reads: ClassVar[bool] = True  # partitions import an exported snapshot
+    snapshot_idle_while_streaming: ClassVar[bool] = True
     SQL_REWRITES: ClassVar[dict[str, Any]] = {
         "text": lambda column: sa.cast(column, sa.Text),
         "text_array": lambda column: sa.cast(column, sa.ARRAY(sa.Text)),
@@ -181,6 +182,25 @@ class PostgresConnector(Connector):
         )
         with self.engine.connect() as conn:
             return {name: max(int(n), 0) for name, n in conn.execute(query, {"schema": schema})}
+
+    change_counters_method: ClassVar[str | None] = (
+        "pg_stat_user_tables n_tup_ins + n_tup_upd + n_tup_del")
+
+    def change_counters(self, tables: Sequence[tuple[str | None, str, str | None]]
+                        ) -> dict[str, Any] | None:
+        """Rows inserted, updated and deleted per table since statistics began (PostgreSQL
+        publishes a session's counts within about a second of its commit)."""
+        query = sa.text(
+            "select n_tup_ins + n_tup_upd + n_tup_del from pg_stat_user_tables "
+            "where schemaname = coalesce(:schema, current_schema()) and relname = :name")
+        counters: dict[str, Any] = {}
+        with self.guard("reading table statistics"), self.engine.connect() as conn:
+            for schema, name, _alias in tables:
+                value = conn.execute(query, {"schema": schema, "name": name}).scalar()
+                if value is None:  # a view, or no statistics: the probe decides
+                    return None
+                counters[f"{schema or ''}.{name}"] = int(value)
+        return counters
 
     def definition_marker(self, schema: str | None, table: str) -> str | None:
         """The table's catalog rows' versions and its columns' names and types: any ALTER

@@ -155,6 +155,11 @@ def _flags(info: DatasetInfo) -> list[str]:
         flags.append(f"ttl {format_seconds(info['ttl'])}")
     if info.get("stale"):
         flags.append("stale")
+    freshness = info.get("freshness") or {}
+    if freshness.get("incremental"):
+        flags.append(f"incremental {freshness['incremental']}")
+    if freshness.get("refresh") not in (None, "manual"):
+        flags.append(f"refresh {freshness['refresh']}")
     for policy in info.get("policies") or []:
         flags.append(str(policy))
     if info.get("shared_with"):
@@ -197,6 +202,9 @@ def dataset_html(ds: Dataset) -> str:
     notes = ""
     if info.get("error"):
         notes = f'<div style="color:#cf222e">{esc(one_line(info["error"]))}</div>'
+    reason = (info.get("freshness") or {}).get("reason")
+    if info.get("stale") and reason:
+        notes += f'<div style="color:#9a6700">stale: {esc(one_line(str(reason)))}</div>'
     return (
         f'<div class="ldw-dataset"><div><b>{esc(info.get("name", ds.name))}</b> '
         f'{state_badge(info.get("state"))}{flags}</div>'

@@ -65,10 +65,10 @@ class LdwMagics(Magics):
     def bind(self, name: str, value: Any) -> None:
         self.shell.push({name: value})
 
-    def materialize(self, dataset: Dataset, how: str) -> Dataset:
+    def materialize(self, dataset: Dataset, how: str, **options: Any) -> Dataset:
         """``cache`` or ``refresh`` with the progress display."""
         with self.progress.watching(dataset.name):
-            getattr(dataset, how)(progress=self.progress)
+            getattr(dataset, how)(progress=self.progress, **options)
         return dataset
 
     # -- the magic -----------------------------------------------------------------------------

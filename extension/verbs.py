@@ -227,6 +227,13 @@ def _map_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ttl", metavar="DURATION", help="expire the cached data, e.g. 30m, 8h")
     p.add_argument("--pin", action="store_true", help="never evict to make room")
     p.add_argument("--memory-only", action="store_true", help="never spill or export")
+    p.add_argument("--incremental", choices=("append", "upsert"),
+                   help="refresh reads only new rows (append) or changed ones (upsert)")
+    p.add_argument("--key", metavar="COL", help="append: new rows are above its max; upsert: "
+                   "the row identity")
+    p.add_argument("--watermark", metavar="COL", help="upsert: rows past the last one seen")
+    p.add_argument("--refresh", metavar="POLICY",
+                   help="manual (default), on_access, or 'every 10m'")
     p.add_argument("--cache", action="store_true", help="materialize now")
 
 
@@ -256,7 +263,8 @@ def _map(magics: Session, args: argparse.Namespace, cell: str | None) -> Dataset
                              "the '=' is missing")
         if not args.table:
             raise UsageError(f"%ldw map: the table after '=' is missing ({_MAP_EXAMPLE})")
-    for option in ("columns", "where", "limit", "partition_on", "partitions", "ttl"):
+    for option in ("columns", "where", "limit", "partition_on", "partitions", "ttl",
+                   "incremental", "key", "watermark", "refresh"):
         if getattr(args, option) is not None:
             kwargs[option] = getattr(args, option)
     for flag in ("pin", "memory_only"):
@@ -286,8 +294,15 @@ def _cache(magics: Session, args: argparse.Namespace, cell: str | None) -> Datas
     return magics.materialize(magics.warehouse.dataset(args.name), "cache")
 
 
+def _refresh_args(p: argparse.ArgumentParser) -> None:
+    _name_arg(p)
+    p.add_argument("--full", action="store_true",
+                   help="read everything, even where the mapping is incremental")
+
+
 def _refresh(magics: Session, args: argparse.Namespace, cell: str | None) -> Dataset:
-    return magics.materialize(magics.warehouse.dataset(args.name), "refresh")
+    dataset = magics.warehouse.dataset(args.name)
+    return magics.materialize(dataset, "refresh", **({"full": True} if args.full else {}))
 
 
 def _evict(magics: Session, args: argparse.Namespace, cell: str | None) -> Dataset:
@@ -411,7 +426,8 @@ VERBS: dict[str, Verb] = {v.name: v for v in [
     Verb("info", "state, size, version, SQL sent and type notes of a dataset", _name_arg, _info),
     Verb("cache", "materialize a dataset into the cache now", _name_arg, _cache,
          materializes=True),
-    Verb("refresh", "read the source again into a new version", _name_arg, _refresh,
+    Verb("refresh", "read what changed in the source into a new version (--full: all)",
+         _refresh_args, _refresh,
          materializes=True),
     Verb("evict", "drop the cached data; the mapping stays", _name_arg, _evict),
     Verb("share", "share a dataset with a user or a role", _share_args, _share),

@@ -210,6 +210,13 @@ class Catalog:
             else:
                 conn.execute(datasets_table.insert().values(owner=owner, name=name, **values))
 
+    def set_mapping(self, owner: str, name: str, mapping: dict[str, Any]) -> None:
+        """Change a dataset's mapping in place (e.g. its refresh policy), keeping its state."""
+        with self._tx() as conn:
+            conn.execute(datasets_table.update().where(
+                (datasets_table.c.owner == owner) & (datasets_table.c.name == name)
+            ).values(mapping=json.dumps(mapping)))
+
     def dataset(self, owner: str, name: str) -> DatasetRow:
         query = datasets_table.select().where(
             (datasets_table.c.owner == owner) & (datasets_table.c.name == name))

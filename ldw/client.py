@@ -91,7 +91,10 @@ class Dataset:
         info = self.info()
         size = f", {info['rows']} rows" if info["rows"] is not None else ""
         whose = f"{self.owner}/" if self.owner else ""
-        return (f"<ldw.Dataset {whose}{self.name!r} {info['state']}{size} "
+        reason = (info.get("freshness") or {}).get("reason")
+        stale = f", stale ({reason})" if info.get("stale") and reason else \
+            ", stale" if info.get("stale") else ""
+        return (f"<ldw.Dataset {whose}{self.name!r} {info['state']}{size}{stale} "
                 f"from {info['mapping']!r}>")
 
     def _call(self, op: str, *, progress: ProgressCallback | None = None,
@@ -113,9 +116,12 @@ class Dataset:
         self._call("cache", progress=progress or self._wh._progress)
         return self
 
-    def refresh(self, *, progress: ProgressCallback | None = None) -> Dataset:
-        """Read the source again into a new version; readers of the old one keep it."""
-        self._call("cache", progress=progress or self._wh._progress, refresh=True)
+    def refresh(self, *, full: bool = False, progress: ProgressCallback | None = None
+                ) -> Dataset:
+        """Read the source again into a new version; readers of the old one keep it. Only
+        what changed is read where the mapping declares ``incremental`` (unless ``full``)."""
+        self._call("cache", progress=progress or self._wh._progress, refresh=True,
+                   **({"full": True} if full else {}))
         return self
 
     def evict(self) -> Dataset:
@@ -279,19 +285,27 @@ class Warehouse:
             source: str | None = None, columns: Sequence[str] | None = None,
             where: str | None = None, limit: int | None = None, partition_on: str | None = None,
             partitions: int | None = None, ttl: str | float | None = None, pin: bool = False,
-            memory_only: bool = False, params: dict[str, Any] | None = None) -> Dataset:
+            memory_only: bool = False, params: dict[str, Any] | None = None,
+            incremental: str | None = None, key: str | None = None,
+            watermark: str | None = None, refresh: str | None = None) -> Dataset:
         """Map a table (``"src.schema.table"``) or a query (``sql=``, ``source=``) as a dataset.
 
         The schema is known at once; no rows move until the dataset is read or cached.
         ``where`` may use ``:name`` placeholders whose values come from ``params`` (bound, never
-        pasted into SQL).
+        pasted into SQL). ``incremental="append"`` with ``key=`` (or ``"upsert"`` with ``key=``
+        and ``watermark=``) makes a refresh read only what changed; ``refresh="manual" |
+        "on_access" | "every 10m"`` says when a stale version is refreshed.
         """
+        freshness = {k: v for k, v in (("incremental", incremental), ("key", key),
+                                        ("watermark", watermark), ("refresh", refresh))
+                     if v is not None}
         self._backend.call("map", {
             "name": name, "table": table, "sql": sql, "source": source,
             "columns": list(columns) if columns is not None and not isinstance(columns, str)
             else columns, "where": where, "limit": limit, "partition_on": partition_on,
             "partitions": partitions, "ttl": ttl, "pin": pin, "memory_only": memory_only,
-            "params": {k: encode_value(v) for k, v in params.items()} if params else None})
+            "params": {k: encode_value(v) for k, v in params.items()} if params else None,
+            **freshness})
         return Dataset(self, name)
 
     def dataset(self, name: str) -> Dataset:

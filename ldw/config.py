@@ -22,7 +22,8 @@ from sqlalchemy.exc import ArgumentError
 from ldw.errors import ConfigError, UnknownSource
 from ldw.secrets import Secret
 
-__all__ = ["Settings", "SourceConfig", "load_settings", "parse_bytes", "parse_duration"]
+__all__ = ["Settings", "SourceConfig", "every_seconds", "load_settings", "parse_bytes",
+           "parse_duration", "refresh_policy"]
 
 _SIZE_UNITS = {
     "": 1, "b": 1,
@@ -53,6 +54,27 @@ def parse_duration(value: str | int | float | None) -> float | None:
     if not match:
         raise ConfigError(f"cannot read {value!r} as a duration; write e.g. '90s', '30m' or '8h'")
     return float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
+
+
+def refresh_policy(value: Any, where: str = "refresh") -> str:
+    """A refresh policy: ``"manual"``, ``"on_access"`` or ``"every <duration>"`` (normalized)."""
+    text = " ".join(str(value).split()) if isinstance(value, str) else ""
+    if text in ("manual", "on_access"):
+        return text
+    if text.startswith("every "):
+        try:
+            seconds = parse_duration(text.removeprefix("every "))
+        except ConfigError:
+            seconds = None
+        if seconds:
+            return f"every {text.removeprefix('every ')}"
+    raise ConfigError(f"{where} must be \"manual\", \"on_access\" or \"every <duration>\" "
+                      f"(e.g. \"every 10m\"), not {value!r}")
+
+
+def every_seconds(policy: str) -> float | None:
+    """The period of an ``"every <duration>"`` policy; None for the others."""
+    return parse_duration(policy.removeprefix("every ")) if policy.startswith("every ") else None
 
 
 DEFAULT_MAX_CONNECTIONS = 8  # per source; a partitioned read holds partitions + 2 at most
@@ -144,6 +166,18 @@ class Settings:
     max_streams_per_user: int = 16  # Flight streams one user may read at once
     sql_timeout: float = 600.0  # seconds a wh.sql query may run ([users.NAME] sql_timeout)
     sql_memory_limit: str = "25%"  # DuckDB's memory for wh.sql, shared by concurrent queries
+    freshness_interval: float = 10.0  # seconds between two change checks of one dataset
+    refresh_globs: tuple[tuple[str, str], ...] = ()  # [refresh] "src.schema.table*" = policy
+
+    def refresh_for(self, table: str) -> str:
+        """The refresh policy ``[refresh]`` gives ``source.schema.table`` (first matching glob),
+        else ``"manual"``."""
+        import fnmatch
+
+        for glob, policy in self.refresh_globs:
+            if fnmatch.fnmatchcase(table, glob):
+                return policy
+        return "manual"
 
     def sql_timeout_for(self, user: str) -> tuple[float, str]:
         """A user's ``wh.sql`` time limit in seconds, and the setting it comes from."""
@@ -224,6 +258,7 @@ _SERVER_DEFAULTS: dict[str, Any] = {
     "audit_anchor_file": None,  # default: beside the audit key, one per catalog
     "sql_timeout": "10m",
     "sql_memory_limit": "25%",
+    "freshness_interval": "10s",
 }
 
 
@@ -242,6 +277,17 @@ def server_env(overrides: dict[str, Any]) -> dict[str, str]:
                 else str(value)
             env[f"LDW_{key.upper()}"] = text
     return env
+
+
+def _freshness_interval(value: Any) -> float:
+    try:
+        seconds = parse_duration(value)
+    except ConfigError:
+        seconds = None
+    if seconds is None or seconds < 0:
+        raise ConfigError(f"[server] freshness_interval must be a duration such as '10s' or "
+                          f"'1m' (0 checks on every look), not {value!r}")
+    return seconds
 
 
 def _positive_int(server: dict[str, Any], key: str) -> int:
@@ -385,7 +431,7 @@ def load_settings(
                 raise ConfigError(f"config file {str(path)!r} does not exist") from None
             except tomllib.TOMLDecodeError as exc:
                 raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-    unknown_top = set(data) - {"server", "sources", "policies", "users"}
+    unknown_top = set(data) - {"server", "sources", "policies", "users", "refresh"}
     if unknown_top:
         raise ConfigError(f"unknown section(s) in config: {sorted(unknown_top)}")
 
@@ -439,6 +485,9 @@ def load_settings(
         **_audit_files(server),
         sql_timeout=_sql_timeout(server["sql_timeout"], "[server]"),
         sql_memory_limit=_sql_memory_limit(server["sql_memory_limit"]),
+        freshness_interval=_freshness_interval(server["freshness_interval"]),
+        refresh_globs=tuple((str(glob), refresh_policy(policy, f"[refresh] {glob!r}"))
+                            for glob, policy in data.get("refresh", {}).items()),
         policies=data.get("policies", {}),
         users=_users(data.get("users", {})),
         config_path=path,

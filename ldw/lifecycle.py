@@ -76,6 +76,10 @@ class DatasetRecord:
     export: str = "allow"
     asked_memory_only: bool = False  # memory_only as the owner asked (policies may add it)
     source_sql: list[str] = field(default_factory=list)
+    # freshness: what the source looked like when the current version was read (the baseline
+    # a check compares with) and how staleness was last decided (see ldw.engine.freshness)
+    token: dict[str, Any] | None = None
+    freshness: dict[str, Any] = field(default_factory=dict)
     query: MappedQuery | None = field(default=None, repr=False)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -91,7 +95,8 @@ class DatasetRecord:
     def options(self) -> dict[str, Any]:
         return {"ttl": self.ttl, "pin": self.pin, "memory_only": self.memory_only,
                 "policy": self.policy, "policy_tables": list(self.policy_tables),
-                "export": self.export, "asked_memory_only": self.asked_memory_only}
+                "export": self.export, "asked_memory_only": self.asked_memory_only,
+                "source_token": self.token}
 
     @property
     def derived(self) -> bool:
@@ -151,10 +156,15 @@ class Lifecycle:
                 self.catalog.drop_grants(record.owner, record.name)
         return record
 
-    def keep(self, record: DatasetRecord, *, ttl: float | None, pin: bool) -> DatasetRecord:
+    def keep(self, record: DatasetRecord, *, ttl: float | None, pin: bool,
+             mapping: Mapping | None = None) -> DatasetRecord:
         """The dataset is defined again exactly as it is (a notebook re-run after a kernel
-        restart): it keeps its version and shares, taking only the new ``ttl`` and ``pin``."""
+        restart): it keeps its version and shares, taking only the new ``ttl`` and ``pin``,
+        and ``mapping`` if only its refresh policy differs (when, not what, to read)."""
         record.ttl, record.pin = ttl, pin
+        if mapping is not None and mapping != record.mapping:
+            record.mapping = mapping
+            self.catalog.set_mapping(record.owner, record.name, mapping_to_json(mapping))
         self.save_options(record)
         return record
 
@@ -179,14 +189,51 @@ class Lifecycle:
         record.error = None
         return previous
 
-    def published(self, record: DatasetRecord, version: Version) -> None:
-        """A read finished: its version becomes current, in the catalog and the record."""
+    def published(self, record: DatasetRecord, version: Version,
+                  token: dict[str, Any] | None = None) -> None:
+        """A read finished: its version becomes current, in the catalog and the record;
+        ``token`` is the source's state it was read from (the freshness baseline)."""
         state = self._allowed(record, DatasetState.CACHED)
         self.catalog.publish(VersionRow(
             version.version_id, record.owner, record.name, version.tier, version.path,
             version.rows, version.bytes, version.created, version.seconds,
             tuple(record.source_sql)), state=state)
         record.state, record.version, record.stale = state, version, False
+        self._rebase(record, token)
+
+    def kept(self, record: DatasetRecord, previous: Version,
+             token: dict[str, Any] | None) -> None:
+        """A refresh found nothing new in the source: ``previous`` stays current (no new
+        version), with ``token`` as its new freshness baseline."""
+        record.state = self._allowed(record, _at_rest(previous))
+        record.version, record.stale = previous, False
+        self.catalog.set_state(record.owner, record.name, record.state,
+                               version_id=previous.version_id)
+        self._rebase(record, token)
+
+    def _rebase(self, record: DatasetRecord, token: dict[str, Any] | None) -> None:
+        """A version read from the source now: the read was a check (at ``token["at"]``,
+        when it started), so the next one is due an interval later."""
+        record.token = token
+        record.freshness = {k: v for k, v in record.freshness.items()
+                            if k in ("method", "last_refresh")}
+        if token is not None and record.version is not None:
+            record.freshness.update(checked_at=token["at"], reason=None, error=None,
+                                    version=record.version.version_id)
+        try:
+            self.save_options(record)
+        except Exception:  # the version is published; without a baseline it reads as unknown
+            log.exception("could not record the freshness baseline of %s", record.key)
+
+    def checked(self, record: DatasetRecord, version: Version, *, stale: bool | None,
+                freshness: dict[str, Any]) -> None:
+        """A change check of ``version`` finished: whether its source moved on (None: could
+        not tell) and how that was decided. A check of a version no longer current is moot."""
+        if record.version is None or record.version.version_id != version.version_id:
+            return
+        if stale is not None:
+            record.stale = stale
+        record.freshness = {**record.freshness, **freshness}
 
     def failed(self, record: DatasetRecord, previous: Version | None, exc: BaseException) -> None:
         """A read failed: the previous version (if any) stays current, marked stale."""
@@ -294,4 +341,5 @@ def _record_from_row(row: DatasetRow) -> DatasetRecord:
                          policy_tables=tuple(options.get("policy_tables", ())),
                          export=options.get("export", "allow"),
                          asked_memory_only=bool(options.get("asked_memory_only",
-                                                            options.get("memory_only"))))
+                                                            options.get("memory_only"))),
+                         token=options.get("source_token"))

@@ -67,6 +67,10 @@ class MapArgs(TypedDict, total=False):
     pin: bool
     memory_only: bool
     params: dict[str, Any] | None  # values encoded with ldw.wire.encode_value
+    incremental: str | None  # "append" | "upsert"
+    key: str | None
+    watermark: str | None
+    refresh: str | None  # "manual" | "on_access" | "every <duration>"
 
 
 class AttachArgs(DatasetRef, total=False):
@@ -75,6 +79,7 @@ class AttachArgs(DatasetRef, total=False):
 
 class CacheArgs(DatasetRef, total=False):
     refresh: bool
+    full: bool  # with refresh: read everything even where incremental is declared
 
 
 class OptionsArgs(DatasetRef, total=False):

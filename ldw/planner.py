@@ -42,6 +42,11 @@ class Mapping:
     partition_on: str | None = None
     partitions: int = 1
     params: tuple[tuple[str, Any], ...] = ()  # values bound to :name in ``where``
+    # freshness (issue 15): how a refresh reads only what changed, and when it runs
+    incremental: str | None = None  # None (full refresh) | "append" | "upsert"
+    key: str | None = None  # append: rows above the cached maximum; upsert: the row identity
+    watermark: str | None = None  # upsert: rows whose watermark is past the last one seen
+    refresh: str = "manual"  # "manual" | "on_access" | "every <duration>"
 
     @property
     def ref(self) -> str:
@@ -77,7 +82,9 @@ def mapping_to_json(mapping: Mapping) -> dict[str, Any]:
 def mapping_from_json(data: dict[str, Any]) -> Mapping:
     columns = data.get("columns")
     params = tuple((k, decode_value(v)) for k, v in (data.get("params") or {}).items())
-    return Mapping(**{**data, "columns": tuple(columns) if columns is not None else None,
+    known = {f.name for f in dataclasses.fields(Mapping)}
+    return Mapping(**{**{k: v for k, v in data.items() if k in known},
+                      "columns": tuple(columns) if columns is not None else None,
                       "params": params})
 
 
@@ -212,8 +219,56 @@ def plan_mapping(connector: Connector, mapping: Mapping,
     if mapping.limit is not None:
         select = select.limit(mapping.limit)
     plans = connector.planned_columns(select)
+    _check_freshness_columns(mapping, plans, lookup, policies)
     select = connector.apply_rewrites(select, plans)
     return MappedQuery(mapping, select, plans, lookup, tables, policies, arrow_masks)
+
+
+INCREMENTAL_MODES = ("append", "upsert")
+
+
+def _check_freshness_columns(mapping: Mapping, plans: Sequence[ColumnPlan],
+                             lookup: dict[str, sa.ColumnElement],
+                             policies: Sequence[EffectivePolicy]) -> None:
+    """``incremental``, ``key`` and ``watermark`` must name columns whose values the source
+    compares exactly as they are cached: selected, unmasked, not rewritten in SQL."""
+    mode = mapping.incremental
+    if mode is not None and mode not in INCREMENTAL_MODES:
+        raise InvalidMapping(f"incremental must be \"append\" or \"upsert\" (or None for a "
+                             f"full refresh), not {mode!r}")
+    if mode is not None and mapping.key is None:
+        raise InvalidMapping(f"incremental={mode!r} needs key=COLUMN: "
+                             + ("new rows are those whose key is above the cached maximum"
+                                if mode == "append" else "the column that identifies a row"))
+    if mode == "upsert" and mapping.watermark is None:
+        raise InvalidMapping("incremental=\"upsert\" needs watermark=COLUMN (e.g. an "
+                             "updated_at timestamp): rows past the last one seen are re-read")
+    if mode is not None and mapping.limit is not None:
+        raise InvalidMapping("incremental refresh and limit cannot be combined (which rows a "
+                             "limit keeps changes as rows arrive); drop one of them")
+    by_name = {p.name: p for p in plans}
+    masked = {c for p in policies for c in p.masks}
+    for role, name in (("key", mapping.key), ("watermark", mapping.watermark)):
+        if name is None:
+            continue
+        plan = by_name.get(name)
+        if plan is None or name not in lookup or name in masked:
+            raise InvalidMapping(
+                f"{role}={name!r} must be one of the mapped columns and not masked by a "
+                f"policy; mapped columns: {[p.name for p in plans]}")
+        if plan.rewrite is not None or not _orderable(plan.arrow_type):
+            raise InvalidMapping(
+                f"{role}={name!r} is a {plan.source_type} column, which ldw cannot compare "
+                "exactly with the cached values; use an integer, date, timestamp or text "
+                "column")
+
+
+def _orderable(arrow_type: Any) -> bool:
+    import pyarrow as pa
+
+    return (pa.types.is_integer(arrow_type) or pa.types.is_temporal(arrow_type)
+            or pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type)
+            or pa.types.is_decimal(arrow_type))
 
 
 def narrow(query: MappedQuery, *, columns: Sequence[str] | None = None,

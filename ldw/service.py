@@ -266,6 +266,9 @@ class Service:
             "bytes_served": record.bytes_served,
             "last_access": record.last_access,
             "error": record.error,
+            "freshness": {"refresh": record.mapping.refresh,
+                          "incremental": record.mapping.incremental, "key": record.mapping.key,
+                          "watermark": record.mapping.watermark, **record.freshness},
         }
 
     def listing(self, record: DatasetRecord) -> DatasetListing:
@@ -314,7 +317,9 @@ class Service:
 
     def op_info(self, user: str, args: dict, progress: Callable | None) -> Any:
         owner, name = _target(user, args)
-        return self.info(self.engine.readable(user, owner, name), viewer=user)
+        record = self.engine.readable(user, owner, name)
+        self.engine.look(record)  # a change check if due, bounded: the source may hang
+        return self.info(record, viewer=user)
 
     def _own(self, user: str, args: dict, op: str) -> DatasetRecord:
         owner, name = _target(user, args)
@@ -325,7 +330,8 @@ class Service:
     def op_cache(self, user: str, args: dict, progress: Callable | None) -> Any:
         record = self._own(user, args, "cache")
         version = self.engine.materialize(user, record.name, progress=progress,
-                                          refresh=bool(args.get("refresh")))
+                                          refresh=bool(args.get("refresh")),
+                                          full=bool(args.get("full")))
         self.audit(user, "materialize", record, sql=record.source_sql, rows=version.rows,
                    nbytes=version.bytes)
         return self.info(record)

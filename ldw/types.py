@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TypedDict
+from typing import Any, TypedDict
 
 __all__ = ["AttachInfo", "AuditRow", "ColumnInfo", "ColumnRow", "DatasetInfo", "DatasetListing",
            "DatasetState", "ExportInfo", "Progress", "ServerStatus", "SourceRow", "TableRow",
@@ -133,6 +133,7 @@ class DatasetInfo(TypedDict):
     bytes_served: int
     last_access: float | None
     error: str | None
+    freshness: dict[str, Any]  # refresh policy, incremental mode, how staleness was decided
 
 
 class AttachInfo(DatasetInfo, total=False):

@@ -470,3 +470,42 @@ def test_losing_a_node_recomputes_from_lineage(cluster, pg_table, tmp_path):
         cluster.workers = [cluster.add_node(num_cpus=1, object_store_memory=STORE,
                                             include_dashboard=False,
                                             node_ip_address="127.0.0.1")]
+
+
+def test_incremental_refresh_extends_a_version_held_in_the_object_store(cluster, pg_engine,
+                                                                         tmp_path):
+    """Append and upsert on the Ray backend: the partitioned first read runs as tasks, the
+    increment is added to the version through the store's contract (VersionStore.extend)."""
+    schema = f"ldw_ray_inc_{uuid.uuid4().hex[:8]}"
+    with pg_engine.begin() as conn:
+        conn.exec_driver_sql(f"create schema {schema}")
+        conn.exec_driver_sql(f"create table {schema}.t as select g as id, 'name-' || g as name, "
+                             f"timestamp '2024-01-01' + g * interval '1 second' as updated_at "
+                             f"from generate_series(1, 10000) g")
+    wh = _warehouse(cluster, tmp_path)
+    try:
+        appended = wh.map("a", f"pg.{schema}.t", partition_on="id", partitions=2,
+                          incremental="append", key="id").cache()
+        upserted = wh.map("u", f"pg.{schema}.t", incremental="upsert", key="id",
+                          watermark="updated_at").cache()
+        held = appended.to_arrow()
+        with pg_engine.begin() as conn:
+            conn.exec_driver_sql(f"insert into {schema}.t select g, 'name-' || g, "
+                                 f"timestamp '2025-01-01' from generate_series(10001, 10100) g")
+            conn.exec_driver_sql(f"update {schema}.t set name = 'changed', "
+                                 f"updated_at = timestamp '2025-01-02' where id <= 10")
+        for dataset, mode in ((appended, "append"), (upserted, "upsert")):
+            dataset.refresh()
+            assert dataset.info()["freshness"]["last_refresh"]["mode"] == mode
+        with pg_engine.connect() as conn:
+            rows = conn.exec_driver_sql(f"select id, name from {schema}.t order by id").all()
+        assert sorted(upserted.to_arrow().select(["id", "name"]).to_pylist(),
+                      key=lambda r: r["id"]) == [dict(r._mapping) for r in rows]
+        names = dict(zip(*appended.to_arrow().select(["id", "name"]).to_pydict().values(),
+                         strict=True))
+        assert len(names) == 10100 and names[5] == "name-5"  # append mode: updates not read
+        assert held.num_rows == 10000  # the reader of the old version keeps it
+    finally:
+        wh.close()
+        with pg_engine.begin() as conn:
+            conn.exec_driver_sql(f"drop schema {schema} cascade")

@@ -3,10 +3,12 @@ current version, and making room in the memory tier (spill, drop, evict, expire)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import pyarrow as pa
@@ -15,6 +17,7 @@ import sqlalchemy as sa
 from ldw.config import Settings
 from ldw.connectors import Connector
 from ldw.engine.datasets import Datasets
+from ldw.engine.freshness import Freshness
 from ldw.engine.sources import Sources
 from ldw.errors import BadRequest, DatasetLost, LdwError, SourceUnavailable, UnknownDataset
 from ldw.governance.policies import Governance
@@ -37,7 +40,8 @@ class Cache:
 
     def __init__(self, settings: Settings, lifecycle: Lifecycle, store: VersionStore,
                  governance: Governance, sources: Sources, datasets: Datasets,
-                 sql_engine: Callable[[], Any], query_log: QueryLog) -> None:
+                 sql_engine: Callable[[], Any], query_log: QueryLog,
+                 freshness: Freshness | None = None) -> None:
         self.settings = settings
         self.lifecycle = lifecycle
         self.store = store
@@ -46,6 +50,7 @@ class Cache:
         self.datasets = datasets
         self.sql_engine = sql_engine
         self.query_log = query_log
+        self.freshness = freshness
 
     # -- reading a source -------------------------------------------------------------------------
     def _log(self, record: DatasetRecord, sql: Sequence[str]) -> None:
@@ -114,8 +119,10 @@ class Cache:
         return self.governance.mask_batches(batches, query.arrow_masks)
 
     def materialize(self, owner: str, name: str, *, progress: ProgressFn = None,
-                    refresh: bool = False) -> Version:
-        """Cache a dataset (single flight: concurrent callers wait for one source read)."""
+                    refresh: bool = False, full: bool = False) -> Version:
+        """Cache a dataset (single flight: concurrent callers wait for one source read). A
+        refresh of a cached dataset declared ``incremental`` reads only what changed, unless
+        ``full`` or the change is one the mode cannot express."""
         record = self.datasets.dataset(owner, name)
         with record.lock:
             if record.version is not None and not refresh:
@@ -126,17 +133,93 @@ class Cache:
                     "restart or crash); call refresh() to read the source again")
             if record.memory_only:
                 self.store.check_memory_only(record.key)
+            counters = self.freshness.counters(record) if self.freshness \
+                else (None, False, time.time())
             previous = self.lifecycle.start(record)
             try:
-                version = self._run(record, progress)
+                version, reason = None, "full=True" if full and previous else None
+                if previous is not None and not full and record.mapping.incremental:
+                    version = self._run_incremental(record, previous, progress)
+                    reason = record.freshness.pop("fallback", None)
+                if version is None:
+                    started = time.perf_counter()
+                    version = self._run(record, progress)
+                    self._note_refresh(record, "full", started, version.rows, version.bytes,
+                                       reason=reason)
+                token = self._baseline(record, version, counters)
             except BaseException as exc:
                 self.lifecycle.failed(record, previous, exc)
                 raise
-            self.lifecycle.published(record, version)
+            if version is previous:
+                self.lifecycle.kept(record, version, token)
+                return version
+            self.lifecycle.published(record, version, token)
             log.info("materialized %s: %d rows, %d bytes in %.2fs", record.key, version.rows,
                      version.bytes, version.seconds)
         if previous is not None:
             self.lifecycle.drop_version(previous)
+        return version
+
+    def _baseline(self, record: DatasetRecord, version: Version,
+                  counters: tuple[Any, bool, float]) -> dict[str, Any] | None:
+        if self.freshness is None:
+            return None
+        try:
+            return self.freshness.baseline(record, version, counters)
+        except Exception:  # (the version is good; its freshness reads unknown)
+            log.warning("no freshness baseline for %s", record.key, exc_info=True)
+            return None
+
+    def _note_refresh(self, record: DatasetRecord, mode: str, started: float, rows: int,
+                      nbytes: int, *, reason: str | None = None) -> None:
+        record.freshness = {**record.freshness, "last_refresh": {
+            "mode": mode, "reason": reason, "rows_read": rows, "bytes_read": nbytes,
+            "seconds": round(time.perf_counter() - started, 4), "at": time.time()}}
+
+    def _run_incremental(self, record: DatasetRecord, previous: Version,
+                         progress: ProgressFn) -> Version | None:
+        """old version + what changed, ``previous`` itself if nothing did, None when only a
+        full read is right (the reason is kept in the record's freshness)."""
+        from ldw.engine.incremental import Abandoned, Pending, read_increment
+
+        started = time.perf_counter()
+        connector = self.sources.connector(record.mapping.source)
+        query = self.datasets.query(record)
+        try:
+            old = self.store.open_table(previous)
+        except (VersionLost, FileNotFoundError):
+            return None
+        mode = record.mapping.incremental or "full"
+        pending = Pending()
+        with ThreadPoolExecutor(1, thread_name_prefix="ldw-extend") as pool:
+            writing = None
+            if mode == "append":  # the old rows are copied while the source is read
+                writing = pool.submit(self.store.extend, previous, record.schema, pending,
+                                      progress=progress,
+                                      make_room=lambda n: self.make_room(n, record))
+            try:
+                found = read_increment(connector, record, query, old, self.masked)
+            finally:
+                pending.abandon()  # a no-op once delivered
+            self._log(record, found.sql)
+            if found.fallback is not None or not found.batches:
+                if writing is not None:
+                    with contextlib.suppress(Abandoned):
+                        writing.result()
+            else:
+                pending.deliver(found.batches)
+        if found.fallback is not None:
+            log.info("%s: full refresh: %s", record.key, found.fallback)
+            record.freshness = {**record.freshness, "fallback": found.fallback}
+            return None
+        if not found.batches:
+            self._note_refresh(record, mode, started, 0, 0, reason="no change in the source")
+            return previous
+        record.source_sql = list(found.sql)
+        version = writing.result() if writing is not None else self.store.extend(
+            previous, record.schema, found.batches, replace_key=found.replace_key,
+            progress=progress, make_room=lambda n: self.make_room(n, record))
+        self._note_refresh(record, mode, started, found.rows, found.bytes)
         return version
 
     # -- capacity ---------------------------------------------------------------------------------
@@ -196,8 +279,11 @@ class Cache:
 
     # -- serving ----------------------------------------------------------------------------------
     def attach(self, owner: str, name: str, *, progress: ProgressFn = None) -> Version:
-        """The current version (materialized first if needed), counted as a hit."""
+        """The current version (materialized first if needed), counted as a hit; refreshed
+        first if its policy is ``on_access`` and the source changed."""
         record = self.datasets.dataset(owner, name)
+        if self.freshness is not None and record.version is not None:
+            self.freshness.on_access(record)
         version = record.version or self.materialize(owner, name, progress=progress)
         record.hits += 1
         record.bytes_served += version.bytes

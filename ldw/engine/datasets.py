@@ -11,11 +11,11 @@ from typing import Any
 import pyarrow as pa
 
 from ldw.catalog import Catalog
-from ldw.config import Settings, parse_duration
+from ldw.config import Settings, parse_duration, refresh_policy
 from ldw.connectors.convert import target_schema
 from ldw.engine.checks import check_name, check_user, server_os_user
 from ldw.engine.sources import Sources
-from ldw.errors import AccessDenied, AccessRevoked, InvalidMapping, UnknownDataset
+from ldw.errors import AccessDenied, AccessRevoked, ConfigError, InvalidMapping, UnknownDataset
 from ldw.governance.masks import masked_schema
 from ldw.governance.policies import Governance, combine_fingerprints
 from ldw.lifecycle import DERIVED, DatasetRecord, Lifecycle
@@ -57,7 +57,9 @@ class Datasets:
             source: str | None = None, columns: Sequence[str] | None = None,
             where: str | None = None, limit: int | None = None, partition_on: str | None = None,
             partitions: int | None = None, ttl: str | float | None = None, pin: bool = False,
-            memory_only: bool = False, params: dict[str, Any] | None = None) -> DatasetRecord:
+            memory_only: bool = False, params: dict[str, Any] | None = None,
+            incremental: str | None = None, key: str | None = None,
+            watermark: str | None = None, refresh: str | None = None) -> DatasetRecord:
         check_name(name)
         if params is not None and (not isinstance(params, dict) or not all(
                 isinstance(k, str) for k in params)):
@@ -80,11 +82,12 @@ class Datasets:
             mapping, columns=tuple(columns) if columns is not None else None, where=where,
             limit=limit, partition_on=partition_on,
             partitions=partitions if partitions is not None else (2 if partition_on else 1),
-            params=tuple(sorted((params or {}).items())))
+            params=tuple(sorted((params or {}).items())), incremental=incremental, key=key,
+            watermark=watermark, refresh=self._refresh_policy(mapping, refresh))
         ttl_seconds = parse_duration(ttl)
         same = self._unchanged(owner, mapping, bool(memory_only))
         if same is not None:
-            return self.lifecycle.keep(same, ttl=ttl_seconds, pin=bool(pin))
+            return self.lifecycle.keep(same, ttl=ttl_seconds, pin=bool(pin), mapping=mapping)
         query = self.sources.plan(owner, mapping)
         record = DatasetRecord(owner, mapping, schema_of(query), ttl=ttl_seconds, pin=bool(pin),
                                asked_memory_only=bool(memory_only),
@@ -94,12 +97,22 @@ class Datasets:
         _apply_plan(record, query)
         return self.lifecycle.define(record)
 
+    def _refresh_policy(self, mapping: Mapping, refresh: str | None) -> str:
+        """``refresh=`` as given, else what ``[refresh]`` in ldw.toml says for the table."""
+        if refresh is not None:
+            try:
+                return refresh_policy(refresh)
+            except ConfigError as exc:
+                raise InvalidMapping(str(exc)) from None
+        return self.settings.refresh_for(mapping.ref) if mapping.table else "manual"
+
     def _unchanged(self, owner: str, mapping: Mapping, memory_only: bool
                    ) -> DatasetRecord | None:
         """The owner's dataset if it holds a version of exactly this definition under the
         owner's current policy: re-running a map cell must not read the source again."""
         old = self.lifecycle.get(f"{owner}/{mapping.name}")
-        if old is None or old.version is None or old.mapping != mapping \
+        if old is None or old.version is None \
+                or dataclasses.replace(old.mapping, refresh=mapping.refresh) != mapping \
                 or old.asked_memory_only != memory_only:
             return None
         try:

@@ -29,6 +29,7 @@ from ldw.engine.admin import Admin
 from ldw.engine.cache import Cache
 from ldw.engine.datasets import Datasets
 from ldw.engine.federation import Federation
+from ldw.engine.freshness import INFO_WAIT, Freshness
 from ldw.engine.sources import Sources
 from ldw.governance.policies import Governance
 from ldw.lifecycle import DatasetRecord, Lifecycle
@@ -72,8 +73,12 @@ class Engine:
         self.datasets_ = Datasets(settings, self.lifecycle, self.governance, self.catalog,
                                   self.sources_, self.sql_engine)
         self.admin = Admin(settings, self.catalog)  # users, tokens, the audit log
+        self.freshness = Freshness(settings, self.lifecycle, self.store, self.sources_,
+                                   self.datasets_)
         self.cache = Cache(settings, self.lifecycle, self.store, self.governance, self.sources_,
-                           self.datasets_, self.sql_engine, self.query_log)
+                           self.datasets_, self.sql_engine, self.query_log, self.freshness)
+        self.freshness.refresh = lambda owner, name: self.cache.materialize(owner, name,
+                                                                            refresh=True)
         self.federation = Federation(settings, self.datasets_, self.sources_, self.cache,
                                      self.sql_engine, self.query_log)  # SQL, read lazily
         if not ephemeral:
@@ -88,7 +93,10 @@ class Engine:
         def version_of(key: str, row: VersionRow) -> Version:
             return Version(key, row.version_id, row.path, row.rows, row.bytes, row.created,
                            row.seconds, row.tier)
-        return self.lifecycle.recover(version_of)
+        report = self.lifecycle.recover(version_of)
+        for record in self.lifecycle.records():
+            self.freshness.watch(record)
+        return report
 
     # -- sources ----------------------------------------------------------------------------------
     def connector(self, source: str) -> Connector:
@@ -117,12 +125,16 @@ class Engine:
             source: str | None = None, columns: Sequence[str] | None = None,
             where: str | None = None, limit: int | None = None, partition_on: str | None = None,
             partitions: int | None = None, ttl: str | float | None = None, pin: bool = False,
-            memory_only: bool = False, params: dict[str, Any] | None = None) -> DatasetRecord:
-        """Define a dataset; the same definition again keeps its version and shares."""
-        return self.datasets_.map(owner, name, table, sql=sql, source=source, columns=columns,
-                                  where=where, limit=limit, partition_on=partition_on,
-                                  partitions=partitions, ttl=ttl, pin=pin,
-                                  memory_only=memory_only, params=params)
+            memory_only: bool = False, params: dict[str, Any] | None = None,
+            **freshness: str | None) -> DatasetRecord:
+        """Define a dataset; the same definition again keeps its version and shares.
+        ``freshness``: incremental, key, watermark and refresh (see Datasets.map)."""
+        record = self.datasets_.map(owner, name, table, sql=sql, source=source,
+                                    columns=columns, where=where, limit=limit,
+                                    partition_on=partition_on, partitions=partitions, ttl=ttl,
+                                    pin=pin, memory_only=memory_only, params=params, **freshness)
+        self.freshness.watch(record)
+        return record
 
     def map_derived(self, owner: str, name: str, query: str, *,
                     ttl: str | float | None = None, pin: bool = False) -> DatasetRecord:
@@ -179,8 +191,13 @@ class Engine:
 
     # -- materialization and capacity -------------------------------------------------------------
     def materialize(self, owner: str, name: str, *, progress: ProgressFn = None,
-                    refresh: bool = False) -> Version:
-        return self.cache.materialize(owner, name, progress=progress, refresh=refresh)
+                    refresh: bool = False, full: bool = False) -> Version:
+        return self.cache.materialize(owner, name, progress=progress, refresh=refresh,
+                                      full=full)
+
+    def look(self, record: DatasetRecord, wait: float = INFO_WAIT) -> None:
+        """Check the record's source for changes if due, waiting at most ``wait`` seconds."""
+        self.freshness.look(record, wait)
 
     def make_room(self, needed: int, writing: DatasetRecord | None = None) -> int:
         return self.cache.make_room(needed, writing)
@@ -252,6 +269,7 @@ class Engine:
             sql.close()
 
     def close(self) -> None:
+        self.freshness.close()
         self.sources_.close()
         with self._lock:
             if self._sql_engine is not None:
