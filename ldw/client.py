@@ -100,7 +100,7 @@ class Dataset:
     @property
     def schema(self) -> pa.Schema:
         """The Arrow schema, known at map time."""
-        return decode_schema(self.info()["schema"])
+        return decode_schema(self.info()["arrow_schema"])
 
     @property
     def state(self) -> str:
