@@ -270,7 +270,7 @@ def prepare(config: Path, schema: str, tables: list[str], parquet_dir: Path,
         started = time.perf_counter()
         ds = wh.map(table, f"bench.{schema}.{table}").cache()
         seconds = time.perf_counter() - started
-        data = ds.to_arrow()
+        data = ds._cached()  # the cached batches (view layouts), as the plain server sends
         path = parquet_dir / f"{table}.parquet"
         pq.write_table(data, path, compression="none")
         if arrow_dir is not None:
