@@ -10,6 +10,7 @@ import adbc_driver_flightsql
 import adbc_driver_flightsql.dbapi as flightsql
 import adbc_driver_manager
 import pyarrow as pa
+import pyarrow.flight as fl
 import pytest
 from conftest import ServerHandle
 from google.protobuf import any_pb2
@@ -155,3 +156,23 @@ def test_like_patterns_and_server_facts():
     values = {row["info_name"]: row["value"] for row in facts}
     assert values[0] == "ldw" and values[3] is True and values[504] == '"'
     assert _sql_info([504, 99999]).to_pylist() == [{"info_name": 504, "value": '"'}]
+
+
+@pytest.mark.postgres
+def test_a_share_revoked_after_the_query_was_planned_stops_its_ticket(server, alice):
+    _token, wh = alice
+    bob_token = server.token("bob", "analyst")
+    wh.dataset("c").share("bob")
+    client = fl.FlightClient(server.flight.replace("grpc://", "grpc+tcp://"))
+    options = fl.FlightCallOptions(headers=[(b"authorization", f"Bearer {bob_token}".encode())])
+    command = fl.FlightDescriptor.for_command(
+        pack("CommandStatementQuery", query='SELECT id, phone FROM "alice/c"'))
+    info = client.get_flight_info(command, options=options)
+    assert info.schema.names == ["id", "phone"]
+    wh.dataset("c").unshare("bob")
+    with pytest.raises(fl.FlightError, match="(?i)shared|revoked|denied"):
+        client.do_get(info.endpoints[0].ticket, options=options).read_all()
+    info = client.get_flight_info(
+        fl.FlightDescriptor.for_command(pack("CommandGetTables")), options=options)
+    listed = client.do_get(info.endpoints[0].ticket, options=options).read_all()
+    assert listed.num_rows == 0                                   # nothing left to list
