@@ -270,7 +270,7 @@ def prepare(config: Path, schema: str, tables: list[str], parquet_dir: Path,
         started = time.perf_counter()
         ds = wh.map(table, f"bench.{schema}.{table}").cache()
         seconds = time.perf_counter() - started
-        data = ds.to_arrow()
+        data = ds._cached()  # the cached batches (view layouts), as the plain server sends
         path = parquet_dir / f"{table}.parquet"
         pq.write_table(data, path, compression="none")
         if arrow_dir is not None:
@@ -384,10 +384,12 @@ def targets(report: dict[str, Any]) -> list[str]:
             return results.get(method, {}).get(key)
 
         size = report["facts"][table]["arrow_bytes"]
-        if get("ldw_arrow") is not None and table == "orders":
-            ms = get("ldw_arrow") * 1e3
-            out.append(f"- {table}: attach (`to_arrow`, connect included) {ms:.1f} ms — target "
-                       f"under 10 ms: {'met' if ms < 10 else 'NOT met'}")
+        for method in ("ldw_polars", "ldw_arrow"):  # to_polars is the zero-copy attach
+            if get(method) is not None and table == "orders":
+                ms = get(method) * 1e3
+                out.append(f"- {table}: attach (`{method.replace('ldw_', 'to_')}`, connect "
+                           f"included) {ms:.1f} ms — target under 10 ms: "
+                           f"{'met' if ms < 10 else 'NOT met'}")
         pairs = [("parquet_polars", "ldw_polars", "polars.read_parquet / ldw to_polars"),
                  ("parquet_polars", "ldw_arrow", "polars.read_parquet / ldw to_arrow"),
                  ("parquet_arrow", "ldw_arrow", "pyarrow read_table / ldw to_arrow")]

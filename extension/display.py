@@ -266,7 +266,7 @@ class Listing:
                 f"{frame_html(self.frame)}</div>")
 
 
-_NOT_SCALAR = frozenset({"columns", "source_sql", "schema"})  # schema: the wire encoding
+_NOT_SCALAR = frozenset({"columns", "source_sql", "schema", "arrow_schema"})  # the columns say it
 
 
 class Details:

@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from ldw.backend import Backend
 from ldw.explain import Explain
+from ldw.layout import standard_table
 from ldw.lazy import scan_dataset
 from ldw.pushdown import encode_polars_predicate
 from ldw.types import (
@@ -104,7 +105,7 @@ class Dataset:
     @property
     def schema(self) -> pa.Schema:
         """The Arrow schema, known at map time."""
-        return decode_schema(self.info()["schema"])
+        return decode_schema(self.info()["arrow_schema"])
 
     @property
     def state(self) -> str:
@@ -134,13 +135,21 @@ class Dataset:
         self._call("set_options", pin=pinned)
         return self
 
-    def to_arrow(self) -> pa.Table:
-        """The data as a pyarrow Table memory-mapped from the cache (materializes if needed)."""
+    def _cached(self) -> pa.Table:
+        """The cached version as stored (view layouts), memory-mapped where local."""
         return self._wh._backend.attach(self._ref, progress=self._wh._progress)[1]
+
+    def to_arrow(self) -> pa.Table:
+        """The data as a pyarrow Table memory-mapped from the cache (materializes if needed).
+
+        Strings and binaries are plain ``string``/``binary`` (``large_*`` past 2 GiB of text
+        in a batch), which every Arrow consumer handles; the other columns are the cached
+        buffers themselves. ``to_polars()`` maps the strings too (see README, Arrow layouts)."""
+        return standard_table(self._cached())
 
     def to_polars(self) -> pl.DataFrame:
         """A polars DataFrame over the cached buffers (no copy where the types allow)."""
-        return pl.from_arrow(_polars_ready(self.to_arrow()), rechunk=False)
+        return pl.from_arrow(_polars_ready(self._cached()), rechunk=False)
 
     def to_pandas(self) -> pd.DataFrame:
         return self.to_arrow().to_pandas()

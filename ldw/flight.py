@@ -6,6 +6,10 @@ their results stream back as JSON frames (progress, then the final result). Data
 ``do_get`` on opaque, single-use, short-lived tickets issued by the ``attach`` and ``scan``
 actions to the same user; a ticket is random bytes, never a description the server parses.
 
+Standard clients (ADBC Flight SQL, Flight SQL JDBC/ODBC drivers) are served on the same
+address by :mod:`ldw.flightsql` (``get_flight_info`` with Flight SQL commands, its two
+prepared-statement actions), with the same tokens, tickets and checks.
+
 A remote attach asks for several streams (``"streams": N``): the server answers with up to N
 tickets, each for a contiguous run of the version's record batches, and the client reads them on
 parallel connections and joins them in order. Every stream re-checks access before each batch.
@@ -44,6 +48,8 @@ from ldw.errors import (
     UnknownDataset,
 )
 from ldw.flight_client import FlightBackend
+from ldw.flightsql import FlightSql
+from ldw.layout import standard_batch, standard_schema
 from ldw.types import Progress
 from ldw.wire import (
     MAX_REQUEST,
@@ -203,6 +209,7 @@ class FlightEndpoint(fl.FlightServerBase):
         self._tickets: dict[bytes, _Ticket] = {}
         self._open: dict[str, int] = {}  # streams being read, per user
         self._lock = threading.Lock()
+        self.sql = FlightSql(self)  # the Flight SQL face of the same service
 
     @classmethod
     def from_settings(cls, settings: Settings, service: Service,
@@ -289,6 +296,8 @@ class FlightEndpoint(fl.FlightServerBase):
     @_typed_errors
     def do_action(self, context: fl.ServerCallContext, action: fl.Action) -> Iterator[bytes]:
         auth = self._auth(context)
+        if self.sql.handles(action.type):
+            return self.sql.do_action(auth, action)
         body = action.body.to_pybytes() if action.body is not None else b"{}"
         if len(body) > MAX_REQUEST:
             raise BadRequest(f"request larger than {MAX_REQUEST} bytes")
@@ -315,14 +324,7 @@ class FlightEndpoint(fl.FlightServerBase):
                 if kind == ops.Kind.ATTACH:
                     result = self._attach(auth, args, progress)
                 elif kind == ops.Kind.STREAM:
-                    self._precheck(user)
-                    watch = _CallWatch()  # a query stops when the call it serves is cancelled
-                    with watch.during(context):
-                        reader, check = service.open_stream(user, op, args,
-                                                            client_gone=watch.gone)
-                    result = {"ticket": self._issue(
-                        auth, reader.schema, check,
-                        lambda call: _watched(reader, watch, call))[0]}
+                    result = {"ticket": self.stream_ticket(auth, op, args, context)[1]}
                 else:
                     result = service.call(user, op, args, progress)
                 events.put({"ok": True, "result": result})
@@ -337,6 +339,24 @@ class FlightEndpoint(fl.FlightServerBase):
             yield json.dumps(event).encode()
             if "progress" not in event:
                 return
+
+    def stream_ticket(self, auth: _Auth, op: str, args: dict[str, Any],
+                      context: fl.ServerCallContext | None, *, standard: bool = False
+                      ) -> tuple[pa.Schema, str]:
+        """Open the stream operation ``op``; its schema and a ticket for it. ``standard``:
+        view columns leave as plain strings and binaries (:mod:`ldw.layout`)."""
+        self._precheck(auth.user)
+        watch = _CallWatch()  # a query stops when the call it serves is cancelled
+        with watch.during(context):
+            reader, check = self.service.open_stream(auth.user, op, args,
+                                                     client_gone=watch.gone)
+        schema = standard_schema(reader.schema) if standard else reader.schema
+        if schema == reader.schema:
+            return schema, self._issue(auth, schema, check,
+                                       lambda call: _watched(reader, watch, call))[0]
+        return schema, self._issue(
+            auth, schema, check,
+            lambda call: (standard_batch(b, schema) for b in _watched(reader, watch, call)))[0]
 
     def _attach(self, auth: _Auth, args: dict[str, Any],
                 progress: Callable[[Progress], None]) -> dict[str, Any]:
@@ -392,6 +412,7 @@ class FlightEndpoint(fl.FlightServerBase):
     def do_put(self, context: fl.ServerCallContext, descriptor: fl.FlightDescriptor,
                reader: fl.MetadataRecordBatchReader, writer: fl.FlightMetadataWriter) -> None:
         self._user(context)
+        self.sql.refuse_upload(descriptor)  # a Flight SQL update or ingest: ldw is read-only
         raise _unsupported("accept uploaded data")
 
     @_typed_errors
@@ -409,8 +430,7 @@ class FlightEndpoint(fl.FlightServerBase):
     @_typed_errors
     def get_flight_info(self, context: fl.ServerCallContext,
                         descriptor: fl.FlightDescriptor) -> fl.FlightInfo:
-        self._user(context)
-        raise _unsupported("describe flights by descriptor")
+        return self.sql.flight_info(self._auth(context), descriptor, context)
 
     @_typed_errors
     def get_schema(self, context: fl.ServerCallContext,

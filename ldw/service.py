@@ -35,13 +35,14 @@ from ldw.errors import (
 )
 from ldw.pushdown import predicate_to_sql
 from ldw.types import AttachInfo, AuditRow, DatasetInfo, DatasetListing, ServerStatus
-from ldw.wire import decode_value, encode_schema
+from ldw.wire import decode_value, encode_schema, readable_schema
 
 __all__ = ["Service", "checked"]
 
 log = logging.getLogger("ldw.service")
 
-ADMIN_ROLE = "admin"  # may read every user's audit records and status
+ADMIN_ROLE = "admin"  # may read every user's audit records and status, and manage users;
+# the server's owner (its OS user) holds it without being listed in [users.*]
 
 Pinned = tuple[str, str, str]  # (owner, name, policy fingerprint) a stream was opened under
 
@@ -247,7 +248,8 @@ class Service:
             "stale": record.stale,
             "source": record.mapping.source,
             "mapping": record.mapping.ref,
-            "schema": encode_schema(record.schema),
+            "schema": readable_schema(record.schema),
+            "arrow_schema": encode_schema(record.schema),
             "columns": columns,
             "rows": version.rows if version else None,
             "bytes": version.bytes if version else None,
@@ -364,25 +366,29 @@ class Service:
             [self.listing(r) for r in shared]
 
     def op_status(self, user: str, args: dict, progress: Callable | None) -> ServerStatus:
-        roles = self.engine.roles(user)
+        roles = self.engine.roles(user) | ({ADMIN_ROLE} if self.is_admin(user) else set())
         visible = self.engine.visible(user, everything=ADMIN_ROLE in roles)
         return {**self.describe_server(), "user": user, "roles": sorted(roles),
                 "governed": self.engine.governed, **self.engine.status(visible)}
 
     def op_audit(self, user: str, args: dict, progress: Callable | None) -> list[AuditRow]:
         wanted = _arg(args, "user", str)
-        if self.engine.governed and ADMIN_ROLE not in self.engine.roles(user):
+        if self.engine.governed and not self.is_admin(user):
             if wanted not in (None, user):
-                raise AccessDenied(f"only the {ADMIN_ROLE!r} role may read other users' audit "
-                                   "records")
+                raise AccessDenied(f"only the ldw server's owner or the {ADMIN_ROLE!r} role may "
+                                   "read other users' audit records")
             wanted = user
         limit = _arg(args, "limit", int) or 100
         return self.engine.admin.audit_log(user=wanted, dataset=_arg(args, "dataset", str),
                                      limit=min(max(limit, 1), 10_000))
 
     # -- users and tokens: the server's owner (its OS user) and the admin role only ----------
+    def is_admin(self, user: str) -> bool:
+        """Whether ``user`` holds the admin role: given in [users.*], or the server's owner."""
+        return user == server_os_user() or ADMIN_ROLE in self.engine.roles(user)
+
     def _admin(self, user: str, what: str) -> None:
-        if user != server_os_user() and ADMIN_ROLE not in self.engine.roles(user):
+        if not self.is_admin(user):
             raise AccessDenied(f"only the ldw server's owner or the {ADMIN_ROLE!r} role may "
                                f"{what}")
 

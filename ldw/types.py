@@ -11,8 +11,8 @@ from enum import StrEnum
 from typing import Any, TypedDict
 
 __all__ = ["AttachInfo", "AuditRow", "ColumnInfo", "ColumnRow", "DatasetInfo", "DatasetListing",
-           "DatasetState", "ExportInfo", "Progress", "ServerStatus", "SourceRow", "TableRow",
-           "Tier"]
+           "DatasetState", "ExportInfo", "Progress", "SchemaField", "ServerStatus", "SourceRow",
+           "TableRow", "Tier"]
 
 
 class DatasetState(StrEnum):
@@ -105,6 +105,14 @@ class DatasetListing(TypedDict):
     memory_only: bool
 
 
+class SchemaField(TypedDict):
+    """One field of a dataset's Arrow schema as ``info()["schema"]`` shows it."""
+
+    name: str
+    type: str
+    nullable: bool
+
+
 class DatasetInfo(TypedDict):
     """Everything a viewer may know of one dataset (``info``, ``map``, ``cache`` ...)."""
 
@@ -114,7 +122,8 @@ class DatasetInfo(TypedDict):
     stale: bool
     source: str | None
     mapping: str
-    schema: str  # Arrow IPC schema, base64 (ldw.wire.decode_schema)
+    schema: list[SchemaField]  # readable: one {name, type, nullable} per column
+    arrow_schema: str  # the exact Arrow schema as IPC, base64 (ldw.wire.decode_schema)
     columns: list[ColumnInfo]
     rows: int | None
     bytes: int | None

@@ -16,11 +16,11 @@ from typing import Any
 import pyarrow as pa
 
 from ldw import errors
-from ldw.types import Progress
+from ldw.types import Progress, SchemaField
 
 __all__ = ["MAX_REQUEST", "STREAM_ERROR", "decode_error", "decode_schema", "decode_value",
            "encode_error", "encode_schema", "encode_value", "error_bytes", "error_from_bytes",
-           "final_result", "frame", "progress_from_json", "progress_to_json"]
+           "final_result", "frame", "progress_from_json", "progress_to_json", "readable_schema"]
 
 MAX_REQUEST = 1 << 20  # bytes of one JSON request; larger ones are refused unread
 STREAM_ERROR = "ldw_error"  # batch metadata key: the stream failed with this (JSON) error
@@ -37,6 +37,11 @@ def encode_schema(schema: pa.Schema) -> str:
 
 def decode_schema(text: str) -> pa.Schema:
     return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(text)))
+
+
+def readable_schema(schema: pa.Schema) -> list[SchemaField]:
+    """A schema as people and JSON tools read it: one ``{name, type, nullable}`` per field."""
+    return [{"name": f.name, "type": str(f.type), "nullable": f.nullable} for f in schema]
 
 
 def progress_to_json(progress: Progress) -> dict[str, Any]:

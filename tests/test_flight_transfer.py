@@ -19,6 +19,7 @@ import pytest
 from conftest import ServerHandle
 
 import ldw
+from ldw.layout import standard_table
 
 pytestmark = pytest.mark.postgres
 
@@ -114,7 +115,7 @@ def test_empty_and_single_batch_datasets_take_one_stream(alice, name, rows):
     assert len(tickets) == 1  # nothing to split: one ticket whatever was asked
     got = alice._backend._read_all(tickets)
     assert got.num_rows == rows and got.schema == whole.schema and got.equals(whole)
-    assert alice.dataset(name).to_arrow().equals(whole)
+    assert alice.dataset(name).to_arrow().equals(standard_table(whole))  # plain strings
     if rows:
         assert pc.sum(got["a"]).as_py() == rows * (rows + 1) // 2
 

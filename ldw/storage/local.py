@@ -33,6 +33,7 @@ import pyarrow.ipc as ipc
 
 from ldw.errors import LdwError
 from ldw.governance.trust import DirLock, create_private, private_dir
+from ldw.storage.align import DecimalAligner
 from ldw.storage.base import (
     DISK,
     MEMORY,
@@ -127,12 +128,13 @@ class Store(VersionStore):
         try:
             identity = self._create(temp)
             with pa.OSFile(str(temp), "wb") as sink, ipc.new_file(sink, stored) as writer:
+                aligner = DecimalAligner(sink, stored)  # decimals zero-copy into polars
                 for batch in batches:
                     if batch.schema != stored:
                         batch = batch.cast(stored)
                     self.budget.reserve(batch.nbytes, make_room, dataset, written=reserved)
                     reserved += batch.nbytes
-                    writer.write_batch(batch)
+                    writer.write_batch(batch, custom_metadata=aligner.metadata(batch))
                     rows += batch.num_rows
                     if progress:
                         progress(Progress(dataset, rows, reserved, time.perf_counter() - started))

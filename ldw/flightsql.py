@@ -1,0 +1,266 @@
+"""Flight SQL on ldw's Flight address: what standard clients (the ADBC Flight SQL driver, Flight
+SQL JDBC/ODBC drivers in BI tools, R and Go through ADBC) speak.
+
+The same :class:`~ldw.flight.FlightEndpoint` serves it, so everything ldw's own client gets holds
+here too: the bearer token of ``ldw user add`` on every call, single-use tickets bound to the
+user and token, access re-checked before every batch (a revoked user, token or share ends the
+stream), and each query audited by the service like ``wh.sql``.
+
+- ``CommandStatementQuery`` and prepared statements (``CreatePreparedStatement``, then
+  ``CommandPreparedStatementQuery``, ``ClosePreparedStatement``) run their SQL through the same
+  ``sql`` operation as ``wh.sql``: whatever ``wh.sql`` accepts, Flight SQL accepts. Results
+  leave with plain ``string``/``binary`` columns (:mod:`ldw.layout`). Parameters, updates and
+  transactions are refused: ldw is read-only.
+- ``CommandGetCatalogs``/``GetDbSchemas``/``GetTables``/``GetTableTypes`` list the datasets the
+  user may read: catalog ``ldw``, the owner as the schema, the dataset as the table (in SQL: a
+  dataset of one's own is ``orders``, one shared by alice ``"alice/orders"``).
+- ``CommandGetSqlInfo`` answers the server facts (name, versions, read-only, SQL, no Substrait,
+  no transactions, no cancel, the identifier quote).
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.flight as fl
+
+from ldw.errors import BadRequest, CapacityExceeded, PolicyViolation, UnknownDataset
+from ldw.flightsql_proto import pack, unpack
+from ldw.layout import standard_schema
+from ldw.wire import decode_schema
+
+if TYPE_CHECKING:
+    from ldw.flight import FlightEndpoint
+
+__all__ = ["CATALOG", "FlightSql"]
+
+CATALOG = "ldw"
+ACTIONS = {"CreatePreparedStatement": "ActionCreatePreparedStatementRequest",
+           "ClosePreparedStatement": "ActionClosePreparedStatementRequest"}
+PREPARED_TTL = 3600.0  # seconds an unused prepared statement is kept
+MAX_PREPARED = 256  # prepared statements one user may hold
+
+_UTF8 = pa.utf8()
+CATALOGS = pa.schema([pa.field("catalog_name", _UTF8, False)])
+DB_SCHEMAS = pa.schema([pa.field("catalog_name", _UTF8), pa.field("db_schema_name", _UTF8,
+                                                                  False)])
+TABLES = pa.schema([pa.field("catalog_name", _UTF8), pa.field("db_schema_name", _UTF8),
+                    pa.field("table_name", _UTF8, False), pa.field("table_type", _UTF8, False)])
+TABLE_TYPES = pa.schema([pa.field("table_type", _UTF8, False)])
+_VALUE = pa.dense_union([
+    pa.field("string_value", _UTF8), pa.field("bool_value", pa.bool_()),
+    pa.field("bigint_value", pa.int64()), pa.field("int32_bitmask", pa.int32()),
+    pa.field("string_list", pa.list_(_UTF8)),
+    pa.field("int32_to_int32_list_map", pa.map_(pa.int32(), pa.list_(pa.int32())))])
+SQL_INFO = pa.schema([pa.field("info_name", pa.uint32(), False),
+                      pa.field("value", _VALUE, False)])
+
+
+def _server_facts() -> dict[int, tuple[int, Any]]:
+    """SqlInfo code -> (union type code, value): 0 string, 1 bool, 3 int32."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        ldw_version = version("ldw")
+    except PackageNotFoundError:
+        ldw_version = "unknown"
+    return {0: (0, "ldw"), 1: (0, ldw_version), 2: (0, pa.__version__),
+            3: (1, True),     # read-only
+            4: (1, True),     # SQL
+            5: (1, False),    # Substrait
+            8: (3, 0),        # transactions: none
+            9: (1, False),    # cancel
+            504: (0, '"')}    # identifier quote
+
+
+def _like(pattern: str | None) -> re.Pattern[str] | None:
+    """A SQL LIKE pattern (``%``, ``_``, ``\\`` escapes) as a regular expression."""
+    if pattern is None:
+        return None
+    out, escaped = [], False
+    for char in pattern:
+        if escaped:
+            out.append(re.escape(char))
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        else:
+            out.append(".*" if char == "%" else "." if char == "_" else re.escape(char))
+    return re.compile("".join(out), re.DOTALL)
+
+
+def _matches(value: str, pattern: re.Pattern[str] | None) -> bool:
+    return pattern is None or pattern.fullmatch(value) is not None
+
+
+class FlightSql:
+    """The Flight SQL commands and actions of one :class:`~ldw.flight.FlightEndpoint`."""
+
+    def __init__(self, endpoint: FlightEndpoint) -> None:
+        self.endpoint = endpoint
+        self._prepared: dict[bytes, tuple[str, str, str, float]] = {}  # handle -> user,
+        self._lock = threading.Lock()                                  # token, query, used
+
+    # -- entry points (from FlightEndpoint) ----------------------------------------------------
+    @staticmethod
+    def handles(action_type: str) -> bool:
+        return action_type in ACTIONS
+
+    def flight_info(self, auth: Any, descriptor: fl.FlightDescriptor,
+                    context: fl.ServerCallContext) -> fl.FlightInfo:
+        """A Flight SQL command's schema and the ticket of its result."""
+        command = unpack(descriptor.command or b"") \
+            if descriptor.descriptor_type == fl.DescriptorType.CMD else None
+        if command is None:
+            raise BadRequest("ldw describes only Flight SQL commands (CommandStatementQuery, "
+                             "CommandGetTables, ...); ldw's own client uses its actions")
+        name, message = command
+        if name == "CommandStatementQuery":
+            self._no_transaction(message)
+            schema, ticket = self._query(auth, message.query, context)
+        elif name == "CommandPreparedStatementQuery":
+            schema, ticket = self._query(auth, self._statement(
+                auth, message.prepared_statement_handle), context)
+        elif name in ("CommandStatementUpdate", "CommandPreparedStatementUpdate"):
+            raise PolicyViolation("ldw is read-only: send a query (SELECT ...)")
+        else:
+            table = self._listing(auth, name, message)
+            check = self.endpoint.service.stream_check(auth.user, "flightsql", [])
+            ticket = self.endpoint._issue(auth, table.schema, check,
+                                          lambda _call: table.to_batches())[0]
+            schema = table.schema
+        return fl.FlightInfo(schema, descriptor, [fl.FlightEndpoint(bytes.fromhex(ticket), [])],
+                             -1, -1)
+
+    @staticmethod
+    def refuse_upload(descriptor: fl.FlightDescriptor) -> None:
+        """PolicyViolation for a Flight SQL command sent with ``do_put`` (updates, bulk
+        ingestion, bound parameters): ldw serves reads only."""
+        if descriptor.descriptor_type == fl.DescriptorType.CMD and \
+                (descriptor.command or b"").find(b"arrow.flight.protocol.sql.") >= 0:
+            raise PolicyViolation("ldw is read-only over Flight SQL: no updates, ingestion or "
+                                  "bound parameters; send a query (SELECT ...) with its values "
+                                  "written in")
+
+    def do_action(self, auth: Any, action: fl.Action) -> Iterator[bytes]:
+        body = action.body.to_pybytes() if action.body is not None else b""
+        command = unpack(body)
+        if command is None or command[0] != ACTIONS[action.type]:
+            raise BadRequest(f"{action.type} needs an {ACTIONS[action.type]} body")
+        message = command[1]
+        if action.type == "ClosePreparedStatement":
+            handle = message.prepared_statement_handle
+            with self._lock:
+                entry = self._prepared.get(handle)
+                if entry is not None and entry[0] == auth.user:
+                    del self._prepared[handle]
+            return iter(())
+        self._no_transaction(message)
+        self.endpoint.service.engine.check_user(auth.user)
+        handle = self._prepare(auth, message.query)
+        return iter([pack("ActionCreatePreparedStatementResult",
+                          prepared_statement_handle=handle)])
+
+    # -- queries -----------------------------------------------------------------------------------
+    @staticmethod
+    def _no_transaction(message: Any) -> None:
+        if message.HasField("transaction_id"):
+            raise BadRequest("ldw has no transactions: send the query without one")
+
+    def _query(self, auth: Any, query: str, context: fl.ServerCallContext
+               ) -> tuple[pa.Schema, str]:
+        return self.endpoint.stream_ticket(auth, "sql", {"query": query}, context,
+                                           standard=True)
+
+    def _prepare(self, auth: Any, query: str) -> bytes:
+        handle = secrets.token_bytes(24)
+        now = time.monotonic()
+        with self._lock:
+            for key in [k for k, e in self._prepared.items() if now - e[3] > PREPARED_TTL]:
+                del self._prepared[key]
+            if sum(1 for e in self._prepared.values() if e[0] == auth.user) >= MAX_PREPARED:
+                raise CapacityExceeded(f"you hold {MAX_PREPARED} prepared statements; close "
+                                       "some (ClosePreparedStatement) first")
+            self._prepared[handle] = (auth.user, auth.token, query, now)
+        return handle
+
+    def _statement(self, auth: Any, handle: bytes) -> str:
+        with self._lock:
+            entry = self._prepared.get(handle)
+            if entry is None or entry[:2] != (auth.user, auth.token):
+                raise BadRequest("unknown or closed prepared statement; prepare it again")
+            self._prepared[handle] = (*entry[:3], time.monotonic())
+        return entry[2]
+
+    # -- listings ----------------------------------------------------------------------------------
+    def _readable(self, user: str) -> list[dict[str, Any]]:
+        return self.endpoint.service.call(user, "datasets", {})
+
+    def _listing(self, auth: Any, name: str, message: Any) -> pa.Table:
+        user = auth.user
+        if name == "CommandGetSqlInfo":
+            self.endpoint.service.engine.check_user(user)
+            return _sql_info(list(message.info))
+        if name == "CommandGetTableTypes":
+            self.endpoint.service.engine.check_user(user)
+            return pa.Table.from_pylist([{"table_type": "TABLE"}], TABLE_TYPES)
+        if name == "CommandGetCatalogs":
+            self.endpoint.service.engine.check_user(user)
+            return pa.Table.from_pylist([{"catalog_name": CATALOG}], CATALOGS)
+        catalog = message.catalog if message.HasField("catalog") else None
+        schemas = _like(message.db_schema_filter_pattern
+                        if message.HasField("db_schema_filter_pattern") else None)
+        rows = [r for r in self._readable(user) if catalog in (None, CATALOG)
+                and _matches(r["owner"], schemas)]
+        if name == "CommandGetDbSchemas":
+            owners = sorted({r["owner"] for r in rows})
+            return pa.Table.from_pylist([{"catalog_name": CATALOG, "db_schema_name": o}
+                                         for o in owners], DB_SCHEMAS)
+        if name != "CommandGetTables":
+            raise BadRequest(f"ldw does not answer the Flight SQL command {name}")
+        tables = _like(message.table_name_filter_pattern
+                       if message.HasField("table_name_filter_pattern") else None)
+        types = list(message.table_types)
+        rows = sorted((r for r in rows if _matches(r["name"], tables)
+                       and (not types or "TABLE" in types)),
+                      key=lambda r: (r["owner"], r["name"]))
+        out = [{"catalog_name": CATALOG, "db_schema_name": r["owner"], "table_name": r["name"],
+                "table_type": "TABLE"} for r in rows]
+        if not message.include_schema:
+            return pa.Table.from_pylist(out, TABLES)
+        schema = TABLES.append(pa.field("table_schema", pa.binary(), False))
+        for row, listed in zip(out, rows, strict=True):
+            row["table_schema"] = self._table_schema(user, listed)
+        return pa.Table.from_pylist(out, schema)
+
+    def _table_schema(self, user: str, listed: dict[str, Any]) -> bytes:
+        """The IPC schema of a dataset as a query returns it (plain string/binary)."""
+        try:
+            info = self.endpoint.service.call(user, "info", {"name": listed["name"],
+                                                             "owner": listed["owner"]})
+        except UnknownDataset:  # dropped since it was listed
+            return pa.schema([]).serialize().to_pybytes()
+        return standard_schema(decode_schema(info["arrow_schema"])).serialize().to_pybytes()
+
+
+def _sql_info(wanted: list[int]) -> pa.Table:
+    facts = _server_facts()
+    codes = [c for c in (wanted or sorted(facts)) if c in facts]
+    children: list[list[Any]] = [[] for _ in _VALUE]
+    kinds, offsets = [], []
+    for code in codes:
+        kind, value = facts[code]
+        kinds.append(kind)
+        offsets.append(len(children[kind]))
+        children[kind].append(value)
+    arrays = [pa.array(values, field.type) for values, field in zip(children, _VALUE,
+                                                                   strict=True)]
+    value = pa.UnionArray.from_dense(pa.array(kinds, pa.int8()), pa.array(offsets, pa.int32()),
+                                     arrays, [f.name for f in _VALUE])
+    return pa.Table.from_arrays([pa.array(codes, pa.uint32()), value], schema=SQL_INFO)
