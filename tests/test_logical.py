@@ -409,3 +409,14 @@ def test_integer_sets_compile_to_digits_in_the_column_type() -> None:
     assert "1 = 0" in str(IntegerSet(table.c.i, [], "integer").compile())
     with pytest.raises(TypeError):
         IntegerSet(table.c.i, ["1; drop table t"], "integer")
+
+
+@pytest.mark.postgres
+def test_datasets_are_also_named_in_the_ldw_catalog(fed_wh: ldw.Warehouse, tpch_pg: str) -> None:
+    from ldw.config import _user
+
+    fed_wh.map("region_l", f"pg.{tpch_pg}.region")
+    query = f"SELECT count(*) AS n FROM ldw.{_user()}.region_l"
+    assert fed_wh.sql(query)["n"].item() == 5  # as Flight SQL clients spell it
+    with pytest.raises(ldw.UnknownDataset):
+        fed_wh.sql("SELECT * FROM ldw.nobody.region_l")

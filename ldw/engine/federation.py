@@ -54,6 +54,7 @@ MAX_RANGES = 8         # parallel readers of one big table
 RANGE_ROWS = 250_000   # rows (as the source estimates them) worth a reader of their own
 WAIT_RATIO = 8         # a relation waits for a join partner this many times smaller
 DIALECT = "duckdb"
+DATASETS_CATALOG = "ldw"  # ldw.<owner>.<name> names a dataset (the Flight SQL catalog)
 
 
 @dataclass
@@ -147,10 +148,19 @@ class Federation:
             relation.needs = needs
             if relation.read != "cache":
                 self._narrow(relation)
-        sources = any(r.record is None for r in relations)
-        duckdb_sql = (_renamed(tree, index, relations, internal=False).sql(DIALECT) if sources
-                      else query)  # datasets only: the query runs exactly as written
+        qualified = any(isinstance(ref, tuple) for ref in refs)
+        duckdb_sql = (_renamed(tree, index, relations, internal=False).sql(DIALECT)
+                      if qualified else query)  # bare datasets only: runs exactly as written
         return Plan(query, relations, duckdb_sql)
+
+    def _dataset(self, user: str, ref: str, owner: str, name: str, cache: bool) -> Relation:
+        record = self.datasets.readable(user, owner, name)
+        if cache:
+            self.cache.attach(record.owner, record.name)
+        read = "cache" if record.version is not None else (
+            "query" if record.derived else "source")
+        return Relation(ref, ref, record.schema, record=record,
+                        source=None if record.derived else record.mapping.source, read=read)
 
     def _folded(self, tree: exp.Expression) -> exp.Expression:
         """Source table names as their source folds unquoted identifiers (PostgreSQL: lower
@@ -176,16 +186,11 @@ class Federation:
     def _resolve(self, user: str, ref: str | tuple[str, ...], cache: bool) -> Relation:
         if isinstance(ref, str):
             owner, _, name = ref.rpartition("/")
-            record = self.datasets.readable(user, owner or user, name)
-            if cache:
-                self.cache.attach(record.owner, record.name)
-            read = "cache" if record.version is not None else (
-                "query" if record.derived else "source")
-            return Relation(ref, ref, record.schema, record=record,
-                            source=None if record.derived else record.mapping.source,
-                            read=read)
+            return self._dataset(user, ref, owner or user, name, cache)
         text = ".".join(ref)
         source = ref[0]
+        if source == DATASETS_CATALOG and len(ref) == 3 and source not in self.settings.sources:
+            return self._dataset(user, text, ref[1], ref[2], cache)  # ldw.<owner>.<name>
         if source not in self.settings.sources:
             known = ", ".join(sorted(self.settings.sources)) or "none"
             raise UnknownSource(
