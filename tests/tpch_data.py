@@ -54,13 +54,21 @@ def _copy_tbl(cur: psycopg.Cursor, target: pgsql.Composed, path: Path) -> None:
             rest = chunk[cut:]
 
 
+def _drop(schema: str) -> None:
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(pgsql.SQL("drop schema if exists {} cascade").format(
+            pgsql.Identifier(schema)))
+
+
 @pytest.fixture(scope="session")
 def tpch_pg(pg_engine, tpch_files: Path) -> Iterator[str]:
-    """SF0.1 in a fresh PostgreSQL schema with primary keys and foreign-key indexes."""
+    """SF0.1 in a fresh PostgreSQL schema with primary keys and foreign-key indexes.
+
+    No connection is held between tests: test_source_faults restarts PostgreSQL."""
     schema = f"ldw_tpch_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn, conn.cursor() as cur:
-        cur.execute(pgsql.SQL("create schema {}").format(pgsql.Identifier(schema)))
-        try:
+    try:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn, conn.cursor() as cur:
+            cur.execute(pgsql.SQL("create schema {}").format(pgsql.Identifier(schema)))
             for table in tpch.TABLES:
                 target = pgsql.Identifier(schema, table)
                 cur.execute(pgsql.SQL("create table {} ({})").format(
@@ -73,13 +81,14 @@ def tpch_pg(pg_engine, tpch_files: Path) -> Iterator[str]:
                         pgsql.SQL(", ").join(map(pgsql.Identifier, columns))))
             for table in tpch.TABLES:
                 cur.execute(pgsql.SQL("analyze {}").format(pgsql.Identifier(schema, table)))
-            yield schema
-        finally:
-            cur.execute(pgsql.SQL("drop schema {} cascade").format(pgsql.Identifier(schema)))
+        yield schema
+    finally:
+        _drop(schema)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def pg_conn(tpch_pg: str) -> Iterator[psycopg.Connection]:
+    """A connection to the TPC-H schema, one per test (PostgreSQL may restart between)."""
     with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
         conn.execute(pgsql.SQL("set search_path to {}").format(pgsql.Identifier(tpch_pg)))
         conn.execute("set statement_timeout = '60s'")
