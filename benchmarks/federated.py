@@ -167,6 +167,14 @@ def markdown(results: dict[str, dict[str, dict]], engines: list[str]) -> str:
         f"total ({complete} queries finished on all)", *(f"{totals[e]:.2f}" for e in engines),
         *(f"{totals[e] / totals['ldw']:.2f}" if totals.get("ldw") else "—"
           for e in engines if e != "ldw"), ""]) + " |")
+    for other in (e for e in engines if e != "ldw"):  # pairwise, over every query both finish
+        both = [k for k, by in results.items() if k.startswith("Q")
+                and "seconds" in by.get("ldw", {}) and "seconds" in by.get(other, {})]
+        mine = sum(results[k]["ldw"]["seconds"] for k in both)
+        theirs = sum(results[k][other]["seconds"] for k in both)
+        lines.append(f"\nldw vs {other} over the {len(both)} queries both finish: "
+                     f"{mine:.2f} s vs {theirs:.2f} s ({other} / ldw = {theirs / mine:.2f})"
+                     if mine else "")
     return "\n".join(lines)
 
 
