@@ -38,31 +38,14 @@ from tpch_data import generate, load_postgres
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout's ldw
 
 import psycopg
-import sqlglot
 from psycopg import sql as pgsql
-from sqlglot import exp
 
 import ldw
 from ldw import tpch
-from ldw.sql.validate import visible_ctes
 
 RESULTS = Path(__file__).parent / "results"
 MIXED = ("customer", "orders")
 SELECTIVE = "SELECT count(*) AS n FROM {lineitem} WHERE l_orderkey < 100"
-
-
-def on_sources(text: str, where: dict[str, str]) -> str:
-    """``text`` with each TPC-H table named ``source.schema.table`` (alias: the table name)."""
-    def qualify(node: exp.Expression) -> exp.Expression:
-        if isinstance(node, exp.Table) and node.name in tpch.TABLES \
-                and node.name not in visible_ctes(node):
-            catalog, db = where[node.name].split(".")
-            return exp.Table(this=exp.to_identifier(node.name), db=exp.to_identifier(db),
-                             catalog=exp.to_identifier(catalog),
-                             alias=node.args.get("alias") or exp.TableAlias(
-                                 this=exp.to_identifier(node.name)))
-        return node
-    return sqlglot.parse_one(text, read="duckdb").transform(qualify).sql("duckdb")
 
 
 def plain(rows: list) -> list[list]:
@@ -199,7 +182,7 @@ def main() -> None:
         load_mysql(args.mysql_url, args.scale, args.data, schema)
         where.update({t: f"my.{schema}" for t in MIXED})
     texts = {f"Q{n:02d}": tpch.query(n) for n in args.queries}
-    sourced = {k: on_sources(t, where) for k, t in texts.items()}
+    sourced = {k: tpch.on_sources(t, where) for k, t in texts.items()}
     selective = SELECTIVE.format(lineitem=f"pg.{schema}.lineitem")
     sourced["selective"] = selective
     texts["selective"] = SELECTIVE.format(lineitem="lineitem")

@@ -16,26 +16,10 @@ import pyarrow as pa
 import pytest
 import sqlglot
 from conftest import MYSQL_URL, POSTGRES_URL
-from sqlglot import exp
 
 import ldw
 from ldw import tpch
 from ldw.sql import referenced_datasets
-from ldw.sql.validate import visible_ctes
-
-
-def _on_sources(text: str, where: dict[str, str]) -> str:
-    """A TPC-H query with each table named as a source table (``pg.schema.lineitem``)."""
-    def qualify(node: exp.Expression) -> exp.Expression:
-        if isinstance(node, exp.Table) and node.name in tpch.TABLES \
-                and node.name not in visible_ctes(node):
-            catalog, db = where[node.name].split(".")
-            return exp.Table(this=exp.to_identifier(node.name), db=exp.to_identifier(db),
-                             catalog=exp.to_identifier(catalog),
-                             alias=node.args.get("alias") or exp.TableAlias(
-                                 this=exp.to_identifier(node.name)))
-        return node
-    return sqlglot.parse_one(text, read="duckdb").transform(qualify).sql("duckdb")
 
 
 def _engine(wh: ldw.Warehouse):
@@ -88,7 +72,7 @@ def tpch_my(mysql_engine, tpch_arrow: dict[str, pa.Table]) -> Iterator[str]:
 def test_tpch_over_source_tables_matches_postgres(number: int, fed_wh: ldw.Warehouse,
                                                    tpch_pg: str, pg_conn) -> None:
     text = tpch.query(number)
-    query = _on_sources(text, {t: f"pg.{tpch_pg}" for t in tpch.TABLES})
+    query = tpch.on_sources(text, {t: f"pg.{tpch_pg}" for t in tpch.TABLES})
     before = len(fed_wh.datasets())
     result = fed_wh.sql(query)
     assert result.height > 0
@@ -107,7 +91,7 @@ def test_tpch_across_mariadb_and_postgres_matches_postgres(number: int, fed_wh: 
     text = tpch.query(number)
     where = {t: f"pg.{tpch_pg}" for t in tpch.TABLES}
     where.update(customer=f"my.{tpch_my}", orders=f"my.{tpch_my}")
-    query = _on_sources(text, where)
+    query = tpch.on_sources(text, where)
     result = fed_wh.sql(query)
     difference = tpch.compare_results(_expected(pg_conn, text), result.rows(),
                                       order_by=tpch.order_by_columns(text))

@@ -33,6 +33,7 @@ import sqlglot
 from sqlglot import exp
 
 __all__ = ["INDEXES", "NUMBERS", "PRIMARY_KEYS", "TABLES", "arrow_schema", "compare_results",
+           "on_sources",
            "order_by_columns", "postgres_columns", "queries", "query", "read_tbl"]
 
 NUMBERS = tuple(range(1, 23))
@@ -97,6 +98,27 @@ def query(number: int) -> str:
 def queries() -> dict[int, str]:
     """All 22 query texts by number."""
     return {number: query(number) for number in NUMBERS}
+
+
+def on_sources(text: str, where: dict[str, str]) -> str:
+    """A query with each TPC-H table named as a source table, ``where`` giving its
+    ``source.schema`` per table (the alias stays the table's name, so qualified columns resolve).
+
+    >>> on_sources("select count(*) from region", {"region": "pg.tpch"})
+    'SELECT COUNT(*) FROM pg.tpch.region AS region'
+    """
+    from ldw.sql.validate import visible_ctes
+
+    def qualify(node: exp.Expression) -> exp.Expression:
+        if isinstance(node, exp.Table) and node.name in TABLES \
+                and node.name not in visible_ctes(node):
+            catalog, db = where[node.name].split(".")
+            return exp.Table(this=exp.to_identifier(node.name), db=exp.to_identifier(db),
+                             catalog=exp.to_identifier(catalog),
+                             alias=node.args.get("alias") or exp.TableAlias(
+                                 this=exp.to_identifier(node.name)))
+        return node
+    return sqlglot.parse_one(text, read="duckdb").transform(qualify).sql("duckdb")
 
 
 def _arrow_type(sql_type: str) -> pa.DataType:
