@@ -358,7 +358,6 @@ class Federation:
             raise InvalidMapping(f"dataset {record.name!r} is derived more than {MAX_DEPTH} "
                                  "levels deep; cache one of its inputs")
         inner = self.plan(record.owner, record.mapping.sql)
-        relation.sql = [f"{r.ref}: {s}" for r in inner.relations for s in r.sql]
         tables = self.tables(inner, depth=depth + 1)
         limit, setting = self.settings.sql_timeout_for(record.owner)
         result = self.sql_engine().run(inner.duckdb_sql, tables, time_limit=limit,

@@ -21,7 +21,7 @@ never fewer. That is the rule every decision here follows:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from sqlglot import exp
@@ -387,12 +387,3 @@ def _limits(scopes: list[Scope], needs: list[Needs]) -> None:
         value = limit.expression if isinstance(limit, exp.Limit) else None
         if isinstance(value, exp.Literal) and value.is_int:
             needs[index].limit = int(value.this)
-
-
-def occurrences_text(needs: Needs) -> list[str]:
-    """The conjuncts, as DuckDB SQL, of every occurrence (for explain)."""
-    return [" AND ".join(c.sql(DIALECT) for c in occ) or "TRUE" for occ in needs.occurrences]
-
-
-def columns_in(columns: Mapping[str, object]) -> list[str]:
-    return list(columns)
