@@ -167,6 +167,7 @@ class Settings:
     sql_timeout: float = 600.0  # seconds a wh.sql query may run ([users.NAME] sql_timeout)
     sql_memory_limit: str = "25%"  # DuckDB's memory for wh.sql, shared by concurrent queries
     freshness_interval: float = 10.0  # seconds between two change checks of one dataset
+    flight_sql_sources: bool = False  # Flight SQL listings include source tables
     refresh_globs: tuple[tuple[str, str], ...] = ()  # [refresh] "src.schema.table*" = policy
 
     def refresh_for(self, table: str) -> str:
@@ -259,6 +260,7 @@ _SERVER_DEFAULTS: dict[str, Any] = {
     "sql_timeout": "10m",
     "sql_memory_limit": "25%",
     "freshness_interval": "10s",
+    "flight_sql_sources": False,
 }
 
 
@@ -288,6 +290,17 @@ def _freshness_interval(value: Any) -> float:
         raise ConfigError(f"[server] freshness_interval must be a duration such as '10s' or "
                           f"'1m' (0 checks on every look), not {value!r}")
     return seconds
+
+
+def _flag(server: dict[str, Any], key: str) -> bool:
+    """A true/false ``[server]`` key (also ``LDW_<KEY>`` = true/false/1/0)."""
+    value = server[key]
+    if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "false", "0",
+                                                            "no"):
+        return value.strip().lower() in ("true", "1", "yes")
+    if not isinstance(value, bool):
+        raise ConfigError(f"[server] {key} must be true or false, not {value!r}")
+    return value
 
 
 def _positive_int(server: dict[str, Any], key: str) -> int:
@@ -486,6 +499,7 @@ def load_settings(
         sql_timeout=_sql_timeout(server["sql_timeout"], "[server]"),
         sql_memory_limit=_sql_memory_limit(server["sql_memory_limit"]),
         freshness_interval=_freshness_interval(server["freshness_interval"]),
+        flight_sql_sources=_flag(server, "flight_sql_sources"),
         refresh_globs=tuple((str(glob), refresh_policy(policy, f"[refresh] {glob!r}"))
                             for glob, policy in data.get("refresh", {}).items()),
         policies=data.get("policies", {}),

@@ -13,13 +13,18 @@ stream), and each query audited by the service like ``wh.sql``.
   transactions are refused: ldw is read-only.
 - ``CommandGetCatalogs``/``GetDbSchemas``/``GetTables``/``GetTableTypes`` list the datasets the
   user may read: catalog ``ldw``, the owner as the schema, the dataset as the table (in SQL: a
-  dataset of one's own is ``orders``, one shared by alice ``"alice/orders"``).
+  dataset of one's own is ``orders``, one shared by alice ``"alice/orders"``). With
+  ``[server] flight_sql_sources = true`` they also list the source tables the user's policies
+  let them read, one catalog per source (in SQL: ``source.schema.table``), with the schema a
+  query returns (masks applied). It is off by default: BI tools list metadata often, and each
+  listing then queries every source's catalog.
 - ``CommandGetSqlInfo`` answers the server facts (name, versions, read-only, SQL, no Substrait,
   no transactions, no cancel, the identifier quote).
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import secrets
 import threading
@@ -30,7 +35,15 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.flight as fl
 
-from ldw.errors import BadRequest, CapacityExceeded, PolicyViolation, UnknownDataset
+from ldw.errors import (
+    AccessDenied,
+    BadRequest,
+    CapacityExceeded,
+    PolicyViolation,
+    SourceUnavailable,
+    UnknownDataset,
+    UnknownTable,
+)
 from ldw.flightsql_proto import pack, unpack
 from ldw.layout import standard_schema
 from ldw.wire import decode_schema
@@ -40,7 +53,10 @@ if TYPE_CHECKING:
 
 __all__ = ["CATALOG", "FlightSql"]
 
+log = logging.getLogger("ldw.flightsql")
+
 CATALOG = "ldw"
+TABLE_KINDS = {"table": "TABLE", "view": "VIEW"}  # a source's kinds -> Flight SQL types
 ACTIONS = {"CreatePreparedStatement": "ActionCreatePreparedStatementRequest",
            "ClosePreparedStatement": "ActionClosePreparedStatementRequest"}
 PREPARED_TTL = 3600.0  # seconds an unused prepared statement is kept
@@ -199,8 +215,36 @@ class FlightSql:
         return entry[2]
 
     # -- listings ----------------------------------------------------------------------------------
-    def _readable(self, user: str) -> list[dict[str, Any]]:
-        return self.endpoint.service.call(user, "datasets", {})
+    def _listed_sources(self, catalog: str | None) -> list[str]:
+        """Source catalogs a listing covers: none unless ``[server] flight_sql_sources``."""
+        service = self.endpoint.service
+        if not service.engine.settings.flight_sql_sources:
+            return []
+        return [s["name"] for s in service.engine.sources()
+                if s["name"] != CATALOG and catalog in (None, s["name"])]
+
+    def _source_call(self, user: str, op: str, args: dict[str, Any]) -> list[Any]:
+        """A listing of one source; a source that cannot answer is left out of the listing
+        (logged), so one unreachable database does not hide every other catalog."""
+        try:
+            return self.endpoint.service.call(user, op, args)
+        except (SourceUnavailable, UnknownTable, AccessDenied) as exc:
+            log.warning("Flight SQL listing left out %s: %s", args.get("source"), exc)
+            return []
+
+    def _schemas(self, user: str, catalog: str | None, pattern: re.Pattern[str] | None
+                 ) -> list[tuple[str, str]]:
+        """(catalog, schema) pairs the user may read: dataset owners under ``ldw``, then the
+        schemas of each listed source."""
+        pairs = []
+        if catalog in (None, CATALOG):
+            owners = {r["owner"] for r in self._readable(user) if _matches(r["owner"], pattern)}
+            pairs += [(CATALOG, o) for o in sorted(owners)]
+        for source in self._listed_sources(catalog):
+            pairs += [(source, name) for name in self._source_call(user, "schemas",
+                                                                   {"source": source})
+                      if _matches(name, pattern)]
+        return pairs
 
     def _listing(self, auth: Any, name: str, message: Any) -> pa.Table:
         user = auth.user
@@ -209,44 +253,68 @@ class FlightSql:
             return _sql_info(list(message.info))
         if name == "CommandGetTableTypes":
             self.endpoint.service.engine.check_user(user)
-            return pa.Table.from_pylist([{"table_type": "TABLE"}], TABLE_TYPES)
+            kinds = list(TABLE_KINDS.values()) if self._listed_sources(None) else ["TABLE"]
+            return pa.Table.from_pylist([{"table_type": t} for t in kinds], TABLE_TYPES)
         if name == "CommandGetCatalogs":
             self.endpoint.service.engine.check_user(user)
-            return pa.Table.from_pylist([{"catalog_name": CATALOG}], CATALOGS)
+            return pa.Table.from_pylist([{"catalog_name": c}
+                                         for c in [CATALOG, *self._listed_sources(None)]],
+                                        CATALOGS)
         catalog = message.catalog if message.HasField("catalog") else None
-        schemas = _like(message.db_schema_filter_pattern
-                        if message.HasField("db_schema_filter_pattern") else None)
-        rows = [r for r in self._readable(user) if catalog in (None, CATALOG)
-                and _matches(r["owner"], schemas)]
+        schemas = self._schemas(user, catalog, _like(
+            message.db_schema_filter_pattern if message.HasField("db_schema_filter_pattern")
+            else None))
         if name == "CommandGetDbSchemas":
-            owners = sorted({r["owner"] for r in rows})
-            return pa.Table.from_pylist([{"catalog_name": CATALOG, "db_schema_name": o}
-                                         for o in owners], DB_SCHEMAS)
+            return pa.Table.from_pylist([{"catalog_name": c, "db_schema_name": s}
+                                         for c, s in schemas], DB_SCHEMAS)
         if name != "CommandGetTables":
             raise BadRequest(f"ldw does not answer the Flight SQL command {name}")
-        tables = _like(message.table_name_filter_pattern
-                       if message.HasField("table_name_filter_pattern") else None)
-        types = list(message.table_types)
-        rows = sorted((r for r in rows if _matches(r["name"], tables)
-                       and (not types or "TABLE" in types)),
-                      key=lambda r: (r["owner"], r["name"]))
-        out = [{"catalog_name": CATALOG, "db_schema_name": r["owner"], "table_name": r["name"],
-                "table_type": "TABLE"} for r in rows]
+        pattern = _like(message.table_name_filter_pattern
+                        if message.HasField("table_name_filter_pattern") else None)
+        types = set(message.table_types)
+        out = [row for row in self._tables(user, schemas)
+               if _matches(row["table_name"], pattern)
+               and (not types or row["table_type"] in types)]
         if not message.include_schema:
-            return pa.Table.from_pylist(out, TABLES)
+            return pa.Table.from_pylist([{k: r[k] for k in TABLES.names} for r in out], TABLES)
         schema = TABLES.append(pa.field("table_schema", pa.binary(), False))
-        for row, listed in zip(out, rows, strict=True):
-            row["table_schema"] = self._table_schema(user, listed)
-        return pa.Table.from_pylist(out, schema)
+        for row in out:
+            row["table_schema"] = self._table_schema(user, row)
+        return pa.Table.from_pylist([{k: r[k] for k in schema.names} for r in out], schema)
 
-    def _table_schema(self, user: str, listed: dict[str, Any]) -> bytes:
-        """The IPC schema of a dataset as a query returns it (plain string/binary)."""
+    def _tables(self, user: str, schemas: list[tuple[str, str]]) -> list[dict[str, Any]]:
+        """Every table of ``schemas`` the user may read, as GetTables rows."""
+        owners = {s for c, s in schemas if c == CATALOG}
+        rows = [{"catalog_name": CATALOG, "db_schema_name": r["owner"], "table_name": r["name"],
+                 "table_type": "TABLE"} for r in self._readable(user) if r["owner"] in owners]
+        for catalog, schema in schemas:
+            if catalog != CATALOG:
+                rows += [{"catalog_name": catalog, "db_schema_name": schema,
+                          "table_name": t["table"],
+                          "table_type": TABLE_KINDS.get(t.get("kind", "table"), "TABLE")}
+                         for t in self._source_call(user, "tables",
+                                                    {"source": catalog, "schema": schema})]
+        return sorted(rows, key=lambda r: (r["catalog_name"] != CATALOG, r["catalog_name"],
+                                           r["db_schema_name"], r["table_name"]))
+
+    def _readable(self, user: str) -> list[dict[str, Any]]:
+        return self.endpoint.service.call(user, "datasets", {})
+
+    def _table_schema(self, user: str, row: dict[str, Any]) -> bytes:
+        """The IPC schema of a table as a query returns it (plain string/binary): a dataset's
+        stored schema, or a source table's planned under the user's policy (masks applied)."""
+        engine = self.endpoint.service.engine
         try:
-            info = self.endpoint.service.call(user, "info", {"name": listed["name"],
-                                                             "owner": listed["owner"]})
-        except UnknownDataset:  # dropped since it was listed
-            return pa.schema([]).serialize().to_pybytes()
-        return standard_schema(decode_schema(info["arrow_schema"])).serialize().to_pybytes()
+            if row["catalog_name"] == CATALOG:
+                info = self.endpoint.service.call(user, "info", {"name": row["table_name"],
+                                                                 "owner": row["db_schema_name"]})
+                schema = decode_schema(info["arrow_schema"])
+            else:
+                schema = engine.source_schema(user, f"{row['catalog_name']}."
+                                              f"{row['db_schema_name']}.{row['table_name']}")
+        except (UnknownDataset, UnknownTable, AccessDenied, SourceUnavailable):
+            return pa.schema([]).serialize().to_pybytes()  # gone or refused since listed
+        return standard_schema(schema).serialize().to_pybytes()
 
 
 def _sql_info(wanted: list[int]) -> pa.Table:

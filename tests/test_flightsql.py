@@ -176,3 +176,56 @@ def test_a_share_revoked_after_the_query_was_planned_stops_its_ticket(server, al
         fl.FlightDescriptor.for_command(pack("CommandGetTables")), options=options)
     listed = client.do_get(info.endpoints[0].ticket, options=options).read_all()
     assert listed.num_rows == 0                                   # nothing left to list
+
+
+@pytest.fixture
+def listing_server(tmp_path, pg_engine, pg_schema):
+    """A server whose Flight SQL listings include source tables (``flight_sql_sources``):
+    ``customer`` readable by analysts (phone masked), ``payroll`` by nobody."""
+    with pg_engine.begin() as conn:
+        conn.exec_driver_sql(f"create table {pg_schema}.customer (id int primary key, "
+                             "phone text)")
+        conn.exec_driver_sql(f"insert into {pg_schema}.customer values (1, '{PHONE}1')")
+        conn.exec_driver_sql(f"create table {pg_schema}.payroll (id int, salary int)")
+    policy = (f'[policies."pg.{pg_schema}.customer"]\nallow_roles = ["analyst"]\n'
+              'columns.phone = { mask = "hash" }\n'
+              f'[policies."pg.{pg_schema}.payroll"]\nallow_roles = ["hr"]\n')
+    handle = ServerHandle(tmp_path, extra_toml=policy, flight_sql_sources=True).start()
+    yield handle
+    handle.stop()
+
+
+@pytest.mark.postgres
+def test_source_tables_are_listed_as_the_policies_allow(listing_server, pg_schema):
+    token = listing_server.token("carol", "analyst")
+    with _connect(listing_server, token) as conn:
+        objects = conn.adbc_get_objects(depth="tables").read_all().to_pylist()
+        listed = {(c["catalog_name"], s["db_schema_name"], t["table_name"])
+                  for c in objects for s in c["catalog_db_schemas"] or []
+                  for t in s["db_schema_tables"] or []}
+        assert ("pg", pg_schema, "customer") in listed
+        assert ("pg", pg_schema, "payroll") not in listed            # denied to analysts
+        assert {c["catalog_name"] for c in objects} >= {"ldw", "pg"}
+        schema = conn.adbc_get_table_schema("customer", catalog_filter="pg",
+                                            db_schema_filter=pg_schema)
+        assert schema.names == ["id", "phone"]
+        assert schema.field("phone").type == pa.string()             # the masked (hashed) type
+        got = _query(conn, f"SELECT id, phone FROM pg.{pg_schema}.customer")
+        assert got["id"].to_pylist() == [1]
+        assert PHONE not in (got["phone"][0].as_py() or "")           # masked
+        assert set(conn.adbc_get_table_types()) == {"TABLE", "VIEW"}
+    hr = listing_server.token("dave", "hr")
+    with _connect(listing_server, hr) as conn:
+        objects = conn.adbc_get_objects(depth="tables", catalog_filter="pg").read_all()
+        listed = {t["table_name"] for c in objects.to_pylist()
+                  for s in c["catalog_db_schemas"] or [] for t in s["db_schema_tables"] or []}
+        assert "payroll" in listed and "customer" not in listed
+
+
+def test_source_listing_is_off_unless_configured():
+    from ldw.config import load_settings
+
+    assert load_settings({"server": {}}).flight_sql_sources is False
+    assert load_settings({"server": {"flight_sql_sources": True}}).flight_sql_sources is True
+    with pytest.raises(ldw.ConfigError, match="true or false"):
+        load_settings({"server": {"flight_sql_sources": "maybe"}})

@@ -8,15 +8,11 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import pyarrow as pa
-
 from ldw.catalog import Catalog
 from ldw.config import Settings, parse_duration, refresh_policy
-from ldw.connectors.convert import target_schema
 from ldw.engine.checks import check_name, check_user, server_os_user
-from ldw.engine.sources import Sources
+from ldw.engine.sources import Sources, schema_of
 from ldw.errors import AccessDenied, AccessRevoked, ConfigError, InvalidMapping, UnknownDataset
-from ldw.governance.masks import masked_schema
 from ldw.governance.policies import Governance, combine_fingerprints
 from ldw.lifecycle import DERIVED, DatasetRecord, Lifecycle
 from ldw.planner import MappedQuery, Mapping, parse_table_ref
@@ -25,11 +21,6 @@ from ldw.storage import storage_schema
 __all__ = ["Datasets"]
 
 log = logging.getLogger("ldw.engine")
-
-
-def schema_of(query: MappedQuery) -> pa.Schema:
-    """The stored schema: the planned Arrow types, with what Arrow-side masks make of them."""
-    return masked_schema(target_schema(query.columns), query.arrow_masks)
 
 
 def _apply_plan(record: DatasetRecord, query: MappedQuery) -> None:

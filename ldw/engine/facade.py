@@ -117,6 +117,9 @@ class Engine:
     def preview(self, user: str, ref: str, limit: int) -> tuple[list[str], Iterator]:
         return self.sources_.preview(user, ref, limit)
 
+    def source_schema(self, user: str, ref: str) -> pa.Schema:
+        return self.sources_.schema(user, ref)
+
     def describe(self, user: str, ref: str) -> list[dict[str, Any]]:
         return self.sources_.describe(user, ref)
 

@@ -34,8 +34,8 @@ from sqlglot import exp
 
 from ldw.config import Settings
 from ldw.connectors.convert import target_schema
-from ldw.engine.datasets import Datasets, schema_of
-from ldw.engine.sources import Sources
+from ldw.engine.datasets import Datasets
+from ldw.engine.sources import Sources, schema_of
 from ldw.errors import Cancelled, InvalidMapping, UnknownSource
 from ldw.governance.masks import masked_schema
 from ldw.lifecycle import DatasetRecord

@@ -13,7 +13,9 @@ import sqlalchemy as sa
 
 from ldw.config import Settings
 from ldw.connectors import Connector, connector_for
+from ldw.connectors.convert import target_schema
 from ldw.errors import AccessDenied
+from ldw.governance.masks import masked_schema
 from ldw.governance.policies import Governance
 from ldw.planner import (
     MappedQuery,
@@ -28,6 +30,12 @@ from ldw.query_log import QueryLog
 __all__ = ["Sources"]
 
 Masker = Callable[[Iterator[pa.RecordBatch], MappedQuery], Iterator[pa.RecordBatch]]
+
+
+
+def schema_of(query: MappedQuery) -> pa.Schema:
+    """The stored schema: the planned Arrow types, with what Arrow-side masks make of them."""
+    return masked_schema(target_schema(query.columns), query.arrow_masks)
 
 
 class Sources:
@@ -109,6 +117,11 @@ class Sources:
         self.query_log.extend((source, q.sql) for q in plan.queries)
         cancel = threading.Event()
         return [q.sql for q in plan.queries], self._masked(connector.stream(plan, cancel), query)
+
+    def schema(self, user: str, ref: str) -> pa.Schema:
+        """The Arrow schema reading source table ``ref`` gives ``user`` (policy applied)."""
+        source, schema, table = parse_table_ref(ref)
+        return schema_of(self.plan(user, Mapping("schema", source, schema, table)))
 
     def describe(self, user: str, ref: str) -> list[dict[str, Any]]:
         source, schema, table = parse_table_ref(ref)
