@@ -252,7 +252,7 @@ class FlightEndpoint(fl.FlightServerBase):
             self._prune(time.monotonic())
             self._room(user, 1)
 
-    def _issue(self, auth: _Auth, schema: pa.Schema, check: Callable[[], None],
+    def issue(self, auth: _Auth, schema: pa.Schema, check: Callable[[], None],
                *streams: Callable[[fl.ServerCallContext], Iterable[pa.RecordBatch]]
                ) -> list[str]:
         """One single-use ticket per stream, for this user and token only; all or none."""
@@ -352,9 +352,9 @@ class FlightEndpoint(fl.FlightServerBase):
                                                      client_gone=watch.gone)
         schema = standard_schema(reader.schema) if standard else reader.schema
         if schema == reader.schema:
-            return schema, self._issue(auth, schema, check,
+            return schema, self.issue(auth, schema, check,
                                        lambda call: _watched(reader, watch, call))[0]
-        return schema, self._issue(
+        return schema, self.issue(
             auth, schema, check,
             lambda call: (standard_batch(b, schema) for b in _watched(reader, watch, call)))[0]
 
@@ -373,7 +373,7 @@ class FlightEndpoint(fl.FlightServerBase):
                                      [(info["owner"], info["name"], info["policy"])])
         batches = table.to_batches()
         runs = [batches] if streams is None else _split(batches, streams)
-        tickets = self._issue(auth, table.schema, check,
+        tickets = self.issue(auth, table.schema, check,
                               *[(lambda _call, run=run: run) for run in runs])
         if streams is None:
             info["ticket"] = tickets[0]

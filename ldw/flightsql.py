@@ -29,8 +29,8 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pyarrow as pa
 import pyarrow.flight as fl
@@ -49,7 +49,22 @@ from ldw.layout import standard_schema
 from ldw.wire import decode_schema
 
 if TYPE_CHECKING:
-    from ldw.flight import FlightEndpoint
+    from ldw.service import Service
+
+
+class TicketDesk(Protocol):
+    """What Flight SQL needs of the endpoint that serves it (:class:`ldw.flight.FlightEndpoint`):
+    its service, and single-use tickets for a listing's batches or a query's stream."""
+
+    service: Service
+
+    def issue(self, auth: Any, schema: pa.Schema, check: Callable[[], None],
+              *streams: Callable[[fl.ServerCallContext], Iterable[pa.RecordBatch]]
+              ) -> list[str]: ...
+
+    def stream_ticket(self, auth: Any, op: str, args: dict[str, Any],
+                      context: fl.ServerCallContext | None, *, standard: bool = False
+                      ) -> tuple[pa.Schema, str]: ...
 
 __all__ = ["CATALOG", "FlightSql"]
 
@@ -116,9 +131,9 @@ def _matches(value: str, pattern: re.Pattern[str] | None) -> bool:
 
 
 class FlightSql:
-    """The Flight SQL commands and actions of one :class:`~ldw.flight.FlightEndpoint`."""
+    """The Flight SQL commands and actions of one endpoint (a :class:`TicketDesk`)."""
 
-    def __init__(self, endpoint: FlightEndpoint) -> None:
+    def __init__(self, endpoint: TicketDesk) -> None:
         self.endpoint = endpoint
         self._prepared: dict[bytes, tuple[str, str, str, float]] = {}  # handle -> user,
         self._lock = threading.Lock()                                  # token, query, used
@@ -148,7 +163,7 @@ class FlightSql:
         else:
             table = self._listing(auth, name, message)
             check = self.endpoint.service.stream_check(auth.user, "flightsql", [])
-            ticket = self.endpoint._issue(auth, table.schema, check,
+            ticket = self.endpoint.issue(auth, table.schema, check,
                                           lambda _call: table.to_batches())[0]
             schema = table.schema
         return fl.FlightInfo(schema, descriptor, [fl.FlightEndpoint(bytes.fromhex(ticket), [])],
