@@ -26,6 +26,7 @@ from ldw.lazy import scan_dataset
 from ldw.pushdown import encode_polars_predicate
 from ldw.types import (
     AuditRow,
+    CacheAdvice,
     ColumnRow,
     DatasetInfo,
     DatasetListing,
@@ -368,6 +369,13 @@ class Warehouse:
         source, the SQL sent, the conditions pushed (and why others were not), the source's
         row estimate; with ``analyze``, after running the query, the rows actually read."""
         return Explain(self._backend.call("explain", {"query": query, "analyze": analyze}))
+
+    def cache_advice(self) -> pl.DataFrame:
+        """Slices of source tables (columns, conditions) that caching would have served from
+        memory, best first by source seconds saved per byte, within ``memory_limit``: learnt
+        from the source reads :meth:`sql` made (yours, under your policies; the admin role
+        sees everyone's). Nothing is cached by asking."""
+        return _frame(self._backend.call("cache_advice"), CacheAdvice)
 
     def status(self) -> ServerStatus:
         """Capacity, memory used, datasets, per-dataset hits and bytes served."""

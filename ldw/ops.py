@@ -185,6 +185,7 @@ OPS: dict[str, Op] = {o.name: o for o in (
     op("scan", ScanArgs, "read from the source with pushdown; record batches", Kind.STREAM,
        "stream_scan"),
     op("explain", ExplainArgs, "how SQL would read each relation: cache or source, SQL sent"),
+    op("cache_advice", NoArgs, "slices of source tables worth caching, from observed SQL"),
     op("sql", SqlArgs, "SQL over datasets and source tables; record batches", Kind.STREAM,
        "stream_sql"),
     op("preview", PreviewArgs, "the first rows of a source table as my policy shows them",

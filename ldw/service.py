@@ -34,7 +34,14 @@ from ldw.errors import (
     UnknownTable,
 )
 from ldw.pushdown import predicate_to_sql
-from ldw.types import AttachInfo, AuditRow, DatasetInfo, DatasetListing, ServerStatus
+from ldw.types import (
+    AttachInfo,
+    AuditRow,
+    CacheAdvice,
+    DatasetInfo,
+    DatasetListing,
+    ServerStatus,
+)
 from ldw.wire import decode_value, encode_schema, readable_schema
 
 __all__ = ["Service", "checked"]
@@ -543,6 +550,10 @@ class Service:
         self.audit(user, "sql", dataset=",".join(r.ref for r in plan.relations), sql=query,
                    detail=_sent(plan.relations))
         return result, pinned
+
+    def op_cache_advice(self, user: str, args: dict, progress: Callable | None
+                        ) -> list[CacheAdvice]:
+        return self.engine.cache_advice(user, everything=self.is_admin(user))  # type: ignore
 
     def op_explain(self, user: str, args: dict, progress: Callable | None) -> dict[str, Any]:
         """How ``query`` reads each relation; with ``analyze``, after running it."""

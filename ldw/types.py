@@ -186,6 +186,20 @@ class ServerStatus(TypedDict, total=False):
     bytes_served: dict[str, int]
 
 
+class CacheAdvice(TypedDict):
+    """A slice of a source table worth caching (``cache_advice``), best first."""
+
+    table: str                  # source.schema.table
+    columns: list[str]
+    conditions: list[str]       # AND-ed, as the queries wrote them
+    bytes: int                  # Arrow size, as last read
+    rows: int
+    reads_served: int           # observed reads the slice answers
+    source_seconds: float       # what those reads took at the source
+    saved_seconds_aged: float   # the same, aged (an hour counts half)
+    seconds_saved_per_mib: float
+
+
 class AuditRow(TypedDict):
     """One audit record (``audit``), newest first."""
 

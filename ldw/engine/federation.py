@@ -35,9 +35,11 @@ from sqlglot import exp
 from ldw.config import Settings
 from ldw.connectors.convert import target_schema
 from ldw.engine.datasets import Datasets
+from ldw.engine.observe import Observations, Shape
 from ldw.engine.sources import Sources, schema_of
 from ldw.errors import Cancelled, InvalidMapping, UnknownSource
 from ldw.governance.masks import masked_schema
+from ldw.governance.policies import combine_fingerprints
 from ldw.lifecycle import DatasetRecord
 from ldw.logical.analyze import Needs, analyze, internal_name
 from ldw.logical.conjuncts import to_predicate
@@ -76,6 +78,8 @@ class Relation:
     limit: int | None = None
     sql: list[str] = field(default_factory=list)          # sent to the source
     estimated_rows: int | None = None
+    shape: tuple[str, ...] | None = None       # conditions the query itself pushed (None:
+    # a read not worth observing for caching: a limit, a dynamic filter)
     rows: int | None = None                    # read, after a run
     seconds: float | None = None
 
@@ -129,6 +133,7 @@ class Federation:
         self.cache = cache
         self.sql_engine = sql_engine
         self.query_log = query_log
+        self.observations = Observations()
 
     # -- planning ---------------------------------------------------------------------------------
     def plan(self, user: str, query: str, *, cache: bool = False) -> Plan:
@@ -241,6 +246,7 @@ class Federation:
             relation.conditions = [" AND ".join(t) for _, t in parts]
         elif needs.limit is not None:
             relation.limit = needs.limit
+        relation.shape = tuple(relation.conditions) if relation.limit is None else None
 
     def _mapped(self, relation: Relation) -> MappedQuery:
         if relation.query is not None:
@@ -335,6 +341,7 @@ class Federation:
             relation.conditions.append(f"{name} IN ({len(keys):,} keys of "
                                        f"{relations[other].ref}.{source_column})")
         if added:
+            relation.shape = None  # its rows depend on another relation's: not a slice
             relation.predicate = sa.and_(*([relation.predicate] if relation.predicate is not None
                                            else []), *added)
             relation.estimated_rows = None  # the source estimates the filtered read again
@@ -349,7 +356,23 @@ class Federation:
             table = self._from_source(relation, stop, cancelled)
         relation.rows = table.num_rows
         relation.seconds = round(time.perf_counter() - started, 4)
+        self._observe(relation, table)
         return table
+
+    def _observe(self, relation: Relation, table: pa.Table) -> None:
+        """Record a plain read of a source table (see :mod:`ldw.engine.observe`)."""
+        query = relation.query
+        if relation.read != "source" or relation.record is not None or query is None \
+                or relation.shape is None or relation.seconds is None:
+            return
+        mapping = query.mapping
+        shape = Shape(".".join(p for p in (mapping.source, mapping.schema, mapping.table) if p),
+                      combine_fingerprints(query.policies),
+                      frozenset(relation.columns if relation.columns is not None
+                                else relation.schema.names),
+                      frozenset(relation.shape))
+        self.observations.record(shape, seconds=relation.seconds, rows=table.num_rows,
+                                 nbytes=table.nbytes)
 
     def _derived(self, relation: Relation, depth: int) -> pa.Table:
         record = relation.record

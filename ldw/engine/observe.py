@@ -1,0 +1,130 @@
+"""What SQL reads from the sources, and what caching it would have saved (automatic caching,
+first step: observe and advise).
+
+Every source table a query reads through :class:`~ldw.engine.federation.Federation` is recorded
+as a *shape*: the table, the policy fingerprint it was read under, the columns and the
+conditions pushed to the source. Per shape: how often it was read and what the reads cost
+(source seconds, rows, Arrow bytes). Weights age with a half-life, so an old workload fades.
+
+A cached *slice* (a shape's rows and columns) serves a later read of the same table under the
+same fingerprint when it holds every column the read needs and its conditions are a subset of
+the read's (fewer conditions: more rows, never fewer). :meth:`Observations.advice` ranks the
+observed shapes by source seconds saved per byte kept and fills ``budget`` bytes greedily: the
+benefit rule of the automatic-caching issue (frequency x fetch cost / size, aged).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["HALF_LIFE", "MAX_SHAPES", "Observations", "Shape"]
+
+HALF_LIFE = 3600.0  # seconds after which a read counts half
+MAX_SHAPES = 4096   # shapes kept; the least recently read go first
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One way a source table is read: under a policy fingerprint, these columns, these
+    pushed conditions (as the queries wrote them, AND-ed)."""
+
+    table: str                     # source.schema.table
+    fingerprint: str               # the reader's policies on it
+    columns: frozenset[str]
+    conditions: frozenset[str]
+
+    def serves(self, other: Shape) -> bool:
+        """A slice of this shape answers a read of ``other`` (same table and policies, every
+        column, no condition the read does not also have)."""
+        return (self.table, self.fingerprint) == (other.table, other.fingerprint) \
+            and other.columns <= self.columns and self.conditions <= other.conditions
+
+
+@dataclass
+class Reads:
+    """What reads of one shape cost, and their aged weight."""
+
+    count: int = 0
+    seconds: float = 0.0           # source time of every read
+    rows: int = 0                  # of the last read
+    bytes: int = 0                 # Arrow size of the last read
+    weight: float = 0.0            # reads, aged to ``at``
+    weighted_seconds: float = 0.0  # source seconds, aged to ``at``
+    at: float = field(default_factory=time.time)
+
+    def age(self, now: float) -> None:
+        factor = math.pow(0.5, max(0.0, now - self.at) / HALF_LIFE)
+        self.weight *= factor
+        self.weighted_seconds *= factor
+        self.at = now
+
+
+class Observations:
+    """The shapes SQL read from sources, thread-safe, bounded to :data:`MAX_SHAPES`."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._shapes: dict[Shape, Reads] = {}
+
+    def record(self, shape: Shape, *, seconds: float, rows: int, nbytes: int) -> None:
+        now = self._clock()
+        with self._lock:
+            reads = self._shapes.pop(shape, None) or Reads(at=now)  # re-inserted: most recent
+            reads.age(now)
+            reads.count += 1
+            reads.seconds += seconds
+            reads.rows, reads.bytes = rows, nbytes
+            reads.weight += 1.0
+            reads.weighted_seconds += seconds
+            self._shapes[shape] = reads
+            while len(self._shapes) > MAX_SHAPES:
+                del self._shapes[next(iter(self._shapes))]
+
+    def shapes(self, visible: Callable[[Shape], bool] = lambda _s: True
+               ) -> list[tuple[Shape, Reads]]:
+        now = self._clock()
+        with self._lock:
+            for reads in self._shapes.values():
+                reads.age(now)
+            return [(s, Reads(**vars(r))) for s, r in self._shapes.items() if visible(s)]
+
+    def advice(self, budget: int, visible: Callable[[Shape], bool] = lambda _s: True
+               ) -> list[dict[str, Any]]:
+        """The slices worth caching within ``budget`` bytes, best first: for each, the reads
+        it would have served and the source seconds they took (aged)."""
+        observed = self.shapes(visible)
+        candidates = []
+        for shape, reads in observed:
+            served = [(s, r) for s, r in observed if shape.serves(s)]
+            saved = sum(r.weighted_seconds for _, r in served)
+            if reads.bytes <= 0 or saved <= 0:
+                continue
+            candidates.append((saved / reads.bytes, saved, shape, reads, served))
+        candidates.sort(key=lambda c: (-c[0], -c[1], sorted(c[2].columns)))
+        chosen: list[dict[str, Any]] = []
+        taken: list[Shape] = []
+        left = budget
+        for _density, saved, shape, reads, served in candidates:
+            if reads.bytes > left or any(t.serves(shape) for t in taken):
+                continue  # too big, or a slice already chosen answers it
+            taken.append(shape)
+            left -= reads.bytes
+            chosen.append(_row(shape, reads, served, saved))
+        return chosen
+
+
+def _row(shape: Shape, reads: Reads, served: Iterable[tuple[Shape, Reads]],
+         saved: float) -> dict[str, Any]:
+    served = list(served)
+    return {"table": shape.table, "columns": sorted(shape.columns),
+            "conditions": sorted(shape.conditions), "bytes": reads.bytes, "rows": reads.rows,
+            "reads_served": sum(r.count for _, r in served),
+            "source_seconds": round(sum(r.seconds for _, r in served), 4),
+            "saved_seconds_aged": round(saved, 4),
+            "seconds_saved_per_mib": round(saved / (reads.bytes / (1 << 20)), 4)}
