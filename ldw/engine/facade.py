@@ -30,10 +30,8 @@ from ldw.engine.cache import Cache
 from ldw.engine.datasets import Datasets
 from ldw.engine.federation import Federation
 from ldw.engine.freshness import INFO_WAIT, Freshness
-from ldw.engine.observe import Shape
 from ldw.engine.sources import Sources
-from ldw.errors import LdwError
-from ldw.governance.policies import Governance, combine_fingerprints
+from ldw.governance.policies import Governance
 from ldw.lifecycle import DatasetRecord, Lifecycle
 from ldw.planner import MappedQuery, PolicyLookup
 from ldw.query_log import QueryLog
@@ -185,24 +183,7 @@ class Engine:
         return self.governance.enforced
 
     def cache_advice(self, user: str, *, everything: bool = False) -> list[dict[str, Any]]:
-        """What automatic caching would keep within ``memory_limit``, from the source reads
-        SQL made: ``user`` sees the reads made under their own policies on tables they may
-        read (``everything``: the admin role sees all)."""
-        observations = self.federation.observations
-        if everything:
-            return observations.advice(self.settings.memory_limit)
-        mine: dict[str, str | None] = {}
-
-        def visible(shape: Shape) -> bool:
-            if shape.table not in mine:
-                try:
-                    mine[shape.table] = combine_fingerprints(
-                        [self.governance.effective(user, shape.table)])
-                except LdwError:
-                    mine[shape.table] = None
-            return mine[shape.table] == shape.fingerprint
-
-        return observations.advice(self.settings.memory_limit, visible)
+        return self.federation.advice(user, everything=everything)
 
     def roles(self, user: str) -> set[str]:
         return set(self.governance.roles(user))

@@ -37,7 +37,7 @@ from ldw.connectors.convert import target_schema
 from ldw.engine.datasets import Datasets
 from ldw.engine.observe import Observations, Shape
 from ldw.engine.sources import Sources, schema_of
-from ldw.errors import Cancelled, InvalidMapping, UnknownSource
+from ldw.errors import Cancelled, InvalidMapping, LdwError, UnknownSource
 from ldw.governance.masks import masked_schema
 from ldw.governance.policies import combine_fingerprints
 from ldw.lifecycle import DatasetRecord
@@ -358,6 +358,26 @@ class Federation:
         relation.seconds = round(time.perf_counter() - started, 4)
         self._observe(relation, table)
         return table
+
+    def advice(self, user: str, *, everything: bool = False) -> list[dict[str, Any]]:
+        """What automatic caching would keep within ``memory_limit``, from the source reads
+        observed: ``user`` sees the reads made under their own policies on tables they may
+        read (``everything``: the admin role sees all)."""
+        budget = self.settings.memory_limit
+        if everything:
+            return self.observations.advice(budget)
+        mine: dict[str, str | None] = {}
+
+        def visible(shape: Shape) -> bool:
+            if shape.table not in mine:
+                try:
+                    mine[shape.table] = combine_fingerprints(
+                        [self.sources.governance.effective(user, shape.table)])
+                except LdwError:
+                    mine[shape.table] = None
+            return mine[shape.table] == shape.fingerprint
+
+        return self.observations.advice(budget, visible)
 
     def _observe(self, relation: Relation, table: pa.Table) -> None:
         """Record a plain read of a source table (see :mod:`ldw.engine.observe`)."""
