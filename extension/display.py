@@ -19,8 +19,8 @@ from ldw.client import Dataset
 from ldw.errors import LdwError
 from ldw.types import DatasetInfo
 
-__all__ = ["Details", "Listing", "dataset_html", "dataset_text", "one_line", "register",
-           "unregister"]
+__all__ = ["Details", "Listing", "cell_text", "dataset_html", "dataset_text", "one_line",
+           "register", "unregister"]
 
 MAX_ROWS = 200  # rows a listing renders before it says how many it left out
 
@@ -117,6 +117,21 @@ def frame_html(frame: pl.DataFrame, *, max_rows: int = MAX_ROWS) -> str:
     shown = frame.head(max_rows)
     rows = [{c: _plain(v) for c, v in row.items()} for row in shown.iter_rows(named=True)]
     return table_html(rows, frame.columns, total=frame.height)
+
+
+def cell_text(value: Any) -> str | None:
+    """One data value as preview text; ``None`` for NULL (never the same as ``""``). Floats
+    show 10 significant digits, not their full repr (0.1 + 0.2 shows 0.3)."""
+    if value is None:
+        return None
+    if isinstance(value, float):
+        return format(value, ".10g")
+    if isinstance(value, bytes | bytearray | memoryview):
+        raw = bytes(value)
+        return raw[:32].hex() + ("…" if len(raw) > 32 else "")
+    if isinstance(value, _dt.datetime | _dt.date | _dt.time):
+        return value.isoformat(sep=" ") if isinstance(value, _dt.datetime) else value.isoformat()
+    return str(value)
 
 
 def _plain(value: Any) -> Any:
