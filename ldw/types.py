@@ -103,6 +103,7 @@ class DatasetListing(TypedDict):
     hits: int
     pinned: bool
     memory_only: bool
+    stale: bool  # the source changed since this version was read (see info()["freshness"])
 
 
 class SchemaField(TypedDict):
