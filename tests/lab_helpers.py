@@ -97,8 +97,14 @@ def data_path() -> str | None:
     return os.pathsep.join([str(Path(sys.prefix, "share", "jupyter")), str(base)])
 
 
+_LAB_ARGS = ["--LabApp.extension_manager=readonly", "--LabApp.news_url=None",
+             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+
+
 @contextlib.contextmanager
-def jupyterlab(home: Path, env: dict[str, str]) -> Iterator[Lab]:
+def jupyterlab(home: Path, env: dict[str, str], *, app: str = "jupyterlab") -> Iterator[Lab]:
+    """JupyterLab (or, with ``app="jupyter_server"``, a bare Jupyter server with the same
+    server extensions) until the block ends; then it and its kernels are stopped."""
     root, runtime = home / "root", home / "runtime"
     root.mkdir()
     _lab_settings(home / "config")
@@ -113,11 +119,10 @@ def jupyterlab(home: Path, env: dict[str, str]) -> Iterator[Lab]:
     log = home / "jupyterlab.log"
     with log.open("w") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", "--port=0",
+            [sys.executable, "-m", app, "--no-browser", "--ip=127.0.0.1", "--port=0",
              f"--ServerApp.root_dir={root}", "--ServerApp.port_retries=0",
-             "--ServerApp.terminals_enabled=False", "--LabApp.extension_manager=readonly",
-             "--LabApp.news_url=None",
-             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+             "--ServerApp.terminals_enabled=False",
+             *(_LAB_ARGS if app == "jupyterlab" else []),
              *(["--allow-root"] if os.geteuid() == 0 else [])],
             stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     lab = Lab("", token, root, log)

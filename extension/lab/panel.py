@@ -112,8 +112,9 @@ class Panel:
         self._user = str(status.get("user") or "")
         keys = ("user", "roles", "governed", "mode", "backend", "memory_limit", "used_bytes",
                 "spilled_bytes", "datasets", "cached")
-        return {**{k: status.get(k) for k in keys},
-                "where": one_line(repr(self.warehouse)), "setup_code": self.setup_code()}
+        where = one_line(self.url) if self.url else f"local server (pid {status.get('pid')})"
+        return {**{k: status.get(k) for k in keys}, "where": where,
+                "setup_code": self.setup_code()}
 
     def sources(self) -> list[dict[str, Any]]:
         keep = ("name", "dialect", "host", "port", "database", "transport")
@@ -235,6 +236,7 @@ class Panel:
             raise BadRequest(f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
         as_job, must_own = ACTIONS[action]
         dataset = self._handle(name, owner, must_own=must_own)
+        dataset.info()  # UnknownDataset / AccessDenied now, not later in a job
         args = args if isinstance(args, dict) else {}
         ref = f"{dataset.owner}/{dataset.name}" if dataset.owner else dataset.name
         if as_job:
@@ -284,7 +286,9 @@ class Panel:
         def materialize(job: Job) -> dict[str, Any]:
             getattr(dataset, action)(progress=job.report)
             info = dataset.info()
-            job.message = f"{dataset.name} is {info['state']}"
+            rows = f", {info['rows']:,} rows" if info["rows"] is not None else ""
+            job.message = (f"{dataset.name} is {info['state']}" if action == "cache" else
+                           f"{dataset.name} refreshed: {info['state']}{rows}")
             return {"state": info["state"], "rows": info["rows"], "bytes": info["bytes"]}
         return materialize
 

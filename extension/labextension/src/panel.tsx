@@ -295,7 +295,7 @@ function TableNode(props: {
   const rows = tableRows(table);
   const tags = load?.value ? (load.value.denied ? ['denied'] : load.value.tags) : [];
   return (
-    <li className="ldw-table" data-table={table.ref ?? table.table}>
+    <li className={`ldw-table${open ? ' ldw-open' : ''}`} data-table={table.ref ?? table.table}>
       <div
         className="ldw-row"
         onMouseDown={e =>
