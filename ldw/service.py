@@ -34,7 +34,7 @@ from ldw.errors import (
     UnknownTable,
 )
 from ldw.pushdown import predicate_to_sql
-from ldw.types import AttachInfo, AuditRow, DatasetInfo, DatasetListing, ServerStatus
+from ldw.types import AttachInfo, AuditRow, DatasetInfo, DatasetListing, Progress, ServerStatus
 from ldw.wire import decode_value, encode_schema, readable_schema
 
 __all__ = ["Service", "checked"]
@@ -45,6 +45,11 @@ ADMIN_ROLE = "admin"  # may read every user's audit records and status, and mana
 # the server's owner (its OS user) holds it without being listed in [users.*]
 
 Pinned = tuple[str, str, str]  # (owner, name, policy fingerprint) a stream was opened under
+
+
+def _progress(p: Progress | None) -> dict[str, Any] | None:
+    return None if p is None else {"rows": p.rows, "bytes": p.bytes,
+                                   "seconds": round(p.seconds, 3)}
 
 
 def _arg(args: dict[str, Any], name: str, kind: type | tuple, *, required: bool = False) -> Any:
@@ -271,6 +276,7 @@ class Service:
             "freshness": {"refresh": record.mapping.refresh,
                           "incremental": record.mapping.incremental, "key": record.mapping.key,
                           "watermark": record.mapping.watermark, **record.freshness},
+            "progress": _progress(record.progress),
         }
 
     def listing(self, record: DatasetRecord) -> DatasetListing:

@@ -144,6 +144,7 @@ class DatasetInfo(TypedDict):
     last_access: float | None
     error: str | None
     freshness: dict[str, Any]  # refresh policy, incremental mode, how staleness was decided
+    progress: dict[str, Any] | None  # while materializing: rows, bytes, seconds so far
 
 
 class AttachInfo(DatasetInfo, total=False):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -25,6 +26,7 @@ from lab_helpers import Lab, jupyterlab
 from ldw.config import _user
 
 CANARY = "pw-canary-lab-2c61"  # the password of the source "down"
+GATE = 852_741_963  # an advisory lock the view "slow" waits on
 URL_TEXT = re.compile(r"(postgresql|mysql|sqlite)(\+\w+)?://")
 READS = ["status", "sources", "schemas?source=pg", "tables?source=pg&schema=public",
          "columns?source=pg&schema=public&table=x", "preview?source=pg&schema=public&table=x",
@@ -64,15 +66,20 @@ def schema(pg_engine) -> Iterator[str]:
                              "case when mod(i, 2) = 0 then 'EMEA' else 'APAC' end "
                              "from generate_series(1, 50) i")
         conn.exec_driver_sql(f"create table {name}.secret (id int, note text)")
+        conn.exec_driver_sql(  # waits at row 100,000 while the test holds the lock GATE
+            f"create function {name}.gate(i bigint) returns bigint language plpgsql as $$ "
+            f"begin if i = 100000 then perform pg_advisory_lock_shared({GATE}); "
+            f"perform pg_advisory_unlock_shared({GATE}); end if; return i; end $$")
+        conn.exec_driver_sql(f"create view {name}.slow as select {name}.gate(i) as id, "
+                             "repeat('x', 200) as payload from generate_series(1, 150000) i")
     yield name
     with pg_engine.begin() as conn:
         conn.exec_driver_sql(f"drop schema {name} cascade")
 
 
 @pytest.fixture(scope="module")
-def lab(schema, tmp_path_factory) -> Iterator[Lab]:
-    """A governed ldw server and a Jupyter server whose panel API talks to it (one for the
-    module: starting both takes seconds)."""
+def ldw_server(schema, tmp_path_factory) -> Iterator[ServerHandle]:
+    """A governed ldw server (one for the module: starting it takes seconds)."""
     policies = f"""
 [sources.down]
 url = "postgresql://ldw@127.0.0.1:9/nowhere"
@@ -86,6 +93,9 @@ row_filter.analyst = "region = 'EMEA'"
 [policies."pg.{schema}.secret"]
 allow_roles = ["risk"]
 
+[policies."pg.{schema}.slow"]
+allow_roles = ["analyst"]
+
 [users.{_user()}]
 roles = ["analyst"]
 """
@@ -93,11 +103,19 @@ roles = ["analyst"]
         patch.setenv("LDW_TEST_LAB_PW", CANARY)
         server = ServerHandle(tmp_path_factory.mktemp("ldw"), extra_toml=policies).start()
         try:
-            with jupyterlab(tmp_path_factory.mktemp("jupyter"),
-                            {"LDW_CONFIG": str(server.config)}, app="jupyter_server") as running:
-                yield running
+            yield server
         finally:
             server.stop()
+
+
+@pytest.fixture(scope="module")
+def lab(ldw_server, tmp_path_factory) -> Iterator[Lab]:
+    """A Jupyter server whose panel API talks to ``ldw_server`` (its LDW_CONFIG)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LDW_TEST_LAB_PW", CANARY)
+        with jupyterlab(tmp_path_factory.mktemp("jupyter"),
+                        {"LDW_CONFIG": str(ldw_server.config)}, app="jupyter_server") as running:
+            yield running
 
 
 @pytest.mark.postgres
@@ -141,7 +159,8 @@ def test_no_password_in_any_answer(lab, schema):
 def test_policy_tags_and_a_denied_table(lab, schema):
     status, tables = _call(lab, f"tables?source=pg&schema={schema}")
     assert status == 200
-    assert [t["table"] for t in tables] == ["customer"]  # the denied table is never listed
+    # the denied table is never listed
+    assert [(t["table"], t["kind"]) for t in tables] == [("customer", "table"), ("slow", "view")]
     customer = tables[0]
     assert customer["rows"] is None  # filtered for this user: no estimate is given away
     assert customer["ref"] == f"pg.{schema}.customer" and customer["name"] == "customer"
@@ -218,3 +237,40 @@ def test_map_cache_pin_evict_and_refusals(lab, schema):
                                         "table": "secret"})
     assert status == 403 and answer["error"] == "AccessDenied"
     assert _call(lab, "action", ["not", "an", "object"])[0] == 400
+
+
+@pytest.mark.postgres
+def test_progress_of_a_materialization_started_elsewhere(lab, ldw_server, schema, pg_engine):
+    """A notebook (here: this process, as the same user) caches a dataset; the panel's listing
+    shows how far it got while it runs, from info()["progress"], not only for its own jobs."""
+    status, _ = _call(lab, "map", {"name": "slow", "source": "pg", "schema": schema,
+                                   "table": "slow"})
+    assert status == 200
+    failures: list[BaseException] = []
+    with pg_engine.connect() as gate:
+        gate.exec_driver_sql(f"select pg_advisory_lock({GATE})")
+        worker = threading.Thread(target=_cache_elsewhere, args=(ldw_server, failures),
+                                  daemon=True)
+        worker.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            slow = next(d for d in _call(lab, "datasets")[1]["datasets"] if d["name"] == "slow")
+            if slow["progress"] and slow["progress"]["rows"] > 0:
+                break
+            time.sleep(0.1)
+        gate.exec_driver_sql(f"select pg_advisory_unlock({GATE})")
+        gate.commit()
+    worker.join(60)
+    assert failures == []
+    assert slow["state"] == "materializing" and slow["job"] is None  # not the panel's job
+    assert 0 < slow["progress"]["rows"] < 150_000 and slow["progress"]["mb_per_s"] >= 0
+    done = next(d for d in _call(lab, "datasets")[1]["datasets"] if d["name"] == "slow")
+    assert done["state"] == "cached" and done["rows"] == 150_000 and done["progress"] is None
+
+
+def _cache_elsewhere(server: ServerHandle, failures: list[BaseException]) -> None:
+    try:
+        with server.local() as wh:
+            wh.dataset("slow").cache()
+    except BaseException as exc:  # reported by the test
+        failures.append(exc)

@@ -204,7 +204,7 @@ class Panel:
             "tier": info.get("tier"), "version": info.get("version"),
             "error": one_line(str(info.get("error") or (error or ""))),
             "denied": isinstance(error, AccessDenied),
-            "progress": job.progress if job is not None else None,
+            "progress": job.progress if job is not None else _with_rate(info.get("progress")),
             "job": job.as_json() if job is not None else None,
         }
 
@@ -296,6 +296,16 @@ class Panel:
         """After a failed call: forget a connection whose server went away."""
         if isinstance(exc, ServerUnavailable):
             self.forget_connection()
+
+
+def _with_rate(progress: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A materialization's progress as ``info()`` reports it (one started elsewhere, e.g. in a
+    notebook), in the shape of a job's."""
+    if not progress:
+        return None
+    seconds = progress.get("seconds") or 0
+    rate = progress.get("bytes", 0) / 1e6 / seconds if seconds > 0 else 0.0
+    return {**progress, "mb_per_s": round(rate, 2), "done": False}
 
 
 def _safe_info(dataset: Dataset) -> tuple[dict[str, Any] | None, Exception | None]:
