@@ -425,7 +425,7 @@ function Catalog(props: { model: PanelModel; host: IPanelHost; widget: unknown }
       <h3 className="ldw-section-title">Catalog</h3>
       {sources.error && <div className="ldw-error">{sources.error}</div>}
       {sources.loading && !sources.value && <div className="ldw-empty">listing sources…</div>}
-      <ul className="ldw-sources" role="tree">
+      <ul className="ldw-sources">
         {(sources.value ?? []).map(s => (
           <SourceNode key={s.name} source={s.name} dialect={s.dialect} {...props} />
         ))}
