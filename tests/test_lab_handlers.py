@@ -98,6 +98,9 @@ allow_roles = ["analyst"]
 
 [users.{_user()}]
 roles = ["analyst"]
+
+[users.bob]
+roles = ["analyst"]
 """
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("LDW_TEST_LAB_PW", CANARY)
@@ -209,12 +212,23 @@ def test_map_cache_pin_evict_and_refusals(lab, schema):
     assert job["progress"]["rows"] == 25 and job["progress"]["done"] is True
 
     status, answer = _call(lab, "datasets")
-    (cust,) = answer["datasets"]
+    cust = next(d for d in answer["datasets"] if d["name"] == "cust")
     assert cust["state"] == "cached" and cust["rows"] == 25 and cust["mine"] is True
     assert cust["stale"] is False and cust["owner"] == _user() and cust["shared_with"] == []
 
     assert _call(lab, "action", {"action": "pin", "name": "cust"})[0] == 200
-    assert _call(lab, "datasets")[1]["datasets"][0]["pinned"] is True
+    listed = _call(lab, "datasets")[1]["datasets"]
+    assert next(d for d in listed if d["name"] == "cust")["pinned"] is True
+    status, answer = _call(lab, "action", {"action": "share", "name": "cust",
+                                           "args": {"user": "bob"}})
+    assert status == 200 and answer == {"dataset": "cust", "shared_with": ["user:bob"]}, answer
+    listed = _call(lab, "datasets")[1]["datasets"]
+    assert next(d for d in listed if d["name"] == "cust")["shared_with"] == ["user:bob"]
+    status, answer = _call(lab, "action", {"action": "export", "name": "cust",
+                                           "args": {"path": "exports/cust"}})
+    job = _wait_job(lab, answer["job"]["id"])
+    assert job["state"] == "done" and job["result"]["rows"] == 25, job
+    assert (lab.root / "exports" / "cust" / "_ldw_manifest.json").is_file()  # in the root
     status, answer = _call(lab, "action", {"action": "evict", "name": "cust"})
     assert status == 200 and answer == {"dataset": "cust", "state": "evicted"}
 
