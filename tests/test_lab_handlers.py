@@ -66,6 +66,7 @@ def schema(pg_engine) -> Iterator[str]:
                              "case when mod(i, 2) = 0 then 'EMEA' else 'APAC' end "
                              "from generate_series(1, 50) i")
         conn.exec_driver_sql(f"create table {name}.secret (id int, note text)")
+        conn.exec_driver_sql(f"create table {name}.changing as select 1 as id")
         conn.exec_driver_sql(  # waits at row 100,000 while the test holds the lock GATE
             f"create function {name}.gate(i bigint) returns bigint language plpgsql as $$ "
             f"begin if i = 100000 then perform pg_advisory_lock_shared({GATE}); "
@@ -96,6 +97,9 @@ allow_roles = ["risk"]
 [policies."pg.{schema}.slow"]
 allow_roles = ["analyst"]
 
+[policies."pg.{schema}.changing"]
+allow_roles = ["analyst"]
+
 [users.{_user()}]
 roles = ["analyst"]
 
@@ -104,7 +108,8 @@ roles = ["analyst"]
 """
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("LDW_TEST_LAB_PW", CANARY)
-        server = ServerHandle(tmp_path_factory.mktemp("ldw"), extra_toml=policies).start()
+        server = ServerHandle(tmp_path_factory.mktemp("ldw"), extra_toml=policies,
+                              freshness_interval="0.2s").start()
         try:
             yield server
         finally:
@@ -163,8 +168,9 @@ def test_policy_tags_and_a_denied_table(lab, schema):
     status, tables = _call(lab, f"tables?source=pg&schema={schema}")
     assert status == 200
     # the denied table is never listed
-    assert [(t["table"], t["kind"]) for t in tables] == [("customer", "table"), ("slow", "view")]
-    customer = tables[0]
+    assert sorted((t["table"], t["kind"]) for t in tables) == [
+        ("changing", "table"), ("customer", "table"), ("slow", "view")]
+    customer = next(t for t in tables if t["table"] == "customer")
     assert customer["rows"] is None  # filtered for this user: no estimate is given away
     assert customer["ref"] == f"pg.{schema}.customer" and customer["name"] == "customer"
 
@@ -288,3 +294,26 @@ def _cache_elsewhere(server: ServerHandle, failures: list[BaseException]) -> Non
             wh.dataset("slow").cache()
     except BaseException as exc:  # reported by the test
         failures.append(exc)
+
+
+@pytest.mark.postgres
+def test_a_stale_dataset_says_so(lab, schema, pg_engine):
+    status, _ = _call(lab, "map", {"name": "changed", "source": "pg", "schema": schema,
+                                   "table": "changing"})
+    assert status == 200
+    started = _call(lab, "action", {"action": "cache", "name": "changed"})[1]
+    job = _wait_job(lab, started["job"]["id"])
+    assert job["state"] == "done"
+    with pg_engine.connect() as conn:
+        conn.exec_driver_sql(f"insert into {schema}.changing values (2)")
+        conn.commit()
+        conn.exec_driver_sql("select pg_stat_force_next_flush()")  # the counters show it now
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        listed = _call(lab, "datasets")[1]["datasets"]
+        changed = next(d for d in listed if d["name"] == "changed")
+        if changed["stale"]:
+            break
+        time.sleep(0.2)
+    assert changed["stale"] is True and changed["state"] == "cached", changed
+    assert changed["stale_reason"]
