@@ -53,13 +53,11 @@ class Panel:
     """The panel's view of ldw for the user the Jupyter server runs as."""
 
     def __init__(self, *, url: str | None = None, config: str | None = None,
-                 autostart: bool = True, root_dir: str | os.PathLike[str] = ".",
-                 connector: Callable[..., Warehouse] = connect) -> None:
+                 autostart: bool = True, root_dir: str | os.PathLike[str] = ".") -> None:
         self.url = url or None
         self.config = config or None
         self.autostart = autostart
         self.root_dir = Path(root_dir).resolve()
-        self._connector = connector
         self._lock = threading.Lock()
         self._warehouse: Warehouse | None = None
         self._user: str | None = None
@@ -77,7 +75,7 @@ class Panel:
                     options["autostart"] = self.autostart
                     if self.config:
                         options["config"] = self.config
-                self._warehouse = self._connector(self.url, **options)
+                self._warehouse = connect(self.url, **options)
                 self._user = None
             return self._warehouse
 
