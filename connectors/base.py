@@ -335,8 +335,9 @@ class Connector(abc.ABC):
             ]
             return rows
 
-    def row_estimates(self, schema: str | None) -> dict[str, int]:
-        """Cheap row estimates from the catalog; exact counts would read the tables."""
+    def row_estimates(self, schema: str | None) -> dict[str, int | None]:
+        """Cheap row estimates from the catalog; exact counts would read the tables. None (or
+        no entry) where the source has no estimate: never 0 for "unknown"."""
         return {}
 
     def definition_marker(self, schema: str | None, table: str) -> str | None:

@@ -150,11 +150,13 @@ class MySQLConnector(Connector):
         url = self.url_with_password().set(drivername="mysql")
         return url.render_as_string(hide_password=False)
 
-    def row_estimates(self, schema: str | None) -> dict[str, int]:
+    def row_estimates(self, schema: str | None) -> dict[str, int | None]:
+        """``table_rows``; None where the engine keeps none (NULL)."""
         query = sa.text("select table_name, table_rows from information_schema.tables "
                         "where table_schema = :schema")
         with self.engine.connect() as conn:
-            return {name: int(n or 0) for name, n in conn.execute(query, {"schema": schema})}
+            return {name: None if n is None else int(n)
+                    for name, n in conn.execute(query, {"schema": schema})}
 
     change_counters_method: ClassVar[str | None] = "information_schema.tables update_time"
 

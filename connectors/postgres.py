@@ -174,14 +174,16 @@ class PostgresConnector(Connector):
         base = url.set(query={}).render_as_string(hide_password=False)
         return f"{base}?{urlencode(dict(url.query), doseq=True, quote_via=quote)}"
 
-    def row_estimates(self, schema: str | None) -> dict[str, int]:
+    def row_estimates(self, schema: str | None) -> dict[str, int | None]:
+        """``reltuples``; None where it is -1: never vacuumed or analyzed, no estimate yet."""
         query = sa.text(
             "select c.relname, c.reltuples::bigint from pg_class c "
             "join pg_namespace n on n.oid = c.relnamespace "
             "where n.nspname = :schema and c.relkind in ('r', 'p', 'm')"
         )
         with self.engine.connect() as conn:
-            return {name: max(int(n), 0) for name, n in conn.execute(query, {"schema": schema})}
+            return {name: int(n) if n is not None and n >= 0 else None
+                    for name, n in conn.execute(query, {"schema": schema})}
 
     change_counters_method: ClassVar[str | None] = (
         "pg_stat_user_tables n_tup_ins + n_tup_upd + n_tup_del")

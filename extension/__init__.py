@@ -6,11 +6,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
-from .display import Details, Listing
-from .magics import LdwMagics
-from .progress import ProgressReporter
+if TYPE_CHECKING:
+    from .browser import Browser
+    from .display import Details, Listing
+    from .magics import LdwMagics
+    from .progress import ProgressReporter
 
 __all__ = [
     "Browser",
@@ -22,16 +25,21 @@ __all__ = [
     "unload_ipython_extension",
 ]
 
+# imported on first use: the JupyterLab server extension (ldw.extension.lab) needs neither
+# IPython nor ipywidgets, and a Jupyter server should not load them at start-up
+_LAZY = {"Browser": ".browser", "Details": ".display", "Listing": ".display",
+         "LdwMagics": ".magics", "ProgressReporter": ".progress"}
+
 
 def __getattr__(name: str) -> Any:
-    if name == "Browser":  # imported on first use: ipywidgets is only needed for the browser
-        from .browser import Browser
-
-        return Browser
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name], __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _registered(shell: Any) -> LdwMagics | None:
+    from .magics import LdwMagics
+
     magics = shell.magics_manager.registry.get(LdwMagics.__name__)
     return magics if isinstance(magics, LdwMagics) else None
 
@@ -39,6 +47,7 @@ def _registered(shell: Any) -> LdwMagics | None:
 def load_ipython_extension(shell: Any) -> None:
     """Register ``%ldw``/``%%ldw`` and the Dataset formatters on ``shell`` (idempotent)."""
     from .display import register
+    from .magics import LdwMagics
 
     if _registered(shell) is None:
         shell.register_magics(LdwMagics(shell))

@@ -1,18 +1,19 @@
 """``%ldw browse``: an ipywidgets catalog browser over the public ldw API.
 
-sources -> schemas -> tables -> columns, a preview of the first rows, a Map button binding a
-variable, and a datasets panel with cache / evict / refresh. Every widget is an attribute, so
-tests (and users) can drive the models without a browser: set ``browser.source.value``,
-``browser.table.value``, then ``browser.map_button.click()``.
+sources -> schemas (the source's own list) -> tables -> columns, a preview of the first rows
+(``wh.preview``: nothing is mapped or cached for it), a Map button binding a variable, and a
+datasets panel with state and stale badges and cache / evict / refresh. Every widget is an
+attribute, so tests (and users) can drive the models without a browser: set
+``browser.source.value``, ``browser.table.value``, then ``browser.map_button.click()``.
 
-Nothing typed or picked in the browser is pasted into SQL: a table is named to the API as a
+Nothing picked in the browser is pasted into SQL: a table is named to the API as a
 ``SOURCE.SCHEMA.TABLE`` reference that the core checks against the source's reflected catalog.
+The JupyterLab side panel (:mod:`ldw.extension.lab`) offers the same, always in view.
 """
 
 from __future__ import annotations
 
 import contextlib
-import keyword
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,19 +21,31 @@ import ipywidgets as widgets  # the extension may import ipywidgets
 import polars as pl
 
 from ldw.client import Warehouse
-from ldw.errors import InvalidMapping, LdwError
+from ldw.errors import LdwError
 
-from .display import esc, format_bytes, format_count, frame_html, one_line, table_html
+from .display import (
+    esc,
+    format_bytes,
+    format_count,
+    frame_html,
+    one_line,
+    preview_html,
+    table_html,
+)
+from .naming import RESERVED_NAMES, name_error, suggest_name, table_ref
 from .progress import ProgressReporter
 
 __all__ = ["Browser"]
 
 _COLUMN_KEYS = ["name", "source_type", "arrow_type", "nullable", "note", "policy_tags"]
-_DATASET_KEYS = ["name", "state", "rows", "bytes", "version", "owner", "shared_with", "mapping"]
+_DATASET_KEYS = ["name", "state", "stale", "rows", "bytes", "version", "owner", "shared_with",
+                 "mapping"]
 
 
-def _scroll(inner: str) -> str:
-    return f'<div style="overflow:auto;max-height:22em">{inner}</div>'
+def _scroll(inner: str, *, max_height: str = "40em") -> str:
+    """Both ways scrollable, as wide as the output: wide tables scroll instead of being cut."""
+    return (f'<div class="ldw-scroll" style="overflow:auto;max-width:100%;'
+            f'max-height:{max_height}">{inner}</div>')
 
 
 class Browser:
@@ -41,8 +54,9 @@ class Browser:
     ``namespace`` is where the Map button binds variables (the notebook's, under ``%ldw browse``).
     """
 
-    #: the dataset the preview maps (no rows move: the preview is a LIMIT query on the source)
-    PREVIEW_DATASET = "_ldw_preview"
+    #: a name the browser never maps (the preview's dataset in earlier versions; the preview
+    #: now maps nothing)
+    PREVIEW_DATASET = next(iter(RESERVED_NAMES))
 
     def __init__(self, warehouse: Warehouse, *, namespace: dict[str, Any] | None = None,
                  progress: ProgressReporter | None = None, preview_rows: int = 10) -> None:
@@ -54,8 +68,7 @@ class Browser:
 
         layout = widgets.Layout
         self.source = widgets.Dropdown(description="Source", options=[])
-        self.schema = widgets.Combobox(description="Schema", placeholder="schema name",
-                                       ensure_option=False, continuous_update=False)
+        self.schema = widgets.Dropdown(description="Schema", options=[])
         self.table = widgets.Select(description="Table", options=[], rows=12,
                                     layout=layout(width="auto"))
         self.columns = widgets.HTML()
@@ -77,19 +90,22 @@ class Browser:
         self.output = widgets.Output()
 
         catalog = widgets.HBox([
-            widgets.VBox([self.source, self.schema, self.table], layout=layout(width="34%")),
+            widgets.VBox([self.source, self.schema, self.table],
+                         layout=layout(width="34%", min_width="18em")),
             widgets.VBox([self.columns,
-                          widgets.HBox([self.preview_button, self.name, self.map_button]),
-                          self.preview], layout=layout(width="66%")),
-        ])
+                          widgets.HBox([self.preview_button, self.name, self.map_button],
+                                       layout=layout(flex_flow="row wrap"))],
+                         layout=layout(width="66%", overflow="auto")),
+        ], layout=layout(width="100%"))
+        self.preview.layout = layout(width="100%", overflow="auto")
         panel = widgets.VBox([
             widgets.HTML("<b>Datasets</b>"), self.datasets_table,
             widgets.HBox([self.dataset, self.cache_button, self.evict_button,
                           self.refresh_button, self.reload_button]),
             self.output,
         ])
-        self.widget = widgets.VBox([widgets.HTML("<b>Catalog</b>"), catalog, self.message,
-                                    panel])
+        self.widget = widgets.VBox([widgets.HTML("<b>Catalog</b>"), catalog, self.preview,
+                                    self.message, panel], layout=layout(width="100%"))
         self.widget.add_class("ldw-browser")
 
         self.source.observe(self._on_source, names="value")
@@ -136,29 +152,20 @@ class Browser:
                 self.source.value = names[0]
         self.refresh_datasets()
 
-    def _schemas(self, source: str, default: str | None) -> list[str]:
-        schemas = getattr(self.warehouse, "schemas", None)
-        if callable(schemas):
-            return list(schemas(source))
-        return [default] if default else []  # other schemas can be typed into the field
-
     def _on_source(self, change: dict[str, Any]) -> None:
-        self.table.options, self.schema.options = [], []
+        self.table.options = []
         self._clear_table()
+        with self.schema.hold_trait_notifications():
+            self.schema.options = []
+            self.schema.value = None
         source = change["new"]
         if not source:
             return
         with self._action(f"listing tables of {source}"):
-            frame = self.warehouse.tables(source)
-            default = frame["schema"][0] if frame.height else None
-            self.schema.options = self._schemas(source, default)
-            if default is None and self.schema.options:
-                default = self.schema.options[0]  # wh.schemas() lists the default first
-                frame = self.warehouse.tables(source, schema=default)
-            if self.schema.value == (default or ""):
-                self._show_tables(frame)
-            else:
-                self.schema.value = default or ""
+            # the source's own schemas, its default first (e.g. MariaDB: the URL's database)
+            self.schema.options = self.warehouse.schemas(source)
+            if self.schema.options:
+                self.schema.value = self.schema.options[0]
 
     def _on_schema(self, change: dict[str, Any]) -> None:
         self.table.options = []
@@ -172,9 +179,12 @@ class Browser:
     def _show_tables(self, frame: pl.DataFrame) -> None:
         options = []
         for row in frame.iter_rows(named=True):
-            rows = f", ~{format_count(row['rows'])} rows" if row.get("rows") is not None else ""
-            options.append((f"{row['table']} ({row.get('kind') or 'table'}{rows})",
-                            row["table"]))
+            kind = row.get("kind") or "table"
+            if row.get("rows") is not None:
+                rows = f", ~{format_count(row['rows'])} rows"
+            else:  # the source keeps no estimate (never analyzed), or a policy hides it
+                rows = "" if kind == "view" else ", rows not estimated"
+            options.append((f"{row['table']} ({kind}{rows})", row["table"]))
         self.table.options = options
         self.table.value = None
 
@@ -183,11 +193,7 @@ class Browser:
         source, schema, table = self.source.value, self.schema.value, self.table.value
         if not source or not table:
             return None
-        parts = [source, schema, table] if schema else [source, table]
-        if any("." in p for p in parts):
-            raise InvalidMapping(
-                f"{'/'.join(parts)}: names containing '.' cannot be referenced yet")
-        return ".".join(parts)
+        return table_ref(source, schema, table)
 
     def _clear_table(self) -> None:
         self.columns.value = ""
@@ -208,26 +214,12 @@ class Browser:
             self.columns.value = (f"<b>{esc(ref)}</b> · {len(rows)} columns"
                                   + _scroll(table_html(rows, _COLUMN_KEYS)))
             self.preview_button.disabled = False
-            self.name.value = self._suggest_name(change["new"])
+            self.name.value = suggest_name(change["new"])
 
     @staticmethod
-    def _suggest_name(table: str) -> str:
-        name = "".join(c if c.isascii() and (c.isalnum() or c == "_") else "_"
-                       for c in table.lower())
-        if not name or name[0].isdigit() or keyword.iskeyword(name):
-            name = "t_" + name
-        return name
-
-    def name_error(self, name: str) -> str | None:
+    def name_error(name: str) -> str | None:
         """Why ``name`` cannot be mapped and bound, or ``None`` if it can."""
-        if not name:
-            return "type a name for the dataset"
-        if not (name.isascii() and name.isidentifier()) or keyword.iskeyword(name):
-            return (f"{name!r} is not a valid name: use letters, digits and '_', "
-                    "not starting with a digit")
-        if name == self.PREVIEW_DATASET:
-            return f"{name!r} is reserved for the preview"
-        return None
+        return name_error(name)
 
     def _on_name(self, change: dict[str, Any]) -> None:
         problem = self.name_error(change["new"])
@@ -241,9 +233,9 @@ class Browser:
             if ref is None:
                 self._say("select a table first", error=True)
                 return
-            frame = self.warehouse.map(self.PREVIEW_DATASET, ref).head(self.preview_rows)
+            frame = self.warehouse.preview(ref, self.preview_rows)
             self.preview.value = (f"<i>first {frame.height} rows of {esc(ref)}</i>"
-                                  + _scroll(frame_html(frame)))
+                                  + _scroll(preview_html(frame)))
 
     def _on_map(self, _: Any = None) -> None:
         name = self.name.value.strip()
@@ -265,7 +257,7 @@ class Browser:
         """Re-read the datasets panel."""
         with self._action("listing datasets"):
             frame = self.warehouse.datasets()
-            frame = frame.filter(pl.col("name") != self.PREVIEW_DATASET)
+            frame = frame.filter(~pl.col("name").is_in(list(RESERVED_NAMES)))
             keys = [k for k in _DATASET_KEYS if k in frame.columns]
             self.datasets_table.value = (_scroll(frame_html(frame.select(keys)))
                                          if frame.height else "<i>no datasets yet</i>")

@@ -19,8 +19,8 @@ from ldw.client import Dataset
 from ldw.errors import LdwError
 from ldw.types import DatasetInfo
 
-__all__ = ["Details", "Listing", "dataset_html", "dataset_text", "one_line", "register",
-           "unregister"]
+__all__ = ["Details", "Listing", "cell_text", "dataset_html", "dataset_text", "one_line",
+           "preview_html", "register", "unregister"]
 
 MAX_ROWS = 200  # rows a listing renders before it says how many it left out
 
@@ -88,6 +88,8 @@ def _cell(key: str, value: Any) -> str:
     """One listing value as escaped HTML: sizes humanized, states as badges."""
     if key == "state" and isinstance(value, str):
         return state_badge(value)
+    if key == "stale" and isinstance(value, bool):
+        return badge("stale", _STATE_COLOURS["stale"]) if value else ""
     if key in _BYTE_KEYS and isinstance(value, int | float):
         return esc(format_bytes(value))
     if key in {"last_access", "created", "time", "at"} and isinstance(value, float):
@@ -117,6 +119,44 @@ def frame_html(frame: pl.DataFrame, *, max_rows: int = MAX_ROWS) -> str:
     shown = frame.head(max_rows)
     rows = [{c: _plain(v) for c, v in row.items()} for row in shown.iter_rows(named=True)]
     return table_html(rows, frame.columns, total=frame.height)
+
+
+def cell_text(value: Any) -> str | None:
+    """One data value as preview text; ``None`` for NULL (never the same as ``""``). Floats
+    show 10 significant digits, not their full repr (0.1 + 0.2 shows 0.3)."""
+    if value is None:
+        return None
+    if isinstance(value, float):
+        return format(value, ".10g")
+    if isinstance(value, bytes | bytearray | memoryview):
+        raw = bytes(value)
+        return raw[:32].hex() + ("…" if len(raw) > 32 else "")
+    if isinstance(value, _dt.datetime | _dt.date | _dt.time):
+        return value.isoformat(sep=" ") if isinstance(value, _dt.datetime) else value.isoformat()
+    return str(value)
+
+
+_NULL_HTML = '<span class="ldw-null" style="color:#8c959f;font-style:italic">NULL</span>'
+
+
+def preview_html(frame: pl.DataFrame, *, max_rows: int = MAX_ROWS) -> str:
+    """Data rows as an escaped HTML table: NULL marked as NULL (an empty string stays empty),
+    floats short, numbers right-aligned, nothing wrapped (wide tables scroll, see _scroll)."""
+    shown = frame.head(max_rows)
+    numeric = [dtype.is_numeric() for dtype in shown.dtypes]
+    cell = 'style="text-align:{};white-space:nowrap"'
+    head = "".join(f'<th {cell.format("right" if n else "left")}>{esc(c)}</th>'
+                   for c, n in zip(shown.columns, numeric, strict=True))
+    body = "".join(
+        "<tr>" + "".join(
+            f'<td {cell.format("right" if n else "left")}>'
+            f'{_NULL_HTML if (text := cell_text(v)) is None else esc(text)}</td>'
+            for v, n in zip(row, numeric, strict=True)) + "</tr>"
+        for row in shown.iter_rows())
+    more = (f"<div><i>… {frame.height - shown.height:,} more rows not shown</i></div>"
+            if frame.height > shown.height else "")
+    return (f'<table class="ldw-table ldw-preview"><thead><tr>{head}</tr></thead>'
+            f"<tbody>{body}</tbody></table>{more}")
 
 
 def _plain(value: Any) -> Any:

@@ -22,7 +22,7 @@ import pyarrow as pa
 from ldw.catalog import Catalog, DatasetRow, VersionRow
 from ldw.errors import LdwError
 from ldw.planner import MappedQuery, Mapping, mapping_from_json, mapping_to_json
-from ldw.types import DatasetState, Tier
+from ldw.types import DatasetState, Progress, Tier
 
 if TYPE_CHECKING:
     from ldw.storage import Version, VersionStore
@@ -81,6 +81,7 @@ class DatasetRecord:
     token: dict[str, Any] | None = None
     freshness: dict[str, Any] = field(default_factory=dict)
     query: MappedQuery | None = field(default=None, repr=False)
+    progress: Progress | None = field(default=None, repr=False)  # of a running materialization
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property

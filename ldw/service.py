@@ -278,6 +278,7 @@ class Service:
             "freshness": {"refresh": record.mapping.refresh,
                           "incremental": record.mapping.incremental, "key": record.mapping.key,
                           "watermark": record.mapping.watermark, **record.freshness},
+            "progress": record.progress.as_json() if record.progress else None,
         }
 
     def listing(self, record: DatasetRecord) -> DatasetListing:
@@ -287,7 +288,8 @@ class Service:
                 "bytes": version.bytes if version else None,
                 "version": version.version_id if version else None,
                 "last_access": record.last_access, "hits": record.hits,
-                "pinned": record.pin, "memory_only": record.memory_only}
+                "pinned": record.pin, "memory_only": record.memory_only,
+                "stale": record.stale}
 
     # -- operations: (user, args, progress) -> JSON ------------------------------------------
     def op_sources(self, user: str, args: dict, progress: Callable | None) -> Any:

@@ -48,6 +48,10 @@ class Progress:
     def mb_per_s(self) -> float:
         return self.bytes / 1e6 / self.seconds if self.seconds > 0 else 0.0
 
+    def as_json(self) -> dict[str, Any]:
+        """Rows, bytes and seconds so far (``info()["progress"]`` while materializing)."""
+        return {"rows": self.rows, "bytes": self.bytes, "seconds": round(self.seconds, 3)}
+
 
 # -- payloads: the JSON results of the operations (ldw.ops), produced by ldw.service ----------
 # Key order is column order where a client shows them as a table (ldw.client).
@@ -103,6 +107,7 @@ class DatasetListing(TypedDict):
     hits: int
     pinned: bool
     memory_only: bool
+    stale: bool  # the source changed since this version was read (see info()["freshness"])
 
 
 class SchemaField(TypedDict):
@@ -143,6 +148,7 @@ class DatasetInfo(TypedDict):
     last_access: float | None
     error: str | None
     freshness: dict[str, Any]  # refresh policy, incremental mode, how staleness was decided
+    progress: dict[str, Any] | None  # while materializing: rows, bytes, seconds so far
 
 
 class AttachInfo(DatasetInfo, total=False):

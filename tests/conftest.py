@@ -158,4 +158,5 @@ class ServerHandle:
         return ldw.connect(self.flight, token=self.token(user, *roles))
 
 
+from lab_helpers import chromium  # noqa: E402,F401  (a fixture)
 from tpch_data import pg_conn, tpch_arrow, tpch_files, tpch_pg  # noqa: E402,F401  (fixtures)

@@ -4,7 +4,8 @@ JupyterLab runs on 127.0.0.1 (a free port, token auth, a temporary root and Jupy
 ``LDW_CONFIG`` pointing at a real ldw server for this test. Chromium opens
 ``demo_notebooks/browse.ipynb``, runs it, drives the ``%ldw browse`` widget (source, schema,
 table, preview, name, Map) over a table in a fresh PostgreSQL schema, then runs new cells that
-show the bound dataset and cache it, and checks the rendered HTML in the DOM. Screenshots go to
+show the bound dataset and cache it, and checks the rendered HTML in the DOM. (The JupyterLab
+side panel has its own test: tests/test_lab_panel.py.) Screenshots go to
 ``test-artifacts/``. No password or connection URL may appear in the page or the saved notebook.
 
 Needs ``/usr/bin/chromium`` (``apt-get install chromium``; Playwright's own browser download is
@@ -16,51 +17,27 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
-import secrets
 import shutil
-import signal
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import IN_CI, ServerHandle
+from conftest import ServerHandle
+from lab_helpers import (
+    ARTIFACTS,
+    CHROMIUM_ARGS,
+    ROOT,
+    TIMEOUT_MS,
+    URL_TEXT,
+    Lab,
+    jupyterlab,
+    run_cell,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "demo_notebooks" / "browse.ipynb"
-ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = os.environ.get("LDW_TEST_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 CANARY = "pw-canary-5e0d71"  # the password of the source "down"; must never reach the page
-URL_TEXT = re.compile(r"(postgresql|mysql|sqlite)(\+\w+)?://|@127\.0\.0\.1:\d+/")
-
-TIMEOUT_MS = 30_000  # one step (a kernel start, a cell, a widget round trip); the test takes ~20 s
-
-
-def _unavailable(reason: str) -> None:
-    if IN_CI:
-        pytest.fail(f"CI=true and {reason}")
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
-        _unavailable(f"{CHROMIUM} not found: apt-get install chromium")
-    for module, package in (("jupyterlab", "jupyterlab"), ("playwright.sync_api", "playwright")):
-        try:
-            __import__(module)
-        except ImportError:
-            _unavailable(f"{package} is not installed: pip install -e '.[dev]'")
-    return CHROMIUM
 
 
 def test_demo_notebook_is_committed_clean():
@@ -71,87 +48,6 @@ def test_demo_notebook_is_committed_clean():
                                                       "%ldw browse"]
     assert all(c["outputs"] == [] and c["execution_count"] is None for c in code)
     assert "LDW_CONFIG" in json.dumps(notebook) and not URL_TEXT.search(json.dumps(notebook))
-
-
-# -- JupyterLab --------------------------------------------------------------------------------
-
-@dataclass
-class Lab:
-    url: str
-    token: str
-    root: Path
-    log: Path
-
-    def api(self, path: str, method: str = "GET") -> int:
-        request = urllib.request.Request(f"{self.url}{path}", method=method,
-                                         headers={"Authorization": f"token {self.token}"})
-        with urllib.request.urlopen(request, timeout=5) as response:  # loopback
-            return response.status
-
-
-_LAB_SETTINGS = {  # no news, update checks or toasts; the notebook's kernel starts unasked
-    "apputils-extension/notification": {"fetchNews": "false", "checkForUpdates": False,
-                                        "doNotDisturbMode": True},
-    "notebook-extension/tracker": {"autoStartDefaultKernel": True},
-}
-
-
-def _lab_settings(config_dir: Path) -> None:
-    for name, values in _LAB_SETTINGS.items():
-        path = config_dir / "lab" / "user-settings" / "@jupyterlab" / f"{name}.jupyterlab-settings"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(values))
-
-
-@contextlib.contextmanager
-def _jupyterlab(home: Path, env: dict[str, str]) -> Iterator[Lab]:
-    root, runtime = home / "root", home / "runtime"
-    root.mkdir()
-    _lab_settings(home / "config")
-    token = secrets.token_hex(24)
-    env = {**os.environ, **env, "JUPYTER_TOKEN": token, "JUPYTER_RUNTIME_DIR": str(runtime),
-           "JUPYTER_CONFIG_DIR": str(home / "config"), "JUPYTER_DATA_DIR": str(home / "data"),
-           "IPYTHONDIR": str(home / "ipython"), "JUPYTER_PLATFORM_DIRS": "1"}
-    env.pop("JUPYTER_PATH", None)
-    log = home / "jupyterlab.log"
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", "--port=0",
-             f"--ServerApp.root_dir={root}", "--ServerApp.port_retries=0",
-             "--ServerApp.terminals_enabled=False", "--LabApp.extension_manager=readonly",
-             "--LabApp.news_url=None",
-             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-             *(["--allow-root"] if os.geteuid() == 0 else [])],
-            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    lab = Lab("", token, root, log)
-    try:
-        lab.url = _wait_for_server(process, runtime, log)
-        yield lab
-    finally:
-        if lab.url:
-            with contextlib.suppress(OSError, urllib.error.URLError):
-                lab.api("/api/shutdown", "POST")  # stops the kernels too
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)  # its own session: the server and its kernels
-            process.wait()
-
-
-def _wait_for_server(process: subprocess.Popen, runtime: Path, log: Path) -> str:
-    """The base URL once the server answers (its port is read from its runtime file)."""
-    deadline = time.monotonic() + 60
-    info = runtime / f"jpserver-{process.pid}.json"
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"JupyterLab exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        if info.exists():
-            with contextlib.suppress(ValueError, OSError):
-                url = f"http://127.0.0.1:{json.loads(info.read_text())['port']}"
-                with urllib.request.urlopen(f"{url}/api", timeout=2):  # loopback
-                    return url
-        time.sleep(0.1)
-    pytest.fail(f"JupyterLab did not start within 60 s:\n{log.read_text()[-3000:]}")
 
 
 # -- the test ------------------------------------------------------------------------------------
@@ -185,7 +81,7 @@ def test_browse_and_map_in_jupyterlab(chromium, warehouse, pg_schema, tmp_path):
 
     ARTIFACTS.mkdir(exist_ok=True)
     (tmp_path / "lab").mkdir()
-    with _jupyterlab(tmp_path / "lab", {"LDW_CONFIG": str(warehouse.config)}) as lab, \
+    with jupyterlab(tmp_path / "lab", {"LDW_CONFIG": str(warehouse.config)}) as lab, \
             sync_playwright() as playwright:
         shutil.copy(NOTEBOOK, lab.root / NOTEBOOK.name)
         browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
@@ -203,17 +99,6 @@ def test_browse_and_map_in_jupyterlab(chromium, warehouse, pg_schema, tmp_path):
             browser.close()
 
 
-def _run(page, cell, source: str | None = None) -> None:
-    """Click into ``cell`` (typing ``source`` if given), Shift+Enter, wait for the kernel."""
-    from playwright.sync_api import expect
-
-    cell.locator(".cm-content").click()
-    if source is not None:
-        page.keyboard.type(source)
-    page.keyboard.press("Shift+Enter")
-    expect(cell.locator(".jp-InputPrompt")).to_have_text(re.compile(r"\[\d+\]"))
-
-
 def _browse_and_map(page, lab: Lab, schema: str) -> None:
     from playwright.sync_api import expect
 
@@ -226,10 +111,10 @@ def _browse_and_map(page, lab: Lab, schema: str) -> None:
     expect(cells).to_have_count(2)
     connect, browse = cells.nth(0), cells.nth(1)
 
-    _run(page, connect)
+    run_cell(page, connect)
     expect(connect.locator(".jp-OutputArea-output")).to_contain_text(
         "ldw: connected; 3 source(s): pg, my, down")
-    _run(page, browse)
+    run_cell(page, browse)
     widget = browse.locator(".ldw-browser")
     expect(widget).to_be_visible()
     message = widget.locator(".widget-html span[style^='color:']")  # the status line
@@ -238,10 +123,10 @@ def _browse_and_map(page, lab: Lab, schema: str) -> None:
     # earlier one is unanswered, so quick changes to two widgets can reach the kernel reordered.
     source = widget.locator(".widget-dropdown", has_text="Source").locator("select")
     expect(source).to_have_value("pg")  # the first source is open
-    expect(widget.locator(f"datalist option[value='{schema}']")).to_have_count(1)
-    schema_box = widget.get_by_placeholder("schema name")
-    schema_box.fill(schema)
-    schema_box.press("Enter")  # the Combobox sends its value on Enter (continuous_update=False)
+    schemas = widget.locator(".widget-dropdown", has_text="Schema").locator("select")
+    expect(schemas).to_have_value("public")  # the source's own schemas, its default first
+    expect(schemas.locator(f"option[value='{schema}']")).to_have_count(1)
+    schemas.select_option(schema)
     tables = widget.locator(".widget-select select")
     option = tables.locator("option", has_text="customer_orders (table")
     expect(option).to_have_count(1)
@@ -252,7 +137,10 @@ def _browse_and_map(page, lab: Lab, schema: str) -> None:
 
     widget.get_by_role("button", name="Preview").click()
     expect(widget).to_contain_text(f"first 10 rows of pg.{schema}.customer_orders")
-    expect(widget.locator(".ldw-table td", has_text="order 10")).to_have_count(1)
+    last = widget.locator(".ldw-table td", has_text="order 10")
+    expect(last).to_have_count(1)
+    last.scroll_into_view_if_needed()
+    expect(last).to_be_visible()  # all 10 rows, none clipped
 
     name = widget.get_by_placeholder("variable name")
     expect(name).to_have_value("customer_orders")  # suggested from the table name
@@ -266,7 +154,7 @@ def _browse_and_map(page, lab: Lab, schema: str) -> None:
 
     # new cells below: the dataset bound by the Map button, then cached with a progress bar
     shown = cells.nth(2)  # Shift+Enter on the last cell added an empty one
-    _run(page, shown, "orders")
+    run_cell(page, shown, "orders")
     repr_ = shown.locator(".jp-OutputArea-output .ldw-dataset")
     expect(repr_.locator(".ldw-badge").first).to_have_text("mapped")
     expect(repr_).to_contain_text(f"pg.{schema}.customer_orders")
@@ -275,7 +163,7 @@ def _browse_and_map(page, lab: Lab, schema: str) -> None:
         expect(columns).to_contain_text(column)
 
     cached = cells.nth(3)
-    _run(page, cached, "%ldw cache orders")
+    run_cell(page, cached, "%ldw cache orders")
     progress = cached.locator(".ldw-progress")
     expect(progress).to_contain_text("cached")
     expect(progress).to_contain_text("3,000 rows")

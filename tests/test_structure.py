@@ -18,10 +18,19 @@ FACADE = "ldw.engine.facade"
 FACADE_MAX_LINES = 300
 
 
+def _in_package(path: Path, top: Path) -> bool:
+    """Whether every folder from ``top`` down to ``path`` is a Python package (not, e.g., the
+    JupyterLab frontend's extension/labextension/ with its build script and node_modules)."""
+    return all((folder / "__init__.py").is_file()
+               for folder in [path.parent, *path.parent.parents] if folder.is_relative_to(top))
+
+
 def _modules() -> dict[str, Path]:
     modules = {}
     for folder, package in PACKAGES.items():
         for path in sorted((ROOT / folder).rglob("*.py")):
+            if not _in_package(path, ROOT / folder):
+                continue
             parts = list(path.relative_to(ROOT / folder).with_suffix("").parts)
             if parts[-1] == "__init__":
                 parts.pop()

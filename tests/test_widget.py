@@ -8,8 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import POSTGRES_URL
+from conftest import MYSQL_URL, POSTGRES_URL
+from freshness_helpers import Source, wait_stale
 from ldw.extension import Browser, ProgressReporter
+from traitlets import TraitError
 
 import ldw
 
@@ -72,7 +74,7 @@ def test_select_preview_map_and_manage(pg, pg_schema):
     assert "first 10 rows" in browser.preview.value
     assert "&lt;i&gt;1&lt;/i&gt;" in browser.preview.value and "<i>1</i>" not in \
         browser.preview.value
-    assert all(row["state"] == "mapped" for row in pg.datasets().iter_rows(named=True))
+    assert pg.datasets().height == 0  # the preview maps nothing
 
     browser.name.value = "my_orders"
     browser.map_button.click()
@@ -111,11 +113,69 @@ def test_invalid_names_cannot_be_mapped(pg, pg_schema, name):
 
 @pytest.mark.postgres
 def test_typed_schema_never_reaches_sql(pg, pg_engine, pg_schema):
+    """The schema is picked from the source's own list: anything else is refused by the widget
+    before the browser sees it (it used to be a free-text box)."""
     browser = Browser(pg)
-    browser.schema.value = f"{pg_schema}; drop table {pg_schema}.orders"
-    assert "UnknownTable" in browser.last_message and browser.table.options == ()
+    assert pg_schema in browser.schema.options and browser.schema.options[0] == "public"
+    with pytest.raises(TraitError):
+        browser.schema.value = f"{pg_schema}; drop table {pg_schema}.orders"
+    assert browser.schema.value == "public"
     with pg_engine.connect() as conn:
         assert conn.exec_driver_sql(f"select count(*) from {pg_schema}.orders").scalar() == 5000
+
+
+@pytest.mark.mysql
+def test_a_mariadb_source_lists_its_own_schemas(mysql_engine, mysql_db, tmp_path):
+    with mysql_engine.begin() as conn:
+        conn.exec_driver_sql(f"create table {mysql_db}.items (id int primary key)")
+    wh = _warehouse(tmp_path, my={"url": MYSQL_URL})
+    try:
+        browser = Browser(wh)
+        assert browser.schema.options[0] == "test"  # the database of the source's URL
+        assert mysql_db in browser.schema.options and "public" not in browser.schema.options
+        browser.schema.value = mysql_db
+        assert dict(browser.table.options) == {"items (table, ~0 rows)": "items"}
+    finally:
+        wh.close()
+
+
+@pytest.mark.postgres
+def test_preview_maps_nothing_and_shows_nulls_and_short_floats(pg, pg_engine, pg_schema):
+    with pg_engine.begin() as conn:
+        conn.exec_driver_sql(f"create table {pg_schema}.notes (id int, note text, "
+                             "ratio double precision)")
+        conn.exec_driver_sql(f"insert into {pg_schema}.notes values (1, null, 0.1::float8 + "
+                             "0.2::float8), (2, '', 1.5), (3, 'x', null)")
+    browser = Browser(pg)
+    _select(browser, pg_schema, "notes")
+    assert "notes (table, rows not estimated)" in dict(browser.table.options)  # never analyzed
+    browser.preview_button.click()
+    html = browser.preview.value
+    assert "first 3 rows" in html and "overflow:auto" in html
+    assert html.count('class="ldw-null"') == 2  # the NULL note and the NULL ratio
+    assert ">0.3</td>" in html and "0.30000000000000004" not in html
+    assert '<td style="text-align:left;white-space:nowrap"></td>' in html  # the empty string
+    assert pg.datasets().height == 0 and pg.status()["datasets"] == 0  # nothing was mapped
+
+
+@pytest.mark.postgres
+def test_the_datasets_panel_shows_a_stale_badge(pg_engine, pg_schema, tmp_path):
+    source = Source("pg", pg_engine, pg_schema)
+    source.create(rows=100)
+    wh = ldw.connect(in_process=True, config={"sources": {"pg": {"url": POSTGRES_URL}}},
+                     shm_dir=str(tmp_path / "shm"), spill_dir=str(tmp_path / "spill"),
+                     memory_limit="1GiB", freshness_interval="0.2s")
+    try:
+        orders = wh.map("orders", source.table).cache()
+        browser = Browser(wh)
+        assert ">stale</span>" not in browser.datasets_table.value
+        source.insert(101, 110)
+        assert wait_stale(orders, True, within=10)["stale"] is True
+        browser.refresh_datasets()
+        assert 'class="ldw-badge"' in browser.datasets_table.value
+        assert ">stale</span>" in browser.datasets_table.value
+    finally:
+        wh.close()
 
 
 @pytest.mark.postgres

@@ -35,6 +35,16 @@ T = TypeVar("T")
 ProgressFn = Callable[[Progress], None] | None
 
 
+def _tracked(record: DatasetRecord, progress: ProgressFn) -> ProgressFn:
+    """``progress``, also keeping the last report on the record: ``info()`` shows how far a
+    materialization got to anyone who looks (a panel, another notebook), not only its caller."""
+    def report(p: Progress) -> None:
+        record.progress = p
+        if progress is not None:
+            progress(p)
+    return report
+
+
 class Cache:
     """Puts dataset versions into the store and serves them."""
 
@@ -136,6 +146,7 @@ class Cache:
             counters = self.freshness.counters(record) if self.freshness \
                 else (None, False, time.time())
             previous = self.lifecycle.start(record)
+            progress = _tracked(record, progress)
             try:
                 version, reason = None, "full=True" if full and previous else None
                 if previous is not None and not full and record.mapping.incremental:
@@ -150,6 +161,8 @@ class Cache:
             except BaseException as exc:
                 self.lifecycle.failed(record, previous, exc)
                 raise
+            finally:
+                record.progress = None
             if version is previous:
                 self.lifecycle.kept(record, version, token)
                 return version
