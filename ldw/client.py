@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import types
 import typing
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -248,6 +249,7 @@ class Warehouse:
     def __init__(self, backend: Backend, *, progress: ProgressCallback | None = None) -> None:
         self._backend = backend
         self._progress = progress
+        self._config: str | dict[str, Any] | None = None  # what connect() was given: reload()
 
     @property
     def _engine(self) -> Any:
@@ -323,12 +325,16 @@ class Warehouse:
         return Dataset(self, name)
 
     def attach(self, ref: str) -> Dataset:
-        """A handle to a dataset another user shared with me: ``"alice/orders"``."""
-        owner, _, name = ref.rpartition("/") if isinstance(ref, str) else ("", "", "")
-        if not owner or not name:
+        """A handle to a dataset another user shared with me, ``"alice/orders"``, or to one of
+        my own, ``"orders"`` (as :meth:`dataset`)."""
+        owner, slash, name = ref.rpartition("/") if isinstance(ref, str) else ("", "/", "")
+        if slash and not owner or not name:
             from ldw.errors import BadRequest
 
-            raise BadRequest(f"attach takes OWNER/NAME, e.g. \"alice/orders\", not {ref!r}")
+            raise BadRequest(f"attach takes NAME (one of yours) or OWNER/NAME, e.g. "
+                             f"\"alice/orders\", not {ref!r}")
+        if not slash:
+            return self.dataset(name)
         dataset = Dataset(self, name, owner=owner)
         dataset.info()
         return dataset
@@ -373,6 +379,17 @@ class Warehouse:
         """Capacity, memory used, datasets, per-dataset hits and bytes served."""
         return self._backend.call("status")
 
+    def reload(self, *, config: str | os.PathLike[str] | dict[str, Any] | None = None
+               ) -> dict[str, Any]:
+        """Make the server re-read its sources, policies, users and ``[refresh]`` rules, from
+        ``config`` or else the file this warehouse was connected with (else its own file); the
+        cache stays. Only the server's owner and the admin role may; ``[server]`` settings take
+        a restart (the answer lists them under ``restart_needed``)."""
+        config = self._config if config is None else config
+        if config is not None and not isinstance(config, dict):
+            config = os.path.abspath(os.path.expanduser(os.fspath(config)))
+        return self._backend.call("reload", {"config": config})
+
 
 def connect(url: str | None = None, *, in_process: bool = False, token: str | None = None,
             config: str | os.PathLike[str] | dict[str, Any] | None = None,
@@ -407,5 +424,34 @@ def connect(url: str | None = None, *, in_process: bool = False, token: str | No
                          progress=progress)
     from ldw.unix import LocalBackend
 
-    return Warehouse(LocalBackend.connect(loaded, config=config, overrides=settings,
-                                          autostart=autostart), progress=progress)
+    warehouse = Warehouse(LocalBackend.connect(loaded, config=config, overrides=settings,
+                                               autostart=autostart), progress=progress)
+    mine = config if isinstance(config, dict) else \
+        str(loaded.config_path.resolve()) if loaded.config_path is not None else None
+    warehouse._config = mine
+    if mine is not None:
+        note = config_mismatch(warehouse.status(), loaded)
+        if note is not None:
+            warnings.warn(note, UserWarning, stacklevel=2)
+    return warehouse
+
+
+def config_mismatch(status: ServerStatus, mine: Any) -> str | None:
+    """What differs between the configuration the client loaded (``mine``: Settings) and the
+    one the server runs with (``status["config"]``, shown to its owner and admins), and how to
+    make them agree; None if they do (or the server does not say)."""
+    from ldw.config import fingerprint
+
+    theirs = status.get("config")
+    if not isinstance(theirs, dict) or theirs.get("fingerprint") == fingerprint(mine):
+        return None
+    path = mine.config_path.resolve() if mine.config_path is not None else None
+    named = str(path) if path is not None else "the configuration you passed"
+    server = f"the ldw server already running (pid {status.get('pid')})"
+    if path is not None and theirs.get("path") == str(path):
+        what = f"{named} changed since {server} read it"
+    else:
+        what = f"{server} reads {theirs.get('path') or 'no config file'}, not {named}"
+    return (f"{what}: its sources, policies or users differ from yours. wh.reload() makes it "
+            f"read {'this file' if path is not None else 'yours'} (the cache stays); "
+            "`ldw server stop` and connecting again does too")

@@ -136,6 +136,10 @@ class UserArgs(TypedDict, total=False):
     roles: list[str]
 
 
+class ReloadArgs(TypedDict, total=False):
+    config: str | dict[str, Any] | None  # absolute path on the server's host, or a config table
+
+
 @dataclass(frozen=True)
 class Op:
     """One operation: its name, arguments, handler (a Service method name) and kind.
@@ -180,6 +184,8 @@ OPS: dict[str, Op] = {o.name: o for o in (
     op("user_add", UserArgs, "admin: create (or replace) a user's token; shown once"),
     op("user_revoke", UserArgs, "admin: revoke a user's token, tickets and streams"),
     op("user_list", NoArgs, "admin: users holding a token, with their roles"),
+    op("drop_cache", NoArgs, "admin: drop every cached version; the mappings stay"),
+    op("reload", ReloadArgs, "admin: re-read sources, policies and users; the cache stays"),
     op("attach", AttachArgs, "cache if needed; the version (a descriptor, or do_get tickets)",
        Kind.ATTACH, "attach_table"),
     op("scan", ScanArgs, "read from the source with pushdown; record batches", Kind.STREAM,

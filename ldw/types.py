@@ -180,6 +180,8 @@ class ServerStatus(TypedDict, total=False):
     memory_limit: int
     used_bytes: int
     spilled_bytes: int
+    memory_versions: int  # cached versions in the memory tier (all users')
+    spilled_versions: int  # ... and in the disk tier
     datasets: int
     cached: int
     hits: dict[str, int]

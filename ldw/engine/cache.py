@@ -259,6 +259,29 @@ class Cache:
             self.lifecycle.dropped(record)
         log.info("%s %s", reason, record.key)
 
+    def drop_all(self, *, wait: float = 10.0) -> dict[str, Any]:
+        """Drop the cached version of every dataset, in memory and on disk; the mappings stay
+        and reload from their sources on next use. A dataset still being materialized after
+        ``wait`` seconds is left alone (counted in ``busy``)."""
+        dropped = {"memory_versions": 0, "memory_bytes": 0, "disk_versions": 0,
+                   "disk_bytes": 0, "busy": 0}
+        for record in self.lifecycle.records():
+            if not record.lock.acquire(timeout=wait):
+                dropped["busy"] += 1
+                continue
+            try:
+                version = record.version
+                if version is None:
+                    continue
+                tier = "memory" if version.tier == MEMORY else "disk"
+                self.lifecycle.dropped(record)
+                dropped[f"{tier}_versions"] += 1
+                dropped[f"{tier}_bytes"] += version.bytes
+            finally:
+                record.lock.release()
+        log.info("cache dropped: %s", dropped)
+        return dropped
+
     def expire(self) -> int:
         """Evict every version past its TTL; returns how many."""
         expired = [r for r in self.lifecycle.records() if r.expired()]
@@ -362,6 +385,10 @@ class Cache:
             "used_bytes": self.store.used_bytes(),
             "spilled_bytes": sum(r.version.bytes for r in everything
                                  if r.version is not None and r.version.tier == DISK),
+            "memory_versions": sum(r.version is not None and r.version.tier == MEMORY
+                                   for r in everything),
+            "spilled_versions": sum(r.version is not None and r.version.tier == DISK
+                                    for r in everything),
             "datasets": len(records),
             "cached": sum(r.version is not None for r in records),
             "hits": {r.key: r.hits for r in records},

@@ -237,6 +237,17 @@ class Engine:
     def expire(self) -> int:
         return self.cache.expire()
 
+    def drop_cache(self) -> dict[str, Any]:
+        """Drop every cached version (the mappings stay); what was dropped, per tier."""
+        return self.cache.drop_all()
+
+    def reload(self, settings: Settings) -> dict[str, Any]:
+        """Take the sources, policies, users and [refresh] rules of ``settings``; the cache
+        stays (see :mod:`ldw.engine.reload`)."""
+        from ldw.engine.reload import reload_engine
+
+        return reload_engine(self, settings)
+
     def scan(self, owner: str, name: str, *, columns: Sequence[str] | None = None,
              predicate: sa.ColumnElement | None = None, limit: int | None = None
              ) -> tuple[list[str], Iterator[pa.RecordBatch]]:
