@@ -35,7 +35,7 @@ from ldw.types import (
     SourceRow,
     TableRow,
 )
-from ldw.wire import decode_schema, encode_value
+from ldw.wire import decode_schema, decode_table, encode_value
 
 __all__ = ["Dataset", "Warehouse", "connect"]
 
@@ -74,6 +74,18 @@ def _polars_ready(table: pa.Table) -> pa.Table:
     return table
 
 
+def definition(info: Any) -> str:
+    """`` columns [a, b] where x > 1 limit 10``: what tells two mappings of one table apart."""
+    parts = []
+    if info.get("mapped_columns") is not None:
+        parts.append(f"columns [{', '.join(info['mapped_columns'])}]")
+    if info.get("where"):
+        parts.append(f"where {info['where']}")
+    if info.get("limit") is not None:
+        parts.append(f"limit {info['limit']}")
+    return "".join(" " + p for p in parts)
+
+
 class Dataset:
     """A handle to a mapped dataset: rows move only when it is read or cached.
 
@@ -97,7 +109,7 @@ class Dataset:
         stale = f", stale ({reason})" if info.get("stale") and reason else \
             ", stale" if info.get("stale") else ""
         return (f"<ldw.Dataset {whose}{self.name!r} {info['state']}{size}{stale} "
-                f"from {info['mapping']!r}>")
+                f"from {info['mapping']!r}{definition(info)}>")
 
     def _call(self, op: str, *, progress: ProgressCallback | None = None,
               **args: Any) -> Any:
@@ -110,7 +122,7 @@ class Dataset:
 
     @property
     def state(self) -> str:
-        """mapped | materializing | cached | spilled | evicted | failed | lost."""
+        """mapped | materializing | cached | spilled | evicted | failed | cancelled | lost."""
         return self.info()["state"]
 
     def cache(self, *, progress: ProgressCallback | None = None) -> Dataset:
@@ -154,6 +166,14 @@ class Dataset:
 
     def to_pandas(self) -> pd.DataFrame:
         return self.to_arrow().to_pandas()
+
+    def peek(self, n: int = 5) -> pl.DataFrame | None:
+        """The first ``n`` rows (at most 100) of the cached version, or None if nothing is
+        cached: read from the cache only, never from the source (a notebook shows them)."""
+        answer = self._call("peek", limit=n)
+        if answer["rows"] is None:
+            return None
+        return pl.from_arrow(_polars_ready(decode_table(answer["rows"])), rechunk=False)
 
     def head(self, n: int = 10) -> pl.DataFrame:
         """The first ``n`` rows: from the cache, or a ``LIMIT n`` query on the source."""

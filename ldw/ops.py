@@ -77,6 +77,10 @@ class AttachArgs(DatasetRef, total=False):
     streams: int  # Flight: how many parallel streams the client reads
 
 
+class PeekArgs(DatasetRef, total=False):
+    limit: int  # rows, at most 100
+
+
 class CacheArgs(DatasetRef, total=False):
     refresh: bool
     full: bool  # with refresh: read everything even where incremental is declared
@@ -171,6 +175,7 @@ OPS: dict[str, Op] = {o.name: o for o in (
     op("describe", TableArgs, "columns of a source table with types and policy tags"),
     op("map", MapArgs, "define a dataset over a table or a query; no rows move"),
     op("info", DatasetRef, "what the caller may know of one dataset"),
+    op("peek", PeekArgs, "the first rows of the cached version (never a source read)"),
     op("cache", CacheArgs, "materialize a dataset now (refresh: read the source again)"),
     op("evict", DatasetRef, "drop a dataset's cached version; the mapping stays"),
     op("set_options", OptionsArgs, "change a dataset's pin or ttl"),

@@ -33,7 +33,7 @@ import pyarrow as pa
 from ldw import ops
 from ldw.config import Settings
 from ldw.engine import Engine
-from ldw.errors import AccessDenied, BadRequest, LdwError, ServerUnavailable
+from ldw.errors import AccessDenied, BadRequest, Cancelled, LdwError, ServerUnavailable
 from ldw.governance.trust import NOT_WRITABLE, create_private, private_dir
 from ldw.service import Service
 from ldw.types import Progress
@@ -119,7 +119,11 @@ class _UnixHandler(socketserver.BaseRequestHandler):
         service = self.server.owner.service
 
         def progress(event: Progress) -> None:
-            sock.sendall(frame({"progress": progress_to_json(event)}))  # raises if gone
+            try:
+                sock.sendall(frame({"progress": progress_to_json(event)}))
+            except OSError as exc:  # the client went away: the read it asked for stops
+                raise Cancelled("the client went away while the dataset was loading (a "
+                                "kernel interrupt or restart)") from exc
 
         kind = ops.kind_of(op)
         if kind == ops.Kind.ATTACH:

@@ -36,7 +36,7 @@ from ldw.errors import (
 from ldw.pushdown import predicate_to_sql
 from ldw.service_admin import ADMIN_ROLE, AdminOps, _arg
 from ldw.types import AttachInfo, AuditRow, DatasetInfo, DatasetListing, ServerStatus
-from ldw.wire import decode_value, encode_schema, readable_schema
+from ldw.wire import decode_value, encode_schema, encode_table, readable_schema
 
 __all__ = ["Service", "checked"]
 
@@ -236,6 +236,8 @@ class Service(AdminOps):
             "stale": record.stale,
             "source": record.mapping.source,
             "mapping": record.mapping.ref,
+            **_definition(record),
+            "limit": record.mapping.limit,
             "schema": readable_schema(record.schema),
             "arrow_schema": encode_schema(record.schema),
             "columns": columns,
@@ -264,7 +266,8 @@ class Service(AdminOps):
     def listing(self, record: DatasetRecord) -> DatasetListing:
         version = record.version
         return {"name": record.name, "owner": record.owner, "mapping": record.mapping.ref,
-                "state": record.state, "rows": version.rows if version else None,
+                **_definition(record), "state": record.state,
+                "rows": version.rows if version else None,
                 "bytes": version.bytes if version else None,
                 "version": version.version_id if version else None,
                 "last_access": record.last_access, "hits": record.hits,
@@ -316,6 +319,20 @@ class Service(AdminOps):
         if owner != user:
             raise AccessDenied(f"only {owner} can {op} {owner}/{name}")
         return self.engine.readable(user, owner, name)
+
+    def op_peek(self, user: str, args: dict, progress: Callable | None) -> dict[str, Any]:
+        """The first rows of the cached version, for a dataset's display: read from the cache
+        only (none if nothing is cached), never from the source; policies applied when it was
+        cached. Audited as a read of those rows."""
+        owner, name = _target(user, args)
+        record = self.engine.readable(user, owner, name)
+        limit = min(max(_arg(args, "limit", int) or 5, 1), 100)
+        found = self.engine.peek(owner, name, limit)
+        if found is None:
+            return {"version": None, "rows": None}
+        version, table = found
+        self.audit(user, "peek", record, rows=table.num_rows, nbytes=table.nbytes)
+        return {"version": version.version_id, "rows": encode_table(table)}
 
     def op_cache(self, user: str, args: dict, progress: Callable | None) -> Any:
         record = self._own(user, args, "cache")
@@ -513,6 +530,13 @@ class Service(AdminOps):
         self.audit(user, "explain", dataset=",".join(r.ref for r in plan.relations), sql=query,
                    rows=rows, detail=_sent(plan.relations))
         return {**plan.explain(), "rows": rows}
+
+
+def _definition(record: DatasetRecord) -> dict[str, Any]:
+    """What tells two mappings of one table apart: the columns and the row filter."""
+    columns = record.mapping.columns
+    return {"mapped_columns": list(columns) if columns is not None else None,
+            "where": record.mapping.where}
 
 
 def _sent(relations: Sequence[Any]) -> str | None:

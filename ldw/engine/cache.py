@@ -4,6 +4,7 @@ current version, and making room in the memory tier (spill, drop, evict, expire)
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -21,6 +22,7 @@ from ldw.engine.freshness import Freshness
 from ldw.engine.sources import Sources
 from ldw.errors import BadRequest, DatasetLost, LdwError, SourceUnavailable, UnknownDataset
 from ldw.governance.policies import Governance
+from ldw.layout import standard_table
 from ldw.lifecycle import DatasetRecord, Lifecycle
 from ldw.planner import MappedQuery, narrow, read_plan, single_plan
 from ldw.query_log import QueryLog
@@ -143,7 +145,7 @@ class Cache:
                     reason = record.freshness.pop("fallback", None)
                 if version is None:
                     started = time.perf_counter()
-                    version = self._run(record, progress)
+                    version = self._run(record, self._estimating(record, previous, progress))
                     self._note_refresh(record, "full", started, version.rows, version.bytes,
                                        reason=reason)
                 token = self._baseline(record, version, counters)
@@ -159,6 +161,35 @@ class Cache:
         if previous is not None:
             self.lifecycle.drop_version(previous)
         return version
+
+    def _estimating(self, record: DatasetRecord, previous: Version | None,
+                    progress: ProgressFn) -> ProgressFn:
+        """``progress`` with ``total_rows`` filled in once the size of the read is known: the
+        previous version's rows for a refresh, else the source planner's estimate, asked on
+        the side so the read never waits for it."""
+        if progress is None:
+            return None
+        known: list[int | None] = [previous.rows if previous is not None else None]
+        if known[0] is None and not record.derived:
+            connector = self.sources.connector(record.mapping.source)
+            plan = single_plan(connector, self.datasets.query(record))
+
+            def ask() -> None:
+                try:
+                    known[0] = connector.estimate_rows(plan.queries[0])
+                except Exception:  # only the progress display misses it
+                    log.debug("no row estimate for %s", record.key, exc_info=True)
+
+            threading.Thread(target=ask, name="ldw-estimate", daemon=True).start()
+
+        def report(event: Progress) -> None:
+            total = known[0]
+            if total is not None and event.total_rows is None:
+                event = dataclasses.replace(
+                    event, total_rows=event.rows if event.done else max(total, event.rows))
+            progress(event)
+
+        return report
 
     def _baseline(self, record: DatasetRecord, version: Version,
                   counters: tuple[Any, bool, float]) -> dict[str, Any] | None:
@@ -341,6 +372,20 @@ class Cache:
             return self.store.ticket(version) if version.tier == MEMORY else None
 
         return self.open_with(ticket_for, owner, name, progress)
+
+    def peek(self, owner: str, name: str, limit: int) -> tuple[Version, pa.Table] | None:
+        """The first ``limit`` rows of the current version in fresh buffers (a slice would
+        carry the whole version's string data), or None if nothing is cached: never a source
+        read, never a materialization."""
+        version = self.datasets.dataset(owner, name).version
+        if version is None:
+            return None
+        try:
+            table = self.store.open_table(version)
+        except (VersionLost, FileNotFoundError):  # replaced or lost meanwhile: show no rows
+            return None
+        head = standard_table(table.slice(0, limit))
+        return version, head.take(pa.array(range(head.num_rows), pa.int64()))
 
     def open(self, owner: str, name: str) -> pa.Table:
         """The cached table, memory-mapped; materialized first if needed."""

@@ -228,6 +228,9 @@ class Engine:
     def open(self, owner: str, name: str) -> pa.Table:
         return self.cache.open(owner, name)
 
+    def peek(self, owner: str, name: str, limit: int) -> tuple[Version, pa.Table] | None:
+        return self.cache.peek(owner, name, limit)
+
     def version_lost(self, owner: str, name: str, version: Version) -> None:
         self.cache.version_lost(owner, name, version)
 
