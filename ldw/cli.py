@@ -342,19 +342,24 @@ def _parser() -> argparse.ArgumentParser:
     verify = verbs.add_parser("verify", help="check an export against its manifest")
     verify.add_argument("path")
     verify.set_defaults(func=cmd_verify)
-    verbs.add_parser("demo", help="TPC-H in SQLite -> cache -> attach, SQL, export "
-                     "(ldw demo --help)", add_help=False)
+    demo = verbs.add_parser("demo", help="TPC-H in SQLite -> cache -> attach, SQL, export "
+                            "(ldw demo --help)", add_help=False)
+    demo.set_defaults(func=lambda args: _demo([]))  # `ldw demo ...` goes straight to _demo
     for sub in (start, stop, reload, status, add, revoke, listing, audit, export):
         sub.add_argument("--config", default=argparse.SUPPRESS, help="ldw.toml")
     return parser
 
 
+def _demo(argv: list[str]) -> int:
+    from ldw.demo import main as demo
+
+    return demo(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["demo"]:  # the demo has its own flags
-        from ldw.demo import main as demo
-
-        return demo(argv[1:])
+        return _demo(argv[1:])
     args = _parser().parse_args(argv)
     try:
         return args.func(args)

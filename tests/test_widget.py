@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 from conftest import POSTGRES_URL
-from ldw.extension import Browser, ProgressReporter
 
 import ldw
+from ldw.extension import Browser, ProgressReporter
 
 CANARY = "pw-canary-1b9e"
 
