@@ -467,11 +467,12 @@ def config_mismatch(status: ServerStatus, mine: Any) -> str | None:
         return None
     path = mine.config_path.resolve() if mine.config_path is not None else None
     named = str(path) if path is not None else "the configuration you passed"
-    server = f"the ldw server already running (pid {status.get('pid')})"
+    pid = status.get("pid")
     if path is not None and theirs.get("path") == str(path):
-        what = f"{named} changed since {server} read it"
+        what = f"{named} changed since the ldw server (pid {pid}) read it"
     else:
-        what = f"{server} reads {theirs.get('path') or 'no config file'}, not {named}"
+        what = (f"the ldw server already running (pid {pid}) reads "
+                f"{theirs.get('path') or 'no config file'}, not {named}")
     return (f"{what}: its sources, policies or users differ from yours. wh.reload() makes it "
             f"read {'this file' if path is not None else 'yours'} (the cache stays); "
             "`ldw server stop` and connecting again does too")

@@ -121,7 +121,9 @@ class _UnixHandler(socketserver.BaseRequestHandler):
         def progress(event: Progress) -> None:
             try:
                 sock.sendall(frame({"progress": progress_to_json(event)}))
-            except OSError as exc:  # the client went away: the read it asked for stops
+            except OSError as exc:  # the client went away: the read it asked for stops,
+                if event.done:      # unless it is complete (then the version is kept)
+                    return
                 raise Cancelled("the client went away while the dataset was loading (a "
                                 "kernel interrupt or restart)") from exc
 
