@@ -193,6 +193,7 @@ class ServerStatus(TypedDict, total=False):
     cached: int
     hits: dict[str, int]
     bytes_served: dict[str, int]
+    config: dict[str, Any]  # to the owner and admins: {path, fingerprint} of the configuration
 
 
 class AuditRow(TypedDict):
