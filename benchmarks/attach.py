@@ -376,7 +376,7 @@ def markdown(table: str, facts: dict[str, Any], results: dict[str, dict[str, Any
 
 
 def targets(report: dict[str, Any]) -> list[str]:
-    """The DESIGN.md attach targets, checked against this run's medians."""
+    """The docs/design.md attach targets, checked against this run's medians."""
     out = []
     for table, results in report["tables"].items():
 
@@ -492,7 +492,7 @@ def main() -> None:
             shutil.rmtree(path, ignore_errors=True)
     report["loadavg_end"] = os.getloadavg()
     lines = targets(report)
-    print("Targets (DESIGN.md):\n" + "\n".join(lines))
+    print("Targets (docs/design.md):\n" + "\n".join(lines))
     print(f"\nload average at start {report['loadavg_start'][0]:.1f}, at end "
           f"{report['loadavg_end'][0]:.1f} on {report['cpus']} CPUs")
     RESULTS.mkdir(exist_ok=True)

@@ -27,6 +27,7 @@ MAX_ROWS = 200  # rows a listing renders before it says how many it left out
 _STATE_COLOURS = {
     "cached": "#1a7f37", "mapped": "#57606a", "materializing": "#0969da", "spilled": "#9a6700",
     "evicted": "#6e7781", "failed": "#cf222e", "lost": "#cf222e", "stale": "#9a6700",
+    "cancelled": "#9a6700",
 }
 _BYTE_KEYS = frozenset({"bytes", "used_bytes", "memory_limit", "size", "spilled_bytes"})
 
@@ -207,8 +208,27 @@ def _flags(info: DatasetInfo) -> list[str]:
     return flags
 
 
+HEAD_ROWS = 5  # rows a cached dataset's display shows, read from the cache
+
+
+def _head(ds: Dataset, info: DatasetInfo) -> pl.DataFrame | None:
+    """The first rows of a cached dataset, from the cache only (never the source)."""
+    if info.get("version") is None:
+        return None
+    try:
+        return ds.peek(HEAD_ROWS)
+    except (LdwError, AttributeError):  # a server without peek, or the version just went
+        return None
+
+
 def _summary(info: DatasetInfo) -> list[str]:
     parts = [str(info.get("mapping") or "")]
+    if info.get("mapped_columns") is not None:
+        parts.append(f"columns {', '.join(info['mapped_columns'])}")
+    if info.get("where"):
+        parts.append(f"where {info['where']}")
+    if info.get("limit") is not None:
+        parts.append(f"limit {format_count(info['limit'])}")
     if info.get("owner"):
         parts.append(f"owner {info['owner']}")
     if info.get("rows") is not None:
@@ -245,12 +265,19 @@ def dataset_html(ds: Dataset) -> str:
     reason = (info.get("freshness") or {}).get("reason")
     if info.get("stale") and reason:
         notes += f'<div style="color:#9a6700">stale: {esc(one_line(str(reason)))}</div>'
+    head = _head(ds, info)
+    rows = ""
+    if head is not None:
+        shown = [{c: _plain(v) for c, v in row.items()} for row in head.iter_rows(named=True)]
+        rows = (f"<details open><summary>first {len(shown)} rows</summary>"
+                f"{table_html(shown, head.columns, total=info.get('rows'))}</details>")
     return (
         f'<div class="ldw-dataset"><div><b>{esc(info.get("name", ds.name))}</b> '
         f'{state_badge(info.get("state"))}{flags}</div>'
         f'<div style="color:#57606a">{summary}</div>{notes}'
-        f'<details{" open" if len(columns) <= 30 else ""}>'
-        f"<summary>{esc(column_summary)}</summary>{table_html(columns, keys)}</details></div>"
+        f'<details{" open" if len(columns) <= 30 and head is None else ""}>'
+        f"<summary>{esc(column_summary)}</summary>{table_html(columns, keys)}</details>"
+        f"{rows}</div>"
     )
 
 
@@ -270,6 +297,12 @@ def dataset_text(ds: Dataset) -> str:
         nullable = "" if c.get("nullable", True) else " not null"
         note = f"  -- {c['note']}" if c.get("note") else ""
         lines.append(f"  {str(c.get('name')):<{width}}  {c.get('arrow_type')}{nullable}{note}")
+    head = _head(ds, info)
+    if head is not None:
+        with pl.Config(tbl_rows=HEAD_ROWS, tbl_cols=-1, fmt_str_lengths=40,
+                       tbl_hide_dataframe_shape=True):
+            lines += [f"  first {head.height} rows:", *("  " + line for line in
+                                                        str(head).splitlines())]
     return "\n".join(lines)
 
 

@@ -21,6 +21,7 @@ from IPython.core.magic import (
 
 from ldw.client import Dataset, Warehouse
 from ldw.errors import LdwError
+from ldw.hints import spoken
 
 from .display import one_line
 from .progress import ProgressReporter
@@ -114,7 +115,8 @@ class LdwMagics(Magics):
         try:
             return verb.run(self, args, cell if verb.cell != "no" else None)
         except LdwError as exc:
-            raise UsageError(f"%ldw {name}: {type(exc).__name__}: {exc}") from None
+            raise UsageError(f"%ldw {name}: {type(exc).__name__}: "
+                             f"{spoken(str(exc), 'magic')}") from None
         except KeyboardInterrupt:
             detail = ("; the source query was cancelled and no partial version was kept"
                       if verb.materializes else "")

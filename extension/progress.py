@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 from ldw.types import Progress
 
-from .display import esc, format_bytes, format_count
+from .display import esc, format_bytes, format_count, format_seconds
 
 __all__ = ["ProgressReporter"]
 
@@ -27,8 +27,19 @@ def _line(p: Progress) -> str:
     part = getattr(p, "partition", None)
     where = f"{p.dataset}" + (f" [partition {part}]" if part is not None else "")
     verb = "cached" if p.done else "caching"
-    return (f"{verb} {where}: {format_count(p.rows)} rows · {format_bytes(p.bytes)} · "
-            f"{rate:.1f} MB/s · {p.seconds:.1f} s")
+    return (f"{verb} {where}: {format_count(p.rows)} rows{_share(p)} · "
+            f"{format_bytes(p.bytes)} · {rate:.1f} MB/s · {p.seconds:.1f} s")
+
+
+def _share(p: Progress) -> str:
+    """`` of ~N (41%, ~12 s left)`` where the rows to expect are known (an estimate)."""
+    total = _total(p)
+    if total is None or p.done:
+        return ""
+    left = ""
+    if 0 < p.rows < total and p.seconds > 0:
+        left = f", ~{format_seconds(p.seconds * (total - p.rows) / p.rows)} left"
+    return f" of ~{format_count(total)} ({min(p.rows / total, 1.0):.0%}{left})"
 
 
 def _total(p: Progress) -> int | None:

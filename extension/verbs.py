@@ -12,6 +12,7 @@ import difflib
 import inspect
 import keyword
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 from IPython.core.error import UsageError  # the extension may import IPython
 
 from ldw.client import Dataset, Warehouse, connect
+from ldw.errors import UnknownDataset
+from ldw.hints import spoken
 
 from .display import Details, Listing
 
@@ -162,6 +165,7 @@ def _connect_args(p: argparse.ArgumentParser) -> None:
 def _connect(magics: Session, args: argparse.Namespace, cell: str | None) -> None:
     if args.as_:
         check_variable(args.as_, "--as")
+    notes: list[str] = []
     if args.use:
         if args.url or args.token or args.in_process or args.config:
             raise UsageError("%ldw connect: --use takes no URL, --token, --in-process or --config")
@@ -175,13 +179,39 @@ def _connect(magics: Session, args: argparse.Namespace, cell: str | None) -> Non
             options["config"] = args.config
         if args.token:
             options["token"] = args.token
-        warehouse = connect(args.url, **options)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            warehouse = connect(args.url, **options)
         magics.set_warehouse(warehouse, owned=True)
+        notes = [spoken(str(w.message), "magic") for w in caught
+                 if issubclass(w.category, UserWarning)]
     if args.as_:
         magics.bind(args.as_, warehouse)
     names = warehouse.sources()["name"].to_list()
     mode = "in-process" if args.in_process else "connected"
     print(f"ldw: {mode}; {len(names)} source(s): {', '.join(names) or 'none'}")
+    for note in notes:
+        print(f"ldw: note: {note}")
+
+
+def _reload_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="PATH",
+                   help="ldw.toml to read (default: the one %%ldw connect was given, else the "
+                        "server's own)")
+
+
+def _reload(magics: Session, args: argparse.Namespace, cell: str | None) -> None:
+    reload = _require(magics.warehouse, "reload", "reloading the configuration")
+    report = reload(**({"config": args.config} if args.config else {}))
+    changes = "; ".join(f"{k}: {', '.join(report[k])}" for k in ("added", "removed", "changed")
+                        if report[k])
+    print(f"ldw: reloaded {report['config'] or 'the configuration'}; "
+          f"{len(report['sources'])} source(s): {', '.join(report['sources']) or 'none'}"
+          f"{' (' + changes + ')' if changes else ''}; {report['policies']} policies; "
+          "the cache is kept")
+    if report["restart_needed"]:
+        print("ldw: not applied until the server restarts: [server] "
+              f"{', '.join(report['restart_needed'])}")
 
 
 def _no_args(p: argparse.ArgumentParser) -> None:
@@ -340,15 +370,26 @@ def _share(magics: Session, args: argparse.Namespace, cell: str | None) -> None:
 
 
 def _attach_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("ref", metavar="OWNER/NAME", help="another user's shared dataset")
+    p.add_argument("ref", metavar="[OWNER/]NAME",
+                   help="one of your datasets, or another user's shared one as OWNER/NAME")
     p.add_argument("--as", dest="as_", metavar="VAR", help="variable to bind (default: NAME)")
 
 
 def _attach(magics: Session, args: argparse.Namespace, cell: str | None) -> Any:
     owner, slash, name = args.ref.rpartition("/")
-    if not slash or not owner or not name:
-        raise UsageError(f"%ldw attach: {args.ref!r} must be OWNER/NAME, e.g. alice/orders")
+    if slash and (not owner or not name) or not name:
+        raise UsageError(f"%ldw attach: {args.ref!r} must be NAME (yours) or OWNER/NAME, e.g. "
+                         "alice/orders")
     variable = check_variable(args.as_ or name, "--as" if args.as_ else "variable")
+    if not slash:  # a bare name: one of the caller's own datasets
+        try:
+            dataset = magics.warehouse.dataset(name)
+        except UnknownDataset:
+            raise UsageError(f"%ldw attach: you have no dataset named {name!r} (see %ldw ls); "
+                             "another user's shared dataset must be OWNER/NAME, e.g. "
+                             f"alice/{name}") from None
+        magics.bind(variable, dataset)
+        return dataset
     attach = _require(magics.warehouse, "attach", "attaching shared datasets")
     dataset = attach(args.ref)
     magics.bind(variable, dataset)
@@ -360,13 +401,17 @@ def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", metavar="PATH", help="destination folder")
     p.add_argument("--partition-by", type=_name_list, action="append", metavar="COL[,COL]",
                    help="Hive-style partition columns (repeatable)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export there")
 
 
 def _export(magics: Session, args: argparse.Namespace, cell: str | None) -> Any:
     dataset = magics.warehouse.dataset(args.name)
     export = _require(dataset, "export", "export")
     columns = [c for group in args.partition_by or [] for c in group]
-    return export(args.path, **({"partition_by": columns} if columns else {}))
+    options: dict[str, Any] = {"partition_by": columns} if columns else {}
+    if args.overwrite:
+        options["overwrite"] = True
+    return export(args.path, **options)
 
 
 def _audit_args(p: argparse.ArgumentParser) -> None:
@@ -431,9 +476,12 @@ VERBS: dict[str, Verb] = {v.name: v for v in [
          materializes=True),
     Verb("evict", "drop the cached data; the mapping stays", _name_arg, _evict),
     Verb("share", "share a dataset with a user or a role", _share_args, _share),
-    Verb("attach", "attach another user's shared dataset", _attach_args, _attach),
+    Verb("attach", "bind one of your datasets, or one another user shared (OWNER/NAME)",
+         _attach_args, _attach),
     Verb("export", "export a dataset to Parquet", _export_args, _export, materializes=True),
     Verb("status", "cache status: memory used, datasets", _no_args, _status),
+    Verb("reload", "make the server re-read sources, policies and users (the cache stays)",
+         _reload_args, _reload),
     Verb("audit", "recent audit records", _audit_args, _audit),
     Verb("browse", "open the catalog browser", _no_args, _browse),
     Verb("sql", "run SQL over datasets and source tables (cell body) and show the result",

@@ -1,7 +1,8 @@
 """The ``ldw`` command: run and inspect the server, manage tokens.
 
     ldw server start [--foreground] [--config ldw.toml]
-    ldw server stop | ldw server status
+    ldw server stop [--drop-cache] | ldw server status
+    ldw server reload                 re-read sources, policies, users; the cache stays
     ldw user add NAME [--role R]...   prints a new token once; only its hash is stored
     ldw user revoke NAME              every later call, ticket and stream of NAME is refused
     ldw user list                     users holding a token, with their roles
@@ -15,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -25,6 +27,7 @@ from typing import Any
 from ldw.audit import printable
 from ldw.config import Settings, load_settings
 from ldw.errors import AccessDenied, LdwError, ServerUnavailable
+from ldw.hints import spoken
 from ldw.types import ServerStatus
 
 __all__ = ["main"]
@@ -69,9 +72,16 @@ def cmd_server_start(args: argparse.Namespace) -> int:
 
 
 def cmd_server_stop(args: argparse.Namespace) -> int:
-    from ldw.unix import stop_server
+    from ldw.unix import LocalBackend, stop_server
 
     settings, _ = _settings(args)
+    before: dict[str, Any] | None = None  # what the server holds, asked before it stops
+    if _server_pid(settings) is not None:
+        with contextlib.suppress(ServerUnavailable):
+            server = LocalBackend.connect(settings, autostart=False)
+            before = server.call("drop_cache" if args.drop_cache else "status")
+    elif args.drop_cache:
+        before = _drop_cache_here(settings)
     try:
         pid = stop_server(settings)
     except AccessDenied as exc:  # the pid file names a process that is not our server
@@ -81,6 +91,77 @@ def cmd_server_stop(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 1
     print("no ldw server running" if pid is None else f"ldw server (pid {pid}) stopped")
+    if before is not None:
+        print(_dropped(before, settings) if args.drop_cache else _kept(before, settings))
+    return 0
+
+
+def _drop_cache_here(settings: Settings) -> dict[str, Any]:
+    """``--drop-cache`` with no server running: this process opens the server's engine (its
+    catalog and store, as the server would after a restart), drops, and closes it."""
+    from ldw.config import _user
+    from ldw.engine import Engine
+    from ldw.service import Service
+
+    os.umask(0o077)  # as the server: whatever it writes is private
+    engine = Engine(settings)
+    try:
+        return Service(engine).call(_user(), "drop_cache", {})
+    finally:
+        engine.close()
+
+
+def _tiers(counts: dict[str, Any], settings: Settings, memory: str, disk: str) -> str:
+    where_memory = "Ray's object store" if settings.backend == "ray" else str(settings.shm_dir)
+    parts = [f"{counts[memory + '_versions']} version(s), {_mib(counts[memory + '_bytes'])} "
+             f"in {where_memory}" if counts[memory + "_versions"] else "",
+             f"{counts[disk + '_versions']} version(s), {_mib(counts[disk + '_bytes'])} "
+             f"in {settings.spill_dir}" if counts[disk + "_versions"] else ""]
+    return " and ".join(p for p in parts if p)
+
+
+def _kept(status: dict[str, Any], settings: Settings) -> str:
+    """What a stopped server leaves for its next start (the cache outlives restarts)."""
+    counts = {"memory_versions": status.get("memory_versions", 0),
+              "memory_bytes": status.get("used_bytes", 0),
+              "spilled_versions": status.get("spilled_versions", 0),
+              "spilled_bytes": status.get("spilled_bytes", 0)}
+    if not counts["memory_versions"] and not counts["spilled_versions"]:
+        return "nothing was cached"
+    if settings.backend == "ray" and not status.get("ray_address"):
+        return ("the Ray that ldw started stopped with it: its cached versions are gone; "
+                "they reload from their sources on next use")
+    return (f"the cache stays for the next start: {_tiers(counts, settings, 'memory', 'spilled')}"
+            "; `ldw server stop --drop-cache` frees it (the mappings stay)")
+
+
+def _dropped(counts: dict[str, Any], settings: Settings) -> str:
+    what = _tiers(counts, settings, "memory", "disk") or "nothing was cached"
+    busy = (f"; {counts['busy']} dataset(s) still loading were left alone"
+            if counts.get("busy") else "")
+    return (f"cache dropped: {what}{busy}; the mappings stay and reload from their sources on "
+            "next use")
+
+
+def cmd_server_reload(args: argparse.Namespace) -> int:
+    """The running server re-reads sources, policies, users and [refresh]; the cache stays."""
+    from ldw.unix import LocalBackend
+
+    settings, config = _settings(args)
+    if config is None and settings.config_path is not None:  # $LDW_CONFIG
+        config = str(settings.config_path)
+    if isinstance(config, str):
+        config = os.path.abspath(os.path.expanduser(config))
+    report = LocalBackend.connect(settings, autostart=False).call("reload", {"config": config})
+    print(f"ldw server reloaded {report['config'] or 'its configuration'}: "
+          f"{len(report['sources'])} source(s): {', '.join(report['sources']) or 'none'}")
+    for key in ("added", "removed", "changed"):
+        if report[key]:
+            print(f"  {key}: {', '.join(report[key])}")
+    print(f"  {report['policies']} policies, {len(report['users'])} [users] entries; the "
+          "cache is kept")
+    if report["restart_needed"]:
+        print(f"  not applied until a restart: [server] {', '.join(report['restart_needed'])}")
     return 0
 
 
@@ -223,8 +304,14 @@ def _parser() -> argparse.ArgumentParser:
     start = actions.add_parser("start", help="start the server (detached unless --foreground)")
     start.add_argument("--foreground", action="store_true", help="run in this process")
     start.set_defaults(func=cmd_server_start)
-    stop = actions.add_parser("stop", help="stop the server")
+    stop = actions.add_parser("stop", help="stop the server (its cache stays for the next "
+                              "start)")
+    stop.add_argument("--drop-cache", action="store_true",
+                      help="drop every cached version first (the mappings stay)")
     stop.set_defaults(func=cmd_server_stop)
+    reload = actions.add_parser("reload", help="re-read sources, policies and users from the "
+                                "config (ldw --config FILE: that file); the cache stays")
+    reload.set_defaults(func=cmd_server_reload)
     status = actions.add_parser("status", help="pid, addresses, memory use")
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_server_status)
@@ -255,22 +342,29 @@ def _parser() -> argparse.ArgumentParser:
     verify = verbs.add_parser("verify", help="check an export against its manifest")
     verify.add_argument("path")
     verify.set_defaults(func=cmd_verify)
-    for sub in (start, stop, status, add, revoke, listing, audit, export):
+    demo = verbs.add_parser("demo", help="TPC-H in SQLite -> cache -> attach, SQL, export "
+                            "(ldw demo --help)", add_help=False)
+    demo.set_defaults(func=lambda args: _demo([]))  # `ldw demo ...` goes straight to _demo
+    for sub in (start, stop, reload, status, add, revoke, listing, audit, export):
         sub.add_argument("--config", default=argparse.SUPPRESS, help="ldw.toml")
     return parser
+
+
+def _demo(argv: list[str]) -> int:
+    from ldw.demo import main as demo
+
+    return demo(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["demo"]:  # the demo has its own flags
-        from ldw.demo import main as demo
-
-        return demo(argv[1:])
+        return _demo(argv[1:])
     args = _parser().parse_args(argv)
     try:
         return args.func(args)
     except LdwError as exc:
-        print(f"ldw: {exc}", file=sys.stderr)
+        print(f"ldw: {spoken(str(exc), 'cli')}", file=sys.stderr)
         return 2
 
 

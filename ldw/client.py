@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import types
 import typing
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from ldw.types import (
     SourceRow,
     TableRow,
 )
-from ldw.wire import decode_schema, encode_value
+from ldw.wire import decode_schema, decode_table, encode_value
 
 __all__ = ["Dataset", "Warehouse", "connect"]
 
@@ -74,6 +75,18 @@ def _polars_ready(table: pa.Table) -> pa.Table:
     return table
 
 
+def definition(info: Any) -> str:
+    """`` columns [a, b] where x > 1 limit 10``: what tells two mappings of one table apart."""
+    parts = []
+    if info.get("mapped_columns") is not None:
+        parts.append(f"columns [{', '.join(info['mapped_columns'])}]")
+    if info.get("where"):
+        parts.append(f"where {info['where']}")
+    if info.get("limit") is not None:
+        parts.append(f"limit {info['limit']}")
+    return "".join(" " + p for p in parts)
+
+
 class Dataset:
     """A handle to a mapped dataset: rows move only when it is read or cached.
 
@@ -97,7 +110,7 @@ class Dataset:
         stale = f", stale ({reason})" if info.get("stale") and reason else \
             ", stale" if info.get("stale") else ""
         return (f"<ldw.Dataset {whose}{self.name!r} {info['state']}{size}{stale} "
-                f"from {info['mapping']!r}>")
+                f"from {info['mapping']!r}{definition(info)}>")
 
     def _call(self, op: str, *, progress: ProgressCallback | None = None,
               **args: Any) -> Any:
@@ -110,7 +123,7 @@ class Dataset:
 
     @property
     def state(self) -> str:
-        """mapped | materializing | cached | spilled | evicted | failed | lost."""
+        """mapped | materializing | cached | spilled | evicted | failed | cancelled | lost."""
         return self.info()["state"]
 
     def cache(self, *, progress: ProgressCallback | None = None) -> Dataset:
@@ -154,6 +167,14 @@ class Dataset:
 
     def to_pandas(self) -> pd.DataFrame:
         return self.to_arrow().to_pandas()
+
+    def peek(self, n: int = 5) -> pl.DataFrame | None:
+        """The first ``n`` rows (at most 100) of the cached version, or None if nothing is
+        cached: read from the cache only, never from the source (a notebook shows them)."""
+        answer = self._call("peek", limit=n)
+        if answer["rows"] is None:
+            return None
+        return pl.from_arrow(_polars_ready(decode_table(answer["rows"])), rechunk=False)
 
     def head(self, n: int = 10) -> pl.DataFrame:
         """The first ``n`` rows: from the cache, or a ``LIMIT n`` query on the source."""
@@ -249,6 +270,7 @@ class Warehouse:
     def __init__(self, backend: Backend, *, progress: ProgressCallback | None = None) -> None:
         self._backend = backend
         self._progress = progress
+        self._config: str | dict[str, Any] | None = None  # what connect() was given: reload()
 
     @property
     def _engine(self) -> Any:
@@ -324,12 +346,16 @@ class Warehouse:
         return Dataset(self, name)
 
     def attach(self, ref: str) -> Dataset:
-        """A handle to a dataset another user shared with me: ``"alice/orders"``."""
-        owner, _, name = ref.rpartition("/") if isinstance(ref, str) else ("", "", "")
-        if not owner or not name:
+        """A handle to a dataset another user shared with me, ``"alice/orders"``, or to one of
+        my own, ``"orders"`` (as :meth:`dataset`)."""
+        owner, slash, name = ref.rpartition("/") if isinstance(ref, str) else ("", "/", "")
+        if slash and not owner or not name:
             from ldw.errors import BadRequest
 
-            raise BadRequest(f"attach takes OWNER/NAME, e.g. \"alice/orders\", not {ref!r}")
+            raise BadRequest(f"attach takes NAME (one of yours) or OWNER/NAME, e.g. "
+                             f"\"alice/orders\", not {ref!r}")
+        if not slash:
+            return self.dataset(name)
         dataset = Dataset(self, name, owner=owner)
         dataset.info()
         return dataset
@@ -381,6 +407,17 @@ class Warehouse:
         """Capacity, memory used, datasets, per-dataset hits and bytes served."""
         return self._backend.call("status")
 
+    def reload(self, *, config: str | os.PathLike[str] | dict[str, Any] | None = None
+               ) -> dict[str, Any]:
+        """Make the server re-read its sources, policies, users and ``[refresh]`` rules, from
+        ``config`` or else the file this warehouse was connected with (else its own file); the
+        cache stays. Only the server's owner and the admin role may; ``[server]`` settings take
+        a restart (the answer lists them under ``restart_needed``)."""
+        config = self._config if config is None else config
+        if config is not None and not isinstance(config, dict):
+            config = os.path.abspath(os.path.expanduser(os.fspath(config)))
+        return self._backend.call("reload", {"config": config})
+
 
 def connect(url: str | None = None, *, in_process: bool = False, token: str | None = None,
             config: str | os.PathLike[str] | dict[str, Any] | None = None,
@@ -415,5 +452,35 @@ def connect(url: str | None = None, *, in_process: bool = False, token: str | No
                          progress=progress)
     from ldw.unix import LocalBackend
 
-    return Warehouse(LocalBackend.connect(loaded, config=config, overrides=settings,
-                                          autostart=autostart), progress=progress)
+    warehouse = Warehouse(LocalBackend.connect(loaded, config=config, overrides=settings,
+                                               autostart=autostart), progress=progress)
+    mine = config if isinstance(config, dict) else \
+        str(loaded.config_path.resolve()) if loaded.config_path is not None else None
+    warehouse._config = mine
+    if mine is not None:
+        note = config_mismatch(warehouse.status(), loaded)
+        if note is not None:
+            warnings.warn(note, UserWarning, stacklevel=2)
+    return warehouse
+
+
+def config_mismatch(status: ServerStatus, mine: Any) -> str | None:
+    """What differs between the configuration the client loaded (``mine``: Settings) and the
+    one the server runs with (``status["config"]``, shown to its owner and admins), and how to
+    make them agree; None if they do (or the server does not say)."""
+    from ldw.config import fingerprint
+
+    theirs = status.get("config")
+    if not isinstance(theirs, dict) or theirs.get("fingerprint") == fingerprint(mine):
+        return None
+    path = mine.config_path.resolve() if mine.config_path is not None else None
+    named = str(path) if path is not None else "the configuration you passed"
+    pid = status.get("pid")
+    if path is not None and theirs.get("path") == str(path):
+        what = f"{named} changed since the ldw server (pid {pid}) read it"
+    else:
+        what = (f"the ldw server already running (pid {pid}) reads "
+                f"{theirs.get('path') or 'no config file'}, not {named}")
+    return (f"{what}: its sources, policies or users differ from yours. wh.reload() makes it "
+            f"read {'this file' if path is not None else 'yours'} (the cache stays); "
+            "`ldw server stop` and connecting again does too")

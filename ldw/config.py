@@ -7,6 +7,7 @@ variable) or ``keyring`` (a keyring service); the URL must not carry a password.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import stat
@@ -22,8 +23,8 @@ from sqlalchemy.exc import ArgumentError
 from ldw.errors import ConfigError, UnknownSource
 from ldw.secrets import Secret
 
-__all__ = ["Settings", "SourceConfig", "every_seconds", "load_settings", "parse_bytes",
-           "parse_duration", "refresh_policy"]
+__all__ = ["RELOADABLE", "Settings", "SourceConfig", "every_seconds", "fingerprint",
+           "load_settings", "parse_bytes", "parse_duration", "refresh_policy"]
 
 _SIZE_UNITS = {
     "": 1, "b": 1,
@@ -113,7 +114,11 @@ class SourceConfig:
             if value is None:
                 raise ConfigError(
                     f"source {self.name!r} reads its password from ${self.password_env}, "
-                    "which is not set; export it before connecting"
+                    f"which is not set in the environment of the process that reads the "
+                    f"source (pid {os.getpid()}; with an ldw server, that is the server, not "
+                    "your notebook): export it where the server starts, then restart the "
+                    "server (`ldw server stop`; the next connect starts it again), or set "
+                    "keyring = \"SERVICE\" instead"
                 )
             return Secret(value)
         if self.keyring:
@@ -192,9 +197,30 @@ class Settings:
             return self.sources[name]
         except KeyError:
             known = ", ".join(sorted(self.sources)) or "none configured"
-            raise UnknownSource(
-                f"no source named {name!r} (known: {known}); add [sources.{name}] to ldw.toml"
-            ) from None
+            if self.config_path is not None:
+                fix = (f"add [sources.{name}] to {self.config_path} (a running ldw server "
+                       "reads it again on wh.reload())")
+            else:
+                fix = (f"this ldw runs without a config file: put [sources.{name}] in "
+                       f'ldw.toml and pass it (ldw.connect(config="ldw.toml"); a running ldw '
+                       f'server takes it on wh.reload(config="ldw.toml"))')
+            raise UnknownSource(f"no source named {name!r} (known: {known}); {fix}") from None
+
+
+# What ``ldw server reload`` re-reads; everything else is [server] and needs a restart.
+RELOADABLE = ("sources", "policies", "users", "refresh_globs", "config_path")
+
+
+def fingerprint(settings: Settings) -> str:
+    """A digest of what a reload re-reads (sources, policies, users, [refresh]): a client
+    compares its ``ldw.toml`` with the one a running server has loaded."""
+    sources = {name: {"url": s.url.render_as_string(hide_password=True),
+                      "password_env": s.password_env, "keyring": s.keyring,
+                      "options": s.options} for name, s in settings.sources.items()}
+    data = {"sources": sources, "policies": settings.policies, "users": settings.users,
+            "refresh": settings.refresh_globs}
+    text = json.dumps(data, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _expand(path: str) -> Path:

@@ -196,10 +196,13 @@ class FlightEndpoint(fl.FlightServerBase):
             if tls_key is None:
                 raise ConfigError("tls_cert is set but tls_key is not; set both")
             certificates = [fl.CertKeyPair(tls_cert.read_bytes(), tls_key.read_bytes())]
-        super().__init__(f"{scheme}://{parsed.hostname}:"
-                         f"{8815 if parsed.port is None else parsed.port}",
-                         tls_certificates=certificates,
-                         middleware={"auth": _AuthFactory(token_user)})
+        port = 8815 if parsed.port is None else parsed.port
+        try:
+            super().__init__(f"{scheme}://{parsed.hostname}:{port}",
+                             tls_certificates=certificates,
+                             middleware={"auth": _AuthFactory(token_user)})
+        except pa.ArrowException as exc:  # gRPC says only "did not start properly"
+            raise ServerUnavailable(_cannot_listen(listen, parsed.hostname, port, exc)) from None
         self.service = service
         self.token_user = token_user
         host = parsed.hostname
@@ -533,3 +536,26 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _cannot_listen(listen: str, host: str, port: int, exc: Exception) -> str:
+    """Why Flight could not listen at ``listen``, found by binding the address ourselves (gRPC
+    logs the cause to stderr only), and what to do about it."""
+    import socket
+
+    reason = str(exc)
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as error:
+        addresses, reason = [], f"cannot resolve {host!r} ({error.strerror or error})"
+    for family, kind, proto, _name, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            try:
+                probe.bind(address)
+            except OSError as error:
+                reason = error.strerror or str(error)
+                break
+    hint = (f"another process (another ldw server?) listens on port {port}; "
+            if "in use" in reason.lower() else "")
+    return (f"Flight cannot listen on {listen}: {reason}; {hint}set a free port in [server] "
+            f"listen = \"grpc://{host}:PORT\" (or listen = \"\" for no Flight)")

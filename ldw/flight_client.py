@@ -25,6 +25,40 @@ from ldw.wire import error_from_bytes, final_result
 __all__ = ["FlightBackend"]
 
 
+SERVER_SCHEMES = ("grpc", "grpc+tcp", "grpc+tls")
+
+
+def server_address(url: str) -> Any:
+    """``url`` parsed, if it is an ldw server's address; else a ``ConfigError`` that says what
+    to write instead. A database URL (the habit of SQL magics) is told where sources go; its
+    password, if it carries one, is never repeated."""
+    parsed = urlparse(url if isinstance(url, str) else "")
+    if parsed.scheme in SERVER_SCHEMES and parsed.hostname:
+        return parsed
+    if parsed.scheme and parsed.scheme not in SERVER_SCHEMES:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            database = make_url(url)
+        except ArgumentError:
+            database = None
+        if database is not None:
+            name = "".join(c if c.isalnum() else "_" for c in (
+                database.database or database.host or "db").rsplit("/", 1)[-1]) or "db"
+            bare = database._replace(password=None).render_as_string(hide_password=False)
+            secret = (f"; take the password out of the URL and keep it in "
+                      f"password_env = \"{name.upper()}_PASSWORD\" (or keyring)"
+                      if database.password is not None else "")
+            raise ConfigError(
+                f"{bare} is a database, not an ldw server: ldw reads databases as sources "
+                f"named in ldw.toml, e.g. [sources.{name}] url = \"{bare}\"{secret}; then "
+                'ldw.connect(config="ldw.toml") and map its tables (ldw server addresses are '
+                "grpc://host:port)")
+    shown = f"...@{url.rpartition('@')[2]}" if isinstance(url, str) and "@" in url else url
+    raise ConfigError(f"{shown!r} is not an ldw server address; write grpc://host:port")
+
+
 class FlightBackend:
     """A remote client: JSON actions and ``do_get`` streams over Flight, with a token.
 
@@ -34,14 +68,12 @@ class FlightBackend:
 
     def __init__(self, url: str, *, token: str | None,
                  tls_root_certs: str | os.PathLike[str] | None = None) -> None:
+        parsed = server_address(url)
         if not token:
             token = os.environ.get("LDW_TOKEN")
         if not token:
             raise ConfigError("a remote ldw server needs a token: connect(url, token=...) or "
                               "$LDW_TOKEN (the server's owner creates one: `ldw user add NAME`)")
-        parsed = urlparse(url)
-        if parsed.scheme not in ("grpc", "grpc+tcp", "grpc+tls") or not parsed.hostname:
-            raise ConfigError(f"{url!r} is not an ldw server address; write grpc://host:port")
         scheme = "grpc+tls" if parsed.scheme == "grpc+tls" else "grpc+tcp"
         options: dict[str, Any] = {}
         if tls_root_certs is not None:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from ldw.catalog import Catalog, DatasetRow, VersionRow
-from ldw.errors import LdwError
+from ldw.errors import Cancelled, LdwError
 from ldw.planner import MappedQuery, Mapping, mapping_from_json, mapping_to_json
 from ldw.types import DatasetState, Progress, Tier
 
@@ -38,12 +38,13 @@ S = DatasetState
 # (the owner's policy changed); a failed read returns to the state before it.
 TRANSITIONS: dict[DatasetState, frozenset[DatasetState]] = {
     S.MAPPED: frozenset({S.MATERIALIZING, S.EVICTED, S.MAPPED}),
-    S.MATERIALIZING: frozenset({S.CACHED, S.SPILLED, S.FAILED}),
+    S.MATERIALIZING: frozenset({S.CACHED, S.SPILLED, S.FAILED, S.CANCELLED}),
     S.CACHED: frozenset({S.MATERIALIZING, S.SPILLED, S.EVICTED, S.LOST, S.MAPPED}),
     S.SPILLED: frozenset({S.MATERIALIZING, S.EVICTED, S.LOST, S.MAPPED}),
     S.EVICTED: frozenset({S.MATERIALIZING, S.EVICTED, S.MAPPED}),
     S.LOST: frozenset({S.MATERIALIZING, S.EVICTED, S.MAPPED}),
     S.FAILED: frozenset({S.MATERIALIZING, S.EVICTED, S.MAPPED}),
+    S.CANCELLED: frozenset({S.MATERIALIZING, S.EVICTED, S.MAPPED}),
 }
 del S
 
@@ -237,11 +238,17 @@ class Lifecycle:
         record.freshness = {**record.freshness, **freshness}
 
     def failed(self, record: DatasetRecord, previous: Version | None, exc: BaseException) -> None:
-        """A read failed: the previous version (if any) stays current, marked stale."""
-        record.state = self._allowed(
-            record, _at_rest(previous) if previous is not None else DatasetState.FAILED)
-        record.stale = previous is not None
-        record.error = str(exc) if isinstance(exc, Exception) else "interrupted"
+        """A read failed: the previous version (if any) stays current, marked stale. A read
+        that was interrupted (``Cancelled``, ``KeyboardInterrupt``) says so instead: its
+        first read is ``cancelled``, not failed, and a previous version is not made stale."""
+        interrupted = isinstance(exc, Cancelled | KeyboardInterrupt)
+        first = DatasetState.CANCELLED if interrupted else DatasetState.FAILED
+        record.state = self._allowed(record, _at_rest(previous) if previous is not None
+                                     else first)
+        if not interrupted:
+            record.stale = previous is not None
+        record.error = interrupted_reason(exc) if interrupted else \
+            str(exc) if isinstance(exc, Exception) else f"stopped ({type(exc).__name__})"
         try:
             self.catalog.set_state(record.owner, record.name, record.state, error=record.error,
                                    keep_version=True)
@@ -330,6 +337,14 @@ class Lifecycle:
                     report["orphans"].append(str(path))
         log.info("recovered: %s", {k: len(v) for k, v in report.items()})
         return report
+
+
+def interrupted_reason(exc: BaseException) -> str:
+    """What an interrupted read left behind, in words a notebook user recognizes."""
+    why = str(exc) if isinstance(exc, Cancelled) and str(exc) else \
+        "interrupted (KeyboardInterrupt)"
+    return (f"cancelled: {why}; the source query was stopped and nothing was kept; the next "
+            "read tries again")
 
 
 def _record_from_row(row: DatasetRow) -> DatasetRecord:

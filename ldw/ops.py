@@ -77,6 +77,10 @@ class AttachArgs(DatasetRef, total=False):
     streams: int  # Flight: how many parallel streams the client reads
 
 
+class PeekArgs(DatasetRef, total=False):
+    limit: int  # rows, at most 100
+
+
 class CacheArgs(DatasetRef, total=False):
     refresh: bool
     full: bool  # with refresh: read everything even where incremental is declared
@@ -136,6 +140,10 @@ class UserArgs(TypedDict, total=False):
     roles: list[str]
 
 
+class ReloadArgs(TypedDict, total=False):
+    config: str | dict[str, Any] | None  # absolute path on the server's host, or a config table
+
+
 @dataclass(frozen=True)
 class Op:
     """One operation: its name, arguments, handler (a Service method name) and kind.
@@ -167,6 +175,7 @@ OPS: dict[str, Op] = {o.name: o for o in (
     op("describe", TableArgs, "columns of a source table with types and policy tags"),
     op("map", MapArgs, "define a dataset over a table or a query; no rows move"),
     op("info", DatasetRef, "what the caller may know of one dataset"),
+    op("peek", PeekArgs, "the first rows of the cached version (never a source read)"),
     op("cache", CacheArgs, "materialize a dataset now (refresh: read the source again)"),
     op("evict", DatasetRef, "drop a dataset's cached version; the mapping stays"),
     op("set_options", OptionsArgs, "change a dataset's pin or ttl"),
@@ -180,6 +189,8 @@ OPS: dict[str, Op] = {o.name: o for o in (
     op("user_add", UserArgs, "admin: create (or replace) a user's token; shown once"),
     op("user_revoke", UserArgs, "admin: revoke a user's token, tickets and streams"),
     op("user_list", NoArgs, "admin: users holding a token, with their roles"),
+    op("drop_cache", NoArgs, "admin: drop every cached version; the mappings stay"),
+    op("reload", ReloadArgs, "admin: re-read sources, policies and users; the cache stays"),
     op("attach", AttachArgs, "cache if needed; the version (a descriptor, or do_get tickets)",
        Kind.ATTACH, "attach_table"),
     op("scan", ScanArgs, "read from the source with pushdown; record batches", Kind.STREAM,

@@ -33,7 +33,7 @@ import pyarrow as pa
 from ldw import ops
 from ldw.config import Settings
 from ldw.engine import Engine
-from ldw.errors import AccessDenied, BadRequest, LdwError, ServerUnavailable
+from ldw.errors import AccessDenied, BadRequest, Cancelled, LdwError, ServerUnavailable
 from ldw.governance.trust import NOT_WRITABLE, create_private, private_dir
 from ldw.service import Service
 from ldw.types import Progress
@@ -119,7 +119,13 @@ class _UnixHandler(socketserver.BaseRequestHandler):
         service = self.server.owner.service
 
         def progress(event: Progress) -> None:
-            sock.sendall(frame({"progress": progress_to_json(event)}))  # raises if gone
+            try:
+                sock.sendall(frame({"progress": progress_to_json(event)}))
+            except OSError as exc:  # the client went away: the read it asked for stops,
+                if event.done:      # unless it is complete (then the version is kept)
+                    return
+                raise Cancelled("the client went away while the dataset was loading (a "
+                                "kernel interrupt or restart)") from exc
 
         kind = ops.kind_of(op)
         if kind == ops.Kind.ATTACH:
@@ -241,6 +247,15 @@ class Server:
                 **self.addresses}
 
     def start(self) -> None:
+        """Open Flight, then the Unix socket: a client that gets an answer on the socket (as
+        ``ldw server start`` waits for) knows that everything is up, and a Flight address that
+        cannot be had fails the start with the reason, before anyone is told "started"."""
+        if self.settings.listen:
+            from ldw.flight import FlightEndpoint
+
+            # serving starts with the endpoint; its serve() would take over SIGTERM
+            self._flight = FlightEndpoint.from_settings(self.settings, self.service,
+                                                        self.engine.admin.user_for_token_hash)
         path = socket_path(self.settings)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()  # we hold the pid lock: a socket file left here is stale
@@ -248,12 +263,6 @@ class Server:
         self._unix.owner = self
         os.chmod(path, 0o666)  # anyone may knock; peer credentials decide who gets in
         self._spawn(self._unix.serve_forever, "ldw-unix")
-        if self.settings.listen:
-            from ldw.flight import FlightEndpoint
-
-            # serving starts with the endpoint; its serve() would take over SIGTERM
-            self._flight = FlightEndpoint.from_settings(self.settings, self.service,
-                                                        self.engine.admin.user_for_token_hash)
         self._spawn(self._sweep, "ldw-ttl")
         log.info("ldw server %d serving %s", os.getpid(), self.addresses)
 
@@ -305,7 +314,11 @@ def serve(settings: Settings) -> None:
     server = Server(settings)
     signal.signal(signal.SIGTERM, server.stop)
     signal.signal(signal.SIGINT, server.stop)
-    server.start()
+    try:
+        server.start()
+    except BaseException:  # e.g. the Flight port is taken: the caller prints why
+        server.close()
+        raise
     try:
         server.wait()
     finally:

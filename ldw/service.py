@@ -34,6 +34,7 @@ from ldw.errors import (
     UnknownTable,
 )
 from ldw.pushdown import predicate_to_sql
+from ldw.service_admin import ADMIN_ROLE, AdminOps, _arg
 from ldw.types import (
     AttachInfo,
     AuditRow,
@@ -42,27 +43,13 @@ from ldw.types import (
     DatasetListing,
     ServerStatus,
 )
-from ldw.wire import decode_value, encode_schema, readable_schema
+from ldw.wire import decode_value, encode_schema, encode_table, readable_schema
 
 __all__ = ["Service", "checked"]
 
 log = logging.getLogger("ldw.service")
 
-ADMIN_ROLE = "admin"  # may read every user's audit records and status, and manage users;
-# the server's owner (its OS user) holds it without being listed in [users.*]
-
 Pinned = tuple[str, str, str]  # (owner, name, policy fingerprint) a stream was opened under
-
-
-def _arg(args: dict[str, Any], name: str, kind: type | tuple, *, required: bool = False) -> Any:
-    value = args.get(name)
-    if value is None:
-        if required:
-            raise BadRequest(f"missing argument {name!r}")
-        return None
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
-        raise BadRequest(f"argument {name!r} has the wrong type ({type(value).__name__})")
-    return value
 
 
 def _target(user: str, args: dict[str, Any]) -> tuple[str, str]:
@@ -96,8 +83,9 @@ def _refused_sql(args: dict[str, Any]) -> str | None:
     return "\n".join(parts)[:10_000] or None
 
 
-class Service:
-    """Runs one request of one user against an engine."""
+class Service(AdminOps):
+    """Runs one request of one user against an engine (the server-wide operations, which
+    only its owner and the admin role may run, are in :class:`~ldw.service_admin.AdminOps`)."""
 
     def __init__(self, engine: Engine, *,
                  describe_server: Callable[[], dict[str, Any]] | None = None) -> None:
@@ -255,6 +243,8 @@ class Service:
             "stale": record.stale,
             "source": record.mapping.source,
             "mapping": record.mapping.ref,
+            **_definition(record),
+            "limit": record.mapping.limit,
             "schema": readable_schema(record.schema),
             "arrow_schema": encode_schema(record.schema),
             "columns": columns,
@@ -284,7 +274,8 @@ class Service:
     def listing(self, record: DatasetRecord) -> DatasetListing:
         version = record.version
         return {"name": record.name, "owner": record.owner, "mapping": record.mapping.ref,
-                "state": record.state, "rows": version.rows if version else None,
+                **_definition(record), "state": record.state,
+                "rows": version.rows if version else None,
                 "bytes": version.bytes if version else None,
                 "version": version.version_id if version else None,
                 "last_access": record.last_access, "hits": record.hits,
@@ -338,6 +329,20 @@ class Service:
             raise AccessDenied(f"only {owner} can {op} {owner}/{name}")
         return self.engine.readable(user, owner, name)
 
+    def op_peek(self, user: str, args: dict, progress: Callable | None) -> dict[str, Any]:
+        """The first rows of the cached version, for a dataset's display: read from the cache
+        only (none if nothing is cached), never from the source; policies applied when it was
+        cached. Audited as a read of those rows."""
+        owner, name = _target(user, args)
+        record = self.engine.readable(user, owner, name)
+        limit = min(max(_arg(args, "limit", int) or 5, 1), 100)
+        found = self.engine.peek(owner, name, limit)
+        if found is None:
+            return {"version": None, "rows": None}
+        version, table = found
+        self.audit(user, "peek", record, rows=table.num_rows, nbytes=table.nbytes)
+        return {"version": version.version_id, "rows": encode_table(table)}
+
     def op_cache(self, user: str, args: dict, progress: Callable | None) -> Any:
         record = self._own(user, args, "cache")
         version = self.engine.materialize(user, record.name, progress=progress,
@@ -378,7 +383,8 @@ class Service:
         roles = self.engine.roles(user) | ({ADMIN_ROLE} if self.is_admin(user) else set())
         visible = self.engine.visible(user, everything=ADMIN_ROLE in roles)
         return {**self.describe_server(), "user": user, "roles": sorted(roles),
-                "governed": self.engine.governed, **self.engine.status(visible)}
+                "governed": self.engine.governed, **self.engine.status(visible),
+                **self.config_status(user)}
 
     def op_audit(self, user: str, args: dict, progress: Callable | None) -> list[AuditRow]:
         wanted = _arg(args, "user", str)
@@ -390,41 +396,6 @@ class Service:
         limit = _arg(args, "limit", int) or 100
         return self.engine.admin.audit_log(user=wanted, dataset=_arg(args, "dataset", str),
                                      limit=min(max(limit, 1), 10_000))
-
-    # -- users and tokens: the server's owner (its OS user) and the admin role only ----------
-    def is_admin(self, user: str) -> bool:
-        """Whether ``user`` holds the admin role: given in [users.*], or the server's owner."""
-        return user == server_os_user() or ADMIN_ROLE in self.engine.roles(user)
-
-    def _admin(self, user: str, what: str) -> None:
-        if not self.is_admin(user):
-            raise AccessDenied(f"only the ldw server's owner or the {ADMIN_ROLE!r} role may "
-                               f"{what}")
-
-    def op_user_add(self, user: str, args: dict, progress: Callable | None) -> dict[str, str]:
-        """A new token for a user, returned once (only its hash is stored, never audited)."""
-        self._admin(user, "add users")
-        name = _arg(args, "name", str, required=True)
-        roles = _arg(args, "roles", list) or []
-        if not all(isinstance(r, str) for r in roles):
-            raise BadRequest("roles must be a list of role names")
-        token = self.engine.admin.add_user(name, roles)
-        self.audit(user, "user_add", detail=f"token for {name}" + (
-            f" with roles {', '.join(roles)}" if roles else ""))
-        return {"user": name, "token": token}
-
-    def op_user_revoke(self, user: str, args: dict, progress: Callable | None
-                       ) -> dict[str, Any]:
-        self._admin(user, "revoke users")
-        name = _arg(args, "name", str, required=True)
-        result = self.engine.admin.revoke_user(name)
-        self.audit(user, "user_revoke", detail=f"{name} revoked (token deleted: "
-                   f"{result['had_token']}, shares dropped: {result['dropped_shares']})")
-        return result
-
-    def op_user_list(self, user: str, args: dict, progress: Callable | None) -> list[dict]:
-        self._admin(user, "list users")
-        return self.engine.admin.token_users()
 
     def _exportable(self, user: str, args: dict) -> DatasetRecord:
         """The dataset to export, if the caller may read it and its policy lets it leave."""
@@ -555,7 +526,8 @@ class Service:
 
     def op_cache_advice(self, user: str, args: dict, progress: Callable | None
                         ) -> list[CacheAdvice]:
-        return self.engine.cache_advice(user, everything=self.is_admin(user))  # type: ignore
+        return self.engine.federation.advice(  # type: ignore[return-value]
+            user, everything=self.is_admin(user))
 
     def op_explain(self, user: str, args: dict, progress: Callable | None) -> dict[str, Any]:
         """How ``query`` reads each relation; with ``analyze``, after running it."""
@@ -572,6 +544,13 @@ class Service:
         self.audit(user, "explain", dataset=",".join(r.ref for r in plan.relations), sql=query,
                    rows=rows, detail=_sent(plan.relations))
         return {**plan.explain(), "rows": rows}
+
+
+def _definition(record: DatasetRecord) -> dict[str, Any]:
+    """What tells two mappings of one table apart: the columns and the row filter."""
+    columns = record.mapping.columns
+    return {"mapped_columns": list(columns) if columns is not None else None,
+            "where": record.mapping.where}
 
 
 def _sent(relations: Sequence[Any]) -> str | None:

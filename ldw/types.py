@@ -25,6 +25,7 @@ class DatasetState(StrEnum):
     EVICTED = "evicted"            # its version was dropped; the next read recomputes it
     LOST = "lost"                  # a memory-only version is gone; only refresh() brings it back
     FAILED = "failed"              # the first read failed; the next read tries again
+    CANCELLED = "cancelled"        # the first read was interrupted; the next read tries again
 
 
 class Tier(StrEnum):
@@ -43,6 +44,7 @@ class Progress:
     bytes: int
     seconds: float
     done: bool = False
+    total_rows: int | None = None  # the rows expected, where the source or the last version says
 
     @property
     def mb_per_s(self) -> float:
@@ -99,6 +101,8 @@ class DatasetListing(TypedDict):
     name: str
     owner: str
     mapping: str
+    mapped_columns: list[str] | None  # the columns mapped (None: all of the table)
+    where: str | None                 # the mapping's row filter
     state: str
     rows: int | None
     bytes: int | None
@@ -127,6 +131,9 @@ class DatasetInfo(TypedDict):
     stale: bool
     source: str | None
     mapping: str
+    mapped_columns: list[str] | None  # the columns mapped (None: all of the table)
+    where: str | None                 # the mapping's row filter
+    limit: int | None
     schema: list[SchemaField]  # readable: one {name, type, nullable} per column
     arrow_schema: str  # the exact Arrow schema as IPC, base64 (ldw.wire.decode_schema)
     columns: list[ColumnInfo]
@@ -186,10 +193,13 @@ class ServerStatus(TypedDict, total=False):
     memory_limit: int
     used_bytes: int
     spilled_bytes: int
+    memory_versions: int  # cached versions in the memory tier (all users')
+    spilled_versions: int  # ... and in the disk tier
     datasets: int
     cached: int
     hits: dict[str, int]
     bytes_served: dict[str, int]
+    config: dict[str, Any]  # to the owner and admins: {path, fingerprint} of the configuration
 
 
 class CacheAdvice(TypedDict):

@@ -289,24 +289,34 @@ def start_server(settings: Settings, *, config: Any = None, overrides: dict[str,
     elif config is not None:
         command += ["--config", str(Path(config).expanduser().resolve())]
     with open(create_private(log_path), "ab") as log:
+        written = log.seek(0, os.SEEK_END)  # what this start writes follows
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                    env=env, start_new_session=True, close_fds=True)
     deadline = time.monotonic() + wait
     path = socket_path(settings)
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
             if path.exists():  # another client started it first: fine
                 with contextlib.suppress(ServerUnavailable):
                     LocalBackend(path).call("status")
                     return -1
-            raise ServerUnavailable("the ldw server failed to start: " + " | ".join(tail)
-                                    + f" (full log: {log_path})")
+            raise ServerUnavailable(f"the ldw server failed to start: "
+                                    f"{_start_failure(log_path, written)} (log: {log_path})")
         with contextlib.suppress(ServerUnavailable, OSError):
             LocalBackend(path).call("status")  # answering, not only listening
             return process.pid
         time.sleep(0.05)
     raise ServerUnavailable(f"the ldw server did not answer within {wait:.0f}s; see {log_path}")
+
+
+def _start_failure(log_path: Path, offset: int) -> str:
+    """Why a server that exited at once did not start: the ``ldw: ...`` line it printed (its
+    error, as ``ldw`` prints every LdwError), else the last lines of its log."""
+    with open(log_path, "rb") as log:
+        log.seek(offset)
+        lines = log.read().decode(errors="replace").strip().splitlines()
+    said = [line.removeprefix("ldw: ") for line in lines if line.startswith("ldw: ")]
+    return said[-1] if said else " | ".join(lines[-3:]) or "it exited without a word"
 
 
 def _alive(pid: int) -> bool:

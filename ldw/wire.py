@@ -39,6 +39,18 @@ def decode_schema(text: str) -> pa.Schema:
     return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(text)))
 
 
+def encode_table(table: pa.Table) -> str:
+    """A small table (a few rows) as base64 Arrow IPC, to travel inside a JSON answer."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return base64.b64encode(sink.getvalue().to_pybytes()).decode()
+
+
+def decode_table(text: str) -> pa.Table:
+    return pa.ipc.open_stream(pa.py_buffer(base64.b64decode(text))).read_all()
+
+
 def readable_schema(schema: pa.Schema) -> list[SchemaField]:
     """A schema as people and JSON tools read it: one ``{name, type, nullable}`` per field."""
     return [{"name": f.name, "type": str(f.type), "nullable": f.nullable} for f in schema]
@@ -46,12 +58,15 @@ def readable_schema(schema: pa.Schema) -> list[SchemaField]:
 
 def progress_to_json(progress: Progress) -> dict[str, Any]:
     return {"dataset": progress.dataset, "rows": progress.rows, "bytes": progress.bytes,
-            "seconds": progress.seconds, "done": progress.done}
+            "seconds": progress.seconds, "done": progress.done,
+            "total_rows": progress.total_rows}
 
 
 def progress_from_json(data: dict[str, Any]) -> Progress:
+    total = data.get("total_rows")
     return Progress(str(data["dataset"]), int(data["rows"]), int(data["bytes"]),
-                    float(data["seconds"]), bool(data["done"]))
+                    float(data["seconds"]), bool(data["done"]),
+                    int(total) if isinstance(total, int) else None)
 
 
 def final_result(messages: Any, progress: Any = None) -> Any:

@@ -29,10 +29,10 @@ import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 from conftest import MYSQL_URL, POSTGRES_URL
-from ldw.connectors import ColumnPlan, Connector, ReadPlan, SourceQuery, connector_for
 
 import ldw
 from ldw.config import SourceConfig
+from ldw.connectors import ColumnPlan, Connector, ReadPlan, SourceQuery, connector_for
 
 ROWS = 5000  # at 2 ms a row: a 10 s read
 DELAY = 0.002

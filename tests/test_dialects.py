@@ -12,15 +12,15 @@ import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 from conftest import make_warehouse
+from sqlalchemy.dialects import postgresql
+
+import ldw
+from ldw.config import SourceConfig
 from ldw.connectors import REGISTRY, Connector, connector_for
 from ldw.connectors.dialect import CancelByTag
 from ldw.connectors.generic import GenericConnector
 from ldw.connectors.postgres import POSTGRES
 from ldw.connectors.sqlite import SQLITE, SQLiteConnector
-from sqlalchemy.dialects import postgresql
-
-import ldw
-from ldw.config import SourceConfig
 from ldw.errors import InvalidMapping, SourceError, SourceTimeout, SourceUnavailable
 from ldw.governance.masks import HashMask, PartialMask, mask_batches, masked_schema
 from ldw.planner import Mapping, plan_mapping

@@ -40,9 +40,10 @@ def _user(wh: ldw.Warehouse) -> str:
 def test_every_state_has_its_moves_and_every_move_ends_in_a_state() -> None:
     assert set(TRANSITIONS) == set(DatasetState)
     assert all(targets <= set(DatasetState) for targets in TRANSITIONS.values())
-    # a read can only end one way or the other, and nothing at rest skips the read
+    # a read can only end one way or the other (or be interrupted), and nothing at rest
+    # skips the read
     assert TRANSITIONS[DatasetState.MATERIALIZING] == {
-        DatasetState.CACHED, DatasetState.SPILLED, DatasetState.FAILED}
+        DatasetState.CACHED, DatasetState.SPILLED, DatasetState.FAILED, DatasetState.CANCELLED}
     assert all(DatasetState.CACHED not in TRANSITIONS[s]
                for s in (DatasetState.MAPPED, DatasetState.EVICTED, DatasetState.LOST))
 

@@ -336,9 +336,8 @@ def test_mysql_connections_never_exceed_max_connections(mysql_engine, mysql_db, 
 
 
 def test_waiting_for_a_connection_honours_the_source_timeout():
-    from ldw.connectors.slots import ConnectionSlots
-
     from ldw.config import load_settings
+    from ldw.connectors.slots import ConnectionSlots
 
     source = load_settings({"sources": {"pg": {
         "url": POSTGRES_URL, "max_connections": 2, "timeout": "0.5s"}}}).source("pg")

@@ -17,6 +17,9 @@ from conftest import POSTGRES_URL
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
+from traitlets.config import Config
+
+import ldw
 from ldw.extension import (
     Details,
     LdwMagics,
@@ -25,9 +28,6 @@ from ldw.extension import (
     load_ipython_extension,
 )
 from ldw.extension.verbs import VERBS, find_parameters
-from traitlets.config import Config
-
-import ldw
 
 CANARY = "pw-canary-7f3a9c"  # the password of the `guarded` source: must never be shown
 

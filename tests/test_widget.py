@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from conftest import MYSQL_URL, POSTGRES_URL
 from freshness_helpers import Source, wait_stale
-from ldw.extension import Browser, ProgressReporter
 from traitlets import TraitError
 
 import ldw
+from ldw.extension import Browser, ProgressReporter
 
 CANARY = "pw-canary-1b9e"
 

@@ -20,7 +20,6 @@ from typing import Any
 import tornado.web
 from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
-from ldw.extension.display import one_line
 
 from ldw.errors import (
     AccessDenied,
@@ -34,6 +33,7 @@ from ldw.errors import (
     UnknownSource,
     UnknownTable,
 )
+from ldw.extension.display import one_line
 
 from .jobs import JobBusy
 from .panel import Panel

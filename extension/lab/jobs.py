@@ -15,9 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ldw.extension.display import one_line
-
 from ldw.errors import LdwError
+from ldw.extension.display import one_line
 from ldw.types import Progress
 
 __all__ = ["Job", "JobBusy", "Jobs"]

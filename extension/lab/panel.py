@@ -19,11 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from ldw.extension.display import cell_text, one_line
-from ldw.extension.naming import name_error, suggest_name, table_ref
-
 from ldw.client import Dataset, Warehouse, connect
 from ldw.errors import AccessDenied, BadRequest, InvalidMapping, LdwError, ServerUnavailable
+from ldw.extension.display import cell_text, one_line
+from ldw.extension.naming import name_error, suggest_name, table_ref
 
 from .jobs import Job, Jobs
 

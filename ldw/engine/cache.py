@@ -4,6 +4,7 @@ current version, and making room in the memory tier (spill, drop, evict, expire)
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -21,6 +22,7 @@ from ldw.engine.freshness import Freshness
 from ldw.engine.sources import Sources
 from ldw.errors import BadRequest, DatasetLost, LdwError, SourceUnavailable, UnknownDataset
 from ldw.governance.policies import Governance
+from ldw.layout import standard_table
 from ldw.lifecycle import DatasetRecord, Lifecycle
 from ldw.planner import MappedQuery, narrow, read_plan, single_plan
 from ldw.query_log import QueryLog
@@ -154,7 +156,7 @@ class Cache:
                     reason = record.freshness.pop("fallback", None)
                 if version is None:
                     started = time.perf_counter()
-                    version = self._run(record, progress)
+                    version = self._run(record, self._estimating(record, previous, progress))
                     self._note_refresh(record, "full", started, version.rows, version.bytes,
                                        reason=reason)
                 token = self._baseline(record, version, counters)
@@ -172,6 +174,35 @@ class Cache:
         if previous is not None:
             self.lifecycle.drop_version(previous)
         return version
+
+    def _estimating(self, record: DatasetRecord, previous: Version | None,
+                    progress: ProgressFn) -> ProgressFn:
+        """``progress`` with ``total_rows`` filled in once the size of the read is known: the
+        previous version's rows for a refresh, else the source planner's estimate, asked on
+        the side so the read never waits for it."""
+        if progress is None:
+            return None
+        known: list[int | None] = [previous.rows if previous is not None else None]
+        if known[0] is None and not record.derived:
+            connector = self.sources.connector(record.mapping.source)
+            plan = single_plan(connector, self.datasets.query(record))
+
+            def ask() -> None:
+                try:
+                    known[0] = connector.estimate_rows(plan.queries[0])
+                except Exception:  # only the progress display misses it
+                    log.debug("no row estimate for %s", record.key, exc_info=True)
+
+            threading.Thread(target=ask, name="ldw-estimate", daemon=True).start()
+
+        def report(event: Progress) -> None:
+            total = known[0]
+            if total is not None and event.total_rows is None:
+                event = dataclasses.replace(
+                    event, total_rows=event.rows if event.done else max(total, event.rows))
+            progress(event)
+
+        return report
 
     def _baseline(self, record: DatasetRecord, version: Version,
                   counters: tuple[Any, bool, float]) -> dict[str, Any] | None:
@@ -272,6 +303,29 @@ class Cache:
             self.lifecycle.dropped(record)
         log.info("%s %s", reason, record.key)
 
+    def drop_all(self, *, wait: float = 10.0) -> dict[str, Any]:
+        """Drop the cached version of every dataset, in memory and on disk; the mappings stay
+        and reload from their sources on next use. A dataset still being materialized after
+        ``wait`` seconds is left alone (counted in ``busy``)."""
+        dropped = {"memory_versions": 0, "memory_bytes": 0, "disk_versions": 0,
+                   "disk_bytes": 0, "busy": 0}
+        for record in self.lifecycle.records():
+            if not record.lock.acquire(timeout=wait):
+                dropped["busy"] += 1
+                continue
+            try:
+                version = record.version
+                if version is None:
+                    continue
+                tier = "memory" if version.tier == MEMORY else "disk"
+                self.lifecycle.dropped(record)
+                dropped[f"{tier}_versions"] += 1
+                dropped[f"{tier}_bytes"] += version.bytes
+            finally:
+                record.lock.release()
+        log.info("cache dropped: %s", dropped)
+        return dropped
+
     def expire(self) -> int:
         """Evict every version past its TTL; returns how many."""
         expired = [r for r in self.lifecycle.records() if r.expired()]
@@ -332,6 +386,20 @@ class Cache:
 
         return self.open_with(ticket_for, owner, name, progress)
 
+    def peek(self, owner: str, name: str, limit: int) -> tuple[Version, pa.Table] | None:
+        """The first ``limit`` rows of the current version in fresh buffers (a slice would
+        carry the whole version's string data), or None if nothing is cached: never a source
+        read, never a materialization."""
+        version = self.datasets.dataset(owner, name).version
+        if version is None:
+            return None
+        try:
+            table = self.store.open_table(version)
+        except (VersionLost, FileNotFoundError):  # replaced or lost meanwhile: show no rows
+            return None
+        head = standard_table(table.slice(0, limit))
+        return version, head.take(pa.array(range(head.num_rows), pa.int64()))
+
     def open(self, owner: str, name: str) -> pa.Table:
         """The cached table, memory-mapped; materialized first if needed."""
         return self.open_with(self.store.open_table, owner, name, None)[1]
@@ -375,6 +443,10 @@ class Cache:
             "used_bytes": self.store.used_bytes(),
             "spilled_bytes": sum(r.version.bytes for r in everything
                                  if r.version is not None and r.version.tier == DISK),
+            "memory_versions": sum(r.version is not None and r.version.tier == MEMORY
+                                   for r in everything),
+            "spilled_versions": sum(r.version is not None and r.version.tier == DISK
+                                    for r in everything),
             "datasets": len(records),
             "cached": sum(r.version is not None for r in records),
             "hits": {r.key: r.hits for r in records},

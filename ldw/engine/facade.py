@@ -182,9 +182,6 @@ class Engine:
         """Whether any governance policy is configured (and so enforced)."""
         return self.governance.enforced
 
-    def cache_advice(self, user: str, *, everything: bool = False) -> list[dict[str, Any]]:
-        return self.federation.advice(user, everything=everything)
-
     def roles(self, user: str) -> set[str]:
         return set(self.governance.roles(user))
 
@@ -234,6 +231,9 @@ class Engine:
     def open(self, owner: str, name: str) -> pa.Table:
         return self.cache.open(owner, name)
 
+    def peek(self, owner: str, name: str, limit: int) -> tuple[Version, pa.Table] | None:
+        return self.cache.peek(owner, name, limit)
+
     def version_lost(self, owner: str, name: str, version: Version) -> None:
         self.cache.version_lost(owner, name, version)
 
@@ -242,6 +242,17 @@ class Engine:
 
     def expire(self) -> int:
         return self.cache.expire()
+
+    def drop_cache(self) -> dict[str, Any]:
+        """Drop every cached version (the mappings stay); what was dropped, per tier."""
+        return self.cache.drop_all()
+
+    def reload(self, settings: Settings) -> dict[str, Any]:
+        """Take the sources, policies, users and [refresh] rules of ``settings``; the cache
+        stays (see :mod:`ldw.engine.reload`)."""
+        from ldw.engine.reload import reload_engine
+
+        return reload_engine(self, settings)
 
     def scan(self, owner: str, name: str, *, columns: Sequence[str] | None = None,
              predicate: sa.ColumnElement | None = None, limit: int | None = None

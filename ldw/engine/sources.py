@@ -144,6 +144,13 @@ class Sources:
             rows.append(row)
         return rows
 
+    def forget(self, names: list[str]) -> None:
+        """Drop the connectors of sources whose definition changed or went (a reload); reads
+        still running keep theirs, the next use opens the new one."""
+        with self._lock:
+            for name in names:
+                self._connectors.pop(name, None)
+
     def close(self) -> None:
         with self._lock:
             for connector in self._connectors.values():

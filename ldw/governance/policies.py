@@ -170,6 +170,11 @@ class Governance:
         self._mask_key_path = mask_key_path
         self._mask_key: bytes | None = None
 
+    def adopt(self, other: Governance) -> None:
+        """Take ``other``'s policies and configured users (a configuration reload); the mask
+        key and the catalog's roles stay."""
+        self.policies, self._users = other.policies, other._users
+
     @property
     def enforced(self) -> bool:
         return bool(self.policies)
