@@ -376,7 +376,9 @@ class Service:
         roles = self.engine.roles(user) | ({ADMIN_ROLE} if self.is_admin(user) else set())
         visible = self.engine.visible(user, everything=ADMIN_ROLE in roles)
         return {**self.describe_server(), "user": user, "roles": sorted(roles),
-                "governed": self.engine.governed, **self.engine.status(visible)}
+                "governed": self.engine.governed, **self.engine.status(visible),
+                "slices": self.engine.federation.slice_status(user,
+                                                              everything=ADMIN_ROLE in roles)}
 
     def op_audit(self, user: str, args: dict, progress: Callable | None) -> list[AuditRow]:
         wanted = _arg(args, "user", str)

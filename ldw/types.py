@@ -184,6 +184,7 @@ class ServerStatus(TypedDict, total=False):
     cached: int
     hits: dict[str, int]
     bytes_served: dict[str, int]
+    slices: list[dict[str, Any]]  # [server] caching = "auto": what is cached automatically
 
 
 class CacheAdvice(TypedDict):

@@ -81,6 +81,7 @@ class Engine:
                                                                             refresh=True)
         self.federation = Federation(settings, self.datasets_, self.sources_, self.cache,
                                      self.sql_engine, self.query_log)  # SQL, read lazily
+        self.cache.reclaim = self.federation.slices.make_room  # slices go before datasets
         if not ephemeral:
             self.recover()
 
@@ -276,6 +277,7 @@ class Engine:
 
     def close(self) -> None:
         self.freshness.close()
+        self.federation.slices.clear()
         self.sources_.close()
         with self._lock:
             if self._sql_engine is not None:
