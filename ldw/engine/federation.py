@@ -376,7 +376,8 @@ class Federation:
         started = time.perf_counter()
         if relation.read == "slice":
             assert relation.slice is not None
-            table = self.slices.open(relation.slice, relation.columns)
+            table = self.slices.open(relation.slice, relation.columns
+                                     if relation.columns is not None else relation.schema.names)
             if table is not None:
                 relation.rows = table.num_rows
                 relation.seconds = round(time.perf_counter() - started, 4)

@@ -6,6 +6,8 @@ kept in the memory tier by benefit and used to answer later reads without the so
   fingerprint, columns, pushed conditions; :mod:`ldw.engine.observe`) has been read
   :data:`ADMIT_AFTER` times, if it takes at most ``memory_limit / MAX_SHARE`` and fits in free
   memory or in the room of slices with less benefit. A slice never spills or drops a dataset.
+  Reads under a ``max_rows`` policy are cut short by it (their rows depend on the read): never
+  kept.
 - Benefit: the source seconds its shape's reads took plus those its hits saved, aged (an hour
   counts half), per byte. When a dataset needs room, slices are dropped first, least benefit
   first (never spilled); a slice stored for a memory-only table stays in memory or is not kept.
@@ -41,13 +43,13 @@ from ldw.logical.implies import Rows, implies
 from ldw.planner import MappedQuery, narrow
 from ldw.storage import Version, VersionLost, VersionStore
 
-__all__ = ["ADMIT_AFTER", "MAX_SHARE", "SLICE_OWNER", "Slice", "Slices"]
+__all__ = ["ADMIT_AFTER", "MAX_SHARE", "SLICE_KEY", "Slice", "Slices"]
 
 log = logging.getLogger("ldw.slices")
 
 ADMIT_AFTER = 2      # reads of one shape before it is kept (a one-off read is not)
 MAX_SHARE = 4        # a slice takes at most memory_limit / MAX_SHARE
-SLICE_OWNER = "~slices"  # the store folder of slices ("~" is in no user name)
+SLICE_KEY = "~slices/auto"  # where slices are stored ("~" is in no user name)
 
 
 @dataclass
@@ -124,8 +126,8 @@ class Slices:
                 return candidate
         return None
 
-    def open(self, chosen: Slice, columns: list[str] | None) -> pa.Table | None:
-        """The slice's table (its needed columns), counted as a hit; None if it is gone."""
+    def open(self, chosen: Slice, columns: list[str]) -> pa.Table | None:
+        """The slice's ``columns``, in that order, counted as a hit; None if it is gone."""
         try:
             table = self.store.open_table(chosen.version)
         except (VersionLost, FileNotFoundError, LdwError):
@@ -138,7 +140,7 @@ class Slices:
             chosen.at = now
             chosen.hits += 1
             chosen.saved += chosen.seconds
-        return table.select(columns) if columns is not None else table
+        return table.select(columns)
 
     def _current(self, candidate: Slice) -> bool:
         """Whether the slice may be served under its table's refresh policy."""
@@ -198,8 +200,9 @@ class Slices:
               query: MappedQuery, source: str, predicate: sa.ColumnElement | None,
               counters: dict[str, Any] | None, seconds: float) -> Slice | None:
         """Keep a plain read as a slice if it is worth it and fits (see the module docstring)."""
-        if not self.auto or shape is None:
-            return None
+        if not self.auto or shape is None \
+                or any(p.max_rows is not None for p in query.policies):
+            return None  # (under max_rows a read is cut short: its rows depend on the read)
         worth = self._worth(shape)
         nbytes = max(table.nbytes, 1)
         if worth is None or nbytes > self.store.memory_limit // MAX_SHARE:
@@ -215,11 +218,10 @@ class Slices:
             if nbytes > self.store.memory_limit - self.store.used_bytes() + lower:
                 return None
             self._admitting.add(shape)
-        key = f"{SLICE_OWNER}/{uuid.uuid4().hex[:12]}"
         try:
             if any(p.memory_only for p in query.policies):
-                self.store.check_memory_only(key)  # a store that may spill refuses it
-            version = self.store.write(key, table.schema, table.to_batches(),
+                self.store.check_memory_only(SLICE_KEY)  # a store that may spill refuses it
+            version = self.store.write(SLICE_KEY, table.schema, table.to_batches(),
                                        make_room=lambda n: self._drop_below(n, density))
         except LdwError as exc:  # CapacityExceeded, PolicyViolation: not kept
             log.info("slice of %s not kept: %s", shape.table, exc)
@@ -227,7 +229,7 @@ class Slices:
         finally:
             with self._lock:
                 self._admitting.discard(shape)
-        kept_slice = Slice(key.rpartition("/")[2], shape.table, shape.fingerprint,
+        kept_slice = Slice(uuid.uuid4().hex[:12], shape.table, shape.fingerprint,
                            shape.columns, kept, tuple(conditions), version, source, query,
                            predicate, counters, seconds, worth)
         with self._lock:

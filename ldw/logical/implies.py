@@ -46,7 +46,19 @@ def implies(read: Rows, kept: Rows) -> bool:
         return True
     if read is None or not read:
         return False
-    return all(any(_conjunction_implies(r, k) for k in kept) for r in read)
+    flat = [_flat(k) for k in kept]
+    return all(any(_conjunction_implies(_flat(r), k) for k in flat) for r in read)
+
+
+def _flat(conjunction: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The conjuncts, with nested ``and`` nodes spread out (``BETWEEN`` arrives as one)."""
+    out: list[dict[str, Any]] = []
+    for node in conjunction:
+        if node.get("op") == "and" and isinstance(node.get("args"), list):
+            out.extend(_flat(node["args"]))
+        else:
+            out.append(node)
+    return out
 
 
 def _conjunction_implies(read: Sequence[dict[str, Any]], kept: Sequence[dict[str, Any]]) -> bool:
