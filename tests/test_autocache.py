@@ -275,9 +275,11 @@ def test_a_memory_only_table_keeps_its_slices_in_memory(tmp_path, sales):
 
 
 def _settled(pg_engine, schema: str, table: str, rows: int) -> None:
-    """Wait (at most 10 s) until PostgreSQL's table statistics count the rows written so far:
-    it publishes them up to a second after a commit, and they are the change counters."""
-    query = ("select coalesce(sum(n_tup_ins), 0) from pg_stat_user_tables "
+    """Wait (at most 10 s) until PostgreSQL's table statistics count ``rows`` rows written
+    (inserted, updated, deleted): it publishes them up to a second after a commit, and they are
+    the change counters a check compares."""
+    query = ("select coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0) "
+             "from pg_stat_user_tables "
              "where schemaname = %s and relname = %s")
     for _ in range(100):
         with pg_engine.connect() as conn:
@@ -307,7 +309,20 @@ def test_on_access_a_changed_source_is_never_served_from_a_stale_slice(
         with pg_engine.begin() as conn:  # rows moving into the slice's range: seen too
             conn.exec_driver_sql(f"update {pg_schema}.sales set amount = 49 where amount = 3")
         moved = sum(1 for g in range(1, 1001) if g % 7 and g % 50 == 3)
-        assert wh.sql(query).row(0) == (after[0] + moved, after[1] + 49 * moved)
+        now = (after[0] + moved, after[1] + 49 * moved)
+        assert wh.sql(query).row(0) == now
+        # a change that keeps the slice's row count: the table's change counters tell
+        _settled(pg_engine, pg_schema, "sales", 1001 + moved)
+        for _ in range(2):
+            assert wh.sql(query).row(0) == now
+        sent = _sent(wh)
+        assert wh.sql(query).row(0) == now and _sent(wh) == sent  # a slice read since settled
+        with pg_engine.begin() as conn:
+            conn.exec_driver_sql(f"update {pg_schema}.sales set amount = 21 where amount = 20")
+        bumped = sum(1 for g in range(1, 1001) if g % 7 and g % 50 == 20)
+        _settled(pg_engine, pg_schema, "sales", 1001 + moved + bumped)
+        assert wh.sql(query).row(0) == (now[0], now[1] + bumped)
+        assert _sent(wh) == sent + 1
     finally:
         wh.close()
 
