@@ -186,6 +186,14 @@ def cmd_server_status(args: argparse.Namespace) -> int:
     for key, hits in sorted(status["hits"].items()):
         print(f"  {printable(key):<30} {hits:>6} hits "
               f"{_mib(status['bytes_served'][key]):>14} served")
+    slices = status.get("slices") or []
+    if slices:
+        print(f"slices     {len(slices)} cached automatically "
+              f"({_mib(sum(s['bytes'] for s in slices))})")
+    for kept in slices:
+        where = " OR ".join(kept["conditions"]) or "every row"
+        print(f"  {printable(kept['table'])} ({printable(where)}): {kept['hits']} hits, "
+              f"{kept['saved_seconds']:.2f} s of source time saved")
     return 0
 
 

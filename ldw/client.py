@@ -404,7 +404,8 @@ class Warehouse:
         return _frame(self._backend.call("cache_advice"), CacheAdvice)
 
     def status(self) -> ServerStatus:
-        """Capacity, memory used, datasets, per-dataset hits and bytes served."""
+        """Capacity, memory used, datasets, per-dataset hits and bytes served; ``slices``:
+        what ``[server] caching = "auto"`` keeps by itself (yours; the admin role sees all)."""
         return self._backend.call("status")
 
     def reload(self, *, config: str | os.PathLike[str] | dict[str, Any] | None = None

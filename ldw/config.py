@@ -173,6 +173,7 @@ class Settings:
     sql_memory_limit: str = "25%"  # DuckDB's memory for wh.sql, shared by concurrent queries
     freshness_interval: float = 10.0  # seconds between two change checks of one dataset
     flight_sql_sources: bool = False  # Flight SQL listings include source tables
+    caching: str = "manual"  # "auto": SQL's source reads are cached as slices when worth it
     refresh_globs: tuple[tuple[str, str], ...] = ()  # [refresh] "src.schema.table*" = policy
 
     def refresh_for(self, table: str) -> str:
@@ -287,6 +288,7 @@ _SERVER_DEFAULTS: dict[str, Any] = {
     "sql_memory_limit": "25%",
     "freshness_interval": "10s",
     "flight_sql_sources": False,
+    "caching": "manual",
 }
 
 
@@ -316,6 +318,14 @@ def _freshness_interval(value: Any) -> float:
         raise ConfigError(f"[server] freshness_interval must be a duration such as '10s' or "
                           f"'1m' (0 checks on every look), not {value!r}")
     return seconds
+
+
+def _caching(value: Any) -> str:
+    text = str(value).strip().lower()
+    if text not in ("manual", "auto"):
+        raise ConfigError(f"[server] caching must be \"manual\" (cache() and pin() decide) or "
+                          f"\"auto\" (SQL's source reads are cached by benefit), not {value!r}")
+    return text
 
 
 def _flag(server: dict[str, Any], key: str) -> bool:
@@ -526,6 +536,7 @@ def load_settings(
         sql_memory_limit=_sql_memory_limit(server["sql_memory_limit"]),
         freshness_interval=_freshness_interval(server["freshness_interval"]),
         flight_sql_sources=_flag(server, "flight_sql_sources"),
+        caching=_caching(server["caching"]),
         refresh_globs=tuple((str(glob), refresh_policy(policy, f"[refresh] {glob!r}"))
                             for glob, policy in data.get("refresh", {}).items()),
         policies=data.get("policies", {}),

@@ -11,7 +11,8 @@ class Explain(dict):
     """The plan of one query (a dict, as the server sent it), printed per relation.
 
     Keys: ``query``, ``relations`` (one dict each: ``relation``, ``kind``, ``read`` = cache |
-    source | query, ``columns``, ``pushed``, ``not_pushed``, ``limit``, ``sql`` sent,
+    source | query | slice (an automatically cached slice, described in ``slice``),
+    ``columns``, ``pushed``, ``not_pushed``, ``limit``, ``sql`` sent,
     ``estimated_rows``, ``rows`` read and ``seconds`` after a run), ``joins`` (where they run),
     ``pushdown`` (whether the whole query went to one source, and why), ``duckdb_sql`` and
     ``rows`` (the result's, after a run).
@@ -24,13 +25,16 @@ class Explain(dict):
     @property
     def source_sql(self) -> dict[str, list[str]]:
         """The SQL sent (or that would be sent) per relation read from a source."""
-        return {r["relation"]: r["sql"] for r in self.relations if r["read"] != "cache"}
+        return {r["relation"]: r["sql"] for r in self.relations
+                if r["read"] not in ("cache", "slice")}
 
     def __str__(self) -> str:
         lines = []
         for r in self.relations:
             where = "cache" if r["read"] == "cache" else (
-                f"source {r['source']}" if r["read"] == "source" else "its own query")
+                f"source {r['source']}" if r["read"] == "source" else
+                f"automatically cached slice {r['slice']['slice']}" if r["read"] == "slice"
+                else "its own query")
             counts = [f"~{r['estimated_rows']:,} rows estimated"
                       if r.get("estimated_rows") is not None else "",
                       f"{r['rows']:,} rows read in {r['seconds']:.3f} s"
@@ -40,6 +44,9 @@ class Explain(dict):
                          + (f" ({'; '.join(counts)})" if counts else ""))
             if r["read"] != "cache":
                 lines.append(f"  columns: {', '.join(r['columns'])}")
+                if r.get("slice"):
+                    held = " OR ".join(r["slice"]["conditions"]) or "every row"
+                    lines.append(f"  slice: {held} ({r['slice']['rows']:,} rows)")
                 for text in r["pushed"]:
                     lines.append(f"  pushed: {text}")
                 if r.get("limit") is not None:

@@ -325,7 +325,7 @@ class FlightSql:
                                                                  "owner": row["db_schema_name"]})
                 schema = decode_schema(info["arrow_schema"])
             else:
-                schema = engine.source_schema(user, f"{row['catalog_name']}."
+                schema = engine.federation.sources.schema(user, f"{row['catalog_name']}."
                                               f"{row['db_schema_name']}.{row['table_name']}")
         except (UnknownDataset, UnknownTable, AccessDenied, SourceUnavailable):
             return pa.schema([]).serialize().to_pybytes()  # gone or refused since listed

@@ -384,6 +384,8 @@ class Service(AdminOps):
         visible = self.engine.visible(user, everything=ADMIN_ROLE in roles)
         return {**self.describe_server(), "user": user, "roles": sorted(roles),
                 "governed": self.engine.governed, **self.engine.status(visible),
+                "slices": self.engine.federation.slice_status(user,
+                                                              everything=ADMIN_ROLE in roles),
                 **self.config_status(user)}
 
     def op_audit(self, user: str, args: dict, progress: Callable | None) -> list[AuditRow]:

@@ -200,6 +200,7 @@ class ServerStatus(TypedDict, total=False):
     hits: dict[str, int]
     bytes_served: dict[str, int]
     config: dict[str, Any]  # to the owner and admins: {path, fingerprint} of the configuration
+    slices: list[dict[str, Any]]  # [server] caching = "auto": what is cached automatically
 
 
 class CacheAdvice(TypedDict):

@@ -63,6 +63,8 @@ class Cache:
         self.sql_engine = sql_engine
         self.query_log = query_log
         self.freshness = freshness
+        # frees memory held by automatically cached slices first (set by the engine)
+        self.reclaim: Callable[[int], int] | None = None
 
     # -- reading a source -------------------------------------------------------------------------
     def _log(self, record: DatasetRecord, sql: Sequence[str]) -> None:
@@ -268,13 +270,14 @@ class Cache:
 
     # -- capacity ---------------------------------------------------------------------------------
     def make_room(self, needed: int, writing: DatasetRecord | None = None) -> int:
-        """Free ``needed`` bytes of the memory tier: spill the least recently used unpinned
-        versions to disk; memory-only ones are dropped instead (they never touch disk)."""
+        """Free ``needed`` bytes of the memory tier: drop automatically cached slices, then
+        spill the least recently used unpinned versions to disk; memory-only ones are dropped
+        instead (they never touch disk)."""
+        freed = self.reclaim(needed) if self.reclaim is not None else 0
         candidates = sorted(
             (r for r in self.lifecycle.records() if r is not writing and not r.pin
              and r.version is not None and r.version.tier == MEMORY),
             key=lambda r: r.last_access or r.version.created)
-        freed = 0
         for record in candidates:
             if freed >= needed:
                 break

@@ -81,6 +81,7 @@ class Engine:
                                                                             refresh=True)
         self.federation = Federation(settings, self.datasets_, self.sources_, self.cache,
                                      self.sql_engine, self.query_log)  # SQL, read lazily
+        self.cache.reclaim = self.federation.slices.make_room  # slices go before datasets
         if not ephemeral:
             self.recover()
 
@@ -116,9 +117,6 @@ class Engine:
 
     def preview(self, user: str, ref: str, limit: int) -> tuple[list[str], Iterator]:
         return self.sources_.preview(user, ref, limit)
-
-    def source_schema(self, user: str, ref: str) -> pa.Schema:
-        return self.sources_.schema(user, ref)
 
     def describe(self, user: str, ref: str) -> list[dict[str, Any]]:
         return self.sources_.describe(user, ref)
@@ -287,6 +285,7 @@ class Engine:
 
     def close(self) -> None:
         self.freshness.close()
+        self.federation.slices.clear()
         self.sources_.close()
         with self._lock:
             if self._sql_engine is not None:

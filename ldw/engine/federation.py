@@ -36,6 +36,7 @@ from ldw.config import Settings
 from ldw.connectors.convert import target_schema
 from ldw.engine.datasets import Datasets
 from ldw.engine.observe import Observations, Shape
+from ldw.engine.slices import Slice, Slices
 from ldw.engine.sources import Sources, schema_of
 from ldw.errors import Cancelled, InvalidMapping, LdwError, UnknownSource
 from ldw.governance.masks import masked_schema
@@ -44,6 +45,7 @@ from ldw.lifecycle import DatasetRecord
 from ldw.logical.analyze import Needs, analyze, internal_name
 from ldw.logical.conjuncts import to_predicate
 from ldw.logical.dynamic import MAX_KEYS, IntegerSet, integer_keys, integer_type
+from ldw.logical.implies import Rows
 from ldw.planner import MappedQuery, Mapping, narrow, ranged_plan, single_plan
 from ldw.pushdown import predicate_to_sql
 from ldw.query_log import QueryLog
@@ -69,7 +71,7 @@ class Relation:
     record: DatasetRecord | None = None        # a dataset; None for a source table
     source: str | None = None
     query: MappedQuery | None = None           # the governed plan of a source table
-    read: str = "cache"                        # "cache" | "source" | "query"
+    read: str = "cache"                        # "cache" | "source" | "query" | "slice"
     needs: Needs | None = None
     columns: list[str] | None = None           # what is read (None: every column)
     predicate: sa.ColumnElement | None = None  # the rows it keeps, on the source side
@@ -80,6 +82,8 @@ class Relation:
     estimated_rows: int | None = None
     shape: tuple[str, ...] | None = None       # conditions the query itself pushed (None:
     # a read not worth observing for caching: a limit, a dynamic filter)
+    kept: Rows = None                          # the same as predicate nodes (None: every row)
+    slice: Slice | None = None                 # the automatically cached slice it reads
     rows: int | None = None                    # read, after a run
     seconds: float | None = None
 
@@ -87,6 +91,7 @@ class Relation:
         return {"relation": self.ref, "kind": "dataset" if self.record is not None else "source",
                 "dataset": self.record.key if self.record is not None else None,
                 "source": self.source, "read": self.read,
+                "slice": self.slice.row() if self.slice is not None else None,
                 "columns": self.columns if self.columns is not None else list(self.schema.names),
                 "pushed": self.conditions, "not_pushed": self.notes, "limit": self.limit,
                 "sql": self.sql, "estimated_rows": self.estimated_rows, "rows": self.rows,
@@ -103,7 +108,7 @@ class Plan:
 
     @property
     def source_reads(self) -> list[Relation]:
-        return [r for r in self.relations if r.read != "cache"]
+        return [r for r in self.relations if r.read not in ("cache", "slice")]
 
     def explain(self) -> dict[str, Any]:
         sources = sorted({r.source or "" for r in self.source_reads} - {""})
@@ -111,7 +116,7 @@ class Plan:
             why = "every relation is cached: nothing is sent to a source"
         elif len(sources) > 1:
             why = f"the relations come from {len(sources)} sources ({', '.join(sources)})"
-        elif any(r.read == "cache" for r in self.relations):
+        elif any(r.read in ("cache", "slice") for r in self.relations):
             why = "some relations are cached; they are read from the cache instead"
         else:
             why = ("ldw sends each relation's own columns and conditions to its source and "
@@ -134,6 +139,7 @@ class Federation:
         self.sql_engine = sql_engine
         self.query_log = query_log
         self.observations = Observations()
+        self.slices = Slices(settings, cache.store, sources, self.observations)
 
     # -- planning ---------------------------------------------------------------------------------
     def plan(self, user: str, query: str, *, cache: bool = False) -> Plan:
@@ -153,6 +159,7 @@ class Federation:
             relation.needs = needs
             if relation.read != "cache":
                 self._narrow(relation)
+                self._from_slice(relation)
         qualified = any(isinstance(ref, tuple) for ref in refs)
         duckdb_sql = (_renamed(tree, index, relations, internal=False).sql(DIALECT)
                       if qualified else query)  # bare datasets only: runs exactly as written
@@ -222,7 +229,7 @@ class Federation:
         query = self._mapped(relation)
         parts = []
         for occurrence in needs.occurrences:
-            nodes, texts = [], []
+            nodes, texts, kept = [], [], []
             for conjunct in occurrence:
                 node = to_predicate(conjunct)
                 if node is None:
@@ -236,17 +243,32 @@ class Federation:
                     continue
                 nodes.append(sql)
                 texts.append(conjunct.sql(DIALECT))
+                kept.append(node)
             if not nodes:
                 parts = None
                 break
-            parts.append((sa.and_(*nodes), texts))
+            parts.append((sa.and_(*nodes), texts, tuple(kept)))
         if parts:
-            relation.predicate = sa.or_(*[p for p, _ in parts]) if len(parts) > 1 \
+            relation.predicate = sa.or_(*[p for p, _, _ in parts]) if len(parts) > 1 \
                 else parts[0][0]
-            relation.conditions = [" AND ".join(t) for _, t in parts]
+            relation.conditions = [" AND ".join(t) for _, t, _ in parts]
+            relation.kept = tuple(k for _, _, k in parts)
         elif needs.limit is not None:
             relation.limit = needs.limit
         relation.shape = tuple(relation.conditions) if relation.limit is None else None
+
+    def _from_slice(self, relation: Relation) -> None:
+        """Read a source table from an automatically cached slice that holds what it needs."""
+        shape = _shape(relation)
+        if shape is None and relation.query is not None and relation.record is None \
+                and relation.read == "source":  # a limited read: any slice of its rows
+            shape = _shape(relation, observed=False)
+        if shape is None:
+            return
+        found = self.slices.find(shape.table, shape.fingerprint, shape.columns, relation.kept)
+        if found is not None:
+            relation.read, relation.slice = "slice", found
+            relation.estimated_rows = found.rows
 
     def _mapped(self, relation: Relation) -> MappedQuery:
         if relation.query is not None:
@@ -294,6 +316,8 @@ class Federation:
             relation = plan.relations[i]
             if relation.read == "cache":
                 return relation.record.version.rows  # type: ignore[union-attr]
+            if relation.read == "slice":
+                return relation.estimated_rows
             if relation.read != "source":
                 return None
             if relation.estimated_rows is None:
@@ -350,6 +374,19 @@ class Federation:
     def _read(self, relation: Relation, stop: threading.Event, depth: int,
               cancelled: Callable[[], bool] | None) -> pa.Table:
         started = time.perf_counter()
+        if relation.read == "slice":
+            assert relation.slice is not None
+            table = self.slices.open(relation.slice, relation.columns
+                                     if relation.columns is not None else relation.schema.names)
+            if table is not None:
+                relation.rows = table.num_rows
+                relation.seconds = round(time.perf_counter() - started, 4)
+                return table
+            relation.read, relation.slice = "source", None  # dropped meanwhile
+        shape = _shape(relation)
+        counters = None
+        if relation.read == "source" and relation.query is not None and shape is not None:
+            counters = self.slices.counters(shape, relation.query, relation.source or "")
         if relation.read == "query":
             table = self._derived(relation, depth)
         else:
@@ -357,6 +394,11 @@ class Federation:
         relation.rows = table.num_rows
         relation.seconds = round(time.perf_counter() - started, 4)
         self._observe(relation, table)
+        if relation.read == "source" and relation.query is not None and shape is not None \
+                and relation.shape is not None:
+            self.slices.admit(shape, relation.kept, relation.conditions, table, relation.query,
+                              relation.source or "", relation.predicate, counters,
+                              relation.seconds)
         return table
 
     def advice(self, user: str, *, everything: bool = False) -> list[dict[str, Any]]:
@@ -366,33 +408,34 @@ class Federation:
         budget = self.settings.memory_limit
         if everything:
             return self.observations.advice(budget)
+        mine = self._mine(user)
+        return self.observations.advice(budget, lambda s: mine(s.table, s.fingerprint))
+
+    def slice_status(self, user: str, *, everything: bool = False) -> list[dict[str, Any]]:
+        """The automatically cached slices ``user`` would be served (admin: all)."""
+        return self.slices.status(None if everything else self._mine(user))
+
+    def _mine(self, user: str) -> Callable[[str, str], bool]:
+        """Whether ``user`` reads ``table`` under ``fingerprint`` (their own policies)."""
         mine: dict[str, str | None] = {}
 
-        def visible(shape: Shape) -> bool:
-            if shape.table not in mine:
+        def visible(table: str, fingerprint: str) -> bool:
+            if table not in mine:
                 try:
-                    mine[shape.table] = combine_fingerprints(
-                        [self.sources.governance.effective(user, shape.table)])
+                    mine[table] = combine_fingerprints(
+                        [self.sources.governance.effective(user, table)])
                 except LdwError:
-                    mine[shape.table] = None
-            return mine[shape.table] == shape.fingerprint
+                    mine[table] = None
+            return mine[table] == fingerprint
 
-        return self.observations.advice(budget, visible)
+        return visible
 
     def _observe(self, relation: Relation, table: pa.Table) -> None:
         """Record a plain read of a source table (see :mod:`ldw.engine.observe`)."""
-        query = relation.query
-        if relation.read != "source" or relation.record is not None or query is None \
-                or relation.shape is None or relation.seconds is None:
-            return
-        mapping = query.mapping
-        shape = Shape(".".join(p for p in (mapping.source, mapping.schema, mapping.table) if p),
-                      combine_fingerprints(query.policies),
-                      frozenset(relation.columns if relation.columns is not None
-                                else relation.schema.names),
-                      frozenset(relation.shape))
-        self.observations.record(shape, seconds=relation.seconds, rows=table.num_rows,
-                                 nbytes=table.nbytes)
+        shape = _shape(relation)
+        if shape is not None and relation.seconds is not None:
+            self.observations.record(shape, seconds=relation.seconds, rows=table.num_rows,
+                                     nbytes=table.nbytes)
 
     def _derived(self, relation: Relation, depth: int) -> pa.Table:
         record = relation.record
@@ -473,6 +516,21 @@ class Federation:
             elif relation.read == "source" and not relation.sql:
                 _, read, _, _ = self._ranged(relation)
                 relation.sql = [q.sql for q in read.queries]
+
+
+def _shape(relation: Relation, *, observed: bool = True) -> Shape | None:
+    """A plain read of a source table as a :class:`Shape` (``observed``: only one worth
+    observing and keeping: no limit, no dynamic filter)."""
+    query = relation.query
+    if relation.read not in ("source", "slice") or relation.record is not None \
+            or query is None or (observed and relation.shape is None):
+        return None
+    mapping = query.mapping
+    return Shape(".".join(p for p in (mapping.source, mapping.schema, mapping.table) if p),
+                 combine_fingerprints(query.policies),
+                 frozenset(relation.columns if relation.columns is not None
+                           else relation.schema.names),
+                 frozenset(relation.shape or ()))
 
 
 def _filtered(relation: Relation) -> bool:

@@ -86,6 +86,16 @@ class Observations:
             while len(self._shapes) > MAX_SHAPES:
                 del self._shapes[next(iter(self._shapes))]
 
+    def get(self, shape: Shape) -> Reads | None:
+        """What reads of ``shape`` cost so far (a copy, aged to now), or None."""
+        now = self._clock()
+        with self._lock:
+            reads = self._shapes.get(shape)
+            if reads is None:
+                return None
+            reads.age(now)
+            return Reads(**vars(reads))
+
     def shapes(self, visible: Callable[[Shape], bool] = lambda _s: True
                ) -> list[tuple[Shape, Reads]]:
         now = self._clock()
