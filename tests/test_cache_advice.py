@@ -61,6 +61,21 @@ def test_a_slice_that_serves_another_is_chosen_instead_of_both():
     assert [a["columns"] for a in seen2.advice(budget=10_000)] == [["a", "b", "c"]]
 
 
+@pytest.mark.postgres
+def test_an_or_of_branches_is_one_condition_so_no_branch_claims_to_serve_it(governed,
+                                                                           pg_schema):
+    """A self-join reads its table once with the OR of both occurrences' conditions: a slice
+    of one branch holds fewer rows than that read and must not be advised as serving it."""
+    table = f"pg.{pg_schema}.sales"
+    ana = governed.remote("ana", "analyst")
+    ana.sql(f"SELECT id, region, amount FROM {table} WHERE amount > 40")
+    ana.sql(f"SELECT count(*) AS n FROM {table} a JOIN {table} b ON a.id = b.id + 1 "
+            "WHERE a.amount > 40 AND b.region = 'EMEA'")
+    served = {tuple(r["conditions"]): r["reads_served"]
+              for r in ana.cache_advice().iter_rows(named=True)}
+    assert served == {("amount > 40",): 1, ("(amount > 40) OR (region = 'EMEA')",): 1}
+
+
 @pytest.fixture
 def governed(tmp_path, pg_engine, pg_schema):
     """sales readable by analysts whole and by auditors through a row filter (two policy

@@ -255,7 +255,7 @@ class Federation:
             relation.kept = tuple(k for _, _, k in parts)
         elif needs.limit is not None:
             relation.limit = needs.limit
-        relation.shape = tuple(relation.conditions) if relation.limit is None else None
+        relation.shape = _conjuncts(parts) if relation.limit is None else None
 
     def _from_slice(self, relation: Relation) -> None:
         """Read a source table from an automatically cached slice that holds what it needs."""
@@ -516,6 +516,17 @@ class Federation:
             elif relation.read == "source" and not relation.sql:
                 _, read, _, _ = self._ranged(relation)
                 relation.sql = [q.sql for q in read.queries]
+
+
+def _conjuncts(parts: list | None) -> tuple[str, ...]:
+    """A read's pushed conditions as a :class:`Shape` holds them: the conjuncts of one
+    occurrence (a slice with a subset of them holds more rows), or, for an OR over several
+    occurrences, that OR as one condition (a subset of the branches would hold fewer rows)."""
+    if not parts:
+        return ()
+    if len(parts) == 1:
+        return tuple(parts[0][1])
+    return (" OR ".join(f"({' AND '.join(texts)})" for _, texts, _ in parts),)
 
 
 def _shape(relation: Relation, *, observed: bool = True) -> Shape | None:

@@ -31,7 +31,8 @@ MAX_SHAPES = 4096   # shapes kept; the least recently read go first
 @dataclass(frozen=True)
 class Shape:
     """One way a source table is read: under a policy fingerprint, these columns, these
-    pushed conditions (as the queries wrote them, AND-ed)."""
+    pushed conditions (as the queries wrote them, AND-ed; a read that ORs several branches
+    has that whole OR as its one condition)."""
 
     table: str                     # source.schema.table
     fingerprint: str               # the reader's policies on it
