@@ -15,20 +15,20 @@ import time
 from collections.abc import Iterator
 from typing import Any, TextIO
 
+from ldw import formatting as fmt
 from ldw.types import Progress
 
-from .display import esc, format_bytes, format_count
+from .display import esc
 
 __all__ = ["ProgressReporter"]
 
 
 def _line(p: Progress) -> str:
-    rate = p.bytes / 1e6 / p.seconds if p.seconds > 0 else 0.0
     part = getattr(p, "partition", None)
     where = f"{p.dataset}" + (f" [partition {part}]" if part is not None else "")
     verb = "cached" if p.done else "caching"
-    return (f"{verb} {where}: {format_count(p.rows)} rows · {format_bytes(p.bytes)} · "
-            f"{rate:.1f} MB/s · {p.seconds:.1f} s")
+    return (f"{verb} {where}: {fmt.count(p.rows)} rows · {fmt.size(p.bytes)} · "
+            f"{fmt.rate(p.bytes, p.seconds)} · {fmt.duration(p.seconds)}")
 
 
 def _total(p: Progress) -> int | None:
