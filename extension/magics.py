@@ -24,6 +24,7 @@ from ldw.errors import LdwError
 
 from .display import one_line
 from .progress import ProgressReporter
+from .short_errors import ShortErrors
 from .verbs import VERBS, HelpShown, overview, split_line, unknown_verb
 
 __all__ = ["LdwMagics"]
@@ -36,6 +37,7 @@ class LdwMagics(Magics):
     def __init__(self, shell: Any) -> None:
         super().__init__(shell)
         self.progress = ProgressReporter()
+        self.short_errors = ShortErrors(shell)
         self._warehouse: Warehouse | None = None
         self._owned = False
 

@@ -60,9 +60,14 @@ def _frame(rows: list[Any], payload: type) -> pl.DataFrame:
 
 
 def _polars_ready(table: pa.Table) -> pa.Table:
-    """Arrow types polars cannot import become ones it can (intervals become structs)."""
+    """Arrow types polars cannot import become ones it can (intervals become structs), and
+    JSON columns their text, so ``pl.col("payload").str.contains(...)`` works on them."""
     for i, field in enumerate(table.schema):
-        if pa.types.is_interval(field.type):
+        if isinstance(field.type, pa.JsonType):  # the storage itself: no copy here
+            text = pa.chunked_array([c.storage for c in table.column(i).chunks],
+                                    field.type.storage_type)
+            table = table.set_column(i, field.with_type(text.type), text)
+        elif pa.types.is_interval(field.type):
             values = table.column(i).to_pylist()
             struct = pa.array(
                 [None if v is None else {"months": v.months, "days": v.days,
