@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import types
 import typing
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import pandas as pd
 import polars as pl
 import pyarrow as pa
 
+from ldw.arguments import check
 from ldw.backend import Backend
 from ldw.explain import Explain
 from ldw.layout import standard_table
@@ -57,6 +58,14 @@ def _frame(rows: list[Any], payload: type) -> pl.DataFrame:
     """Rows of one payload type (:mod:`ldw.types`) as a DataFrame with its columns, in order."""
     schema = {k: _polars_type(t) for k, t in typing.get_type_hints(payload).items()}
     return pl.DataFrame(rows, schema=schema)
+
+
+def _as_list(names: Any) -> Any:
+    """Names given as any iterable (a tuple, a pandas Index) as a list; anything else (None,
+    a string, a number) as it is, for the request's type check to judge."""
+    if isinstance(names, str | bytes) or not isinstance(names, Iterable):
+        return names
+    return list(names)
 
 
 def _polars_ready(table: pa.Table) -> pa.Table:
@@ -126,6 +135,7 @@ class Dataset:
                 ) -> Dataset:
         """Read the source again into a new version; readers of the old one keep it. Only
         what changed is read where the mapping declares ``incremental`` (unless ``full``)."""
+        check("refresh()", "full", full, bool)
         self._call("cache", progress=progress or self._wh._progress, refresh=True,
                    **({"full": True} if full else {}))
         return self
@@ -161,6 +171,7 @@ class Dataset:
 
     def head(self, n: int = 10) -> pl.DataFrame:
         """The first ``n`` rows: from the cache, or a ``LIMIT n`` query on the source."""
+        check("head()", "n", n, int)
         return self.lazy().head(n).collect()
 
     def lazy(self) -> pl.LazyFrame:
@@ -221,8 +232,13 @@ class Dataset:
         from ldw.export import ExportedFile, ExportResult
 
         backend = self._wh._backend
-        options = {"partition_by": list(partition_by) if partition_by else None,
+        options = {"partition_by": _as_list(partition_by) or None,
                    "compression": compression, "overwrite": overwrite}
+        for name, value, hint in (("path", path, str | os.PathLike),
+                                  ("partition_by", options["partition_by"], list[str] | None),
+                                  ("compression", compression, str),
+                                  ("overwrite", overwrite, bool)):
+            check("export()", name, value, hint)
         if getattr(backend, "writes_exports", False):
             return self._export_here(os.path.abspath(path), options, progress)
         result = self._call("export", progress=progress, path=os.fspath(path), **options)
@@ -288,6 +304,7 @@ class Warehouse:
     def preview(self, table: str, n: int = 10) -> pl.DataFrame:
         """The first ``n`` rows of ``"src.schema.table"`` as your policy shows them; no dataset
         is created and nothing is cached."""
+        check("preview()", "n", n, int)
         reader = self._backend.stream("preview", {"table": table, "limit": n})
         return pl.from_arrow(_polars_ready(reader.read_all()), rechunk=False)
 
@@ -315,10 +332,11 @@ class Warehouse:
                      if v is not None}
         self._backend.call("map", {
             "name": name, "table": table, "sql": sql, "source": source,
-            "columns": list(columns) if columns is not None and not isinstance(columns, str)
-            else columns, "where": where, "limit": limit, "partition_on": partition_on,
-            "partitions": partitions, "ttl": ttl, "pin": pin, "memory_only": memory_only,
-            "params": {k: encode_value(v) for k, v in params.items()} if params else None,
+            "columns": _as_list(columns), "where": where, "limit": limit,
+            "partition_on": partition_on, "partitions": partitions, "ttl": ttl, "pin": pin,
+            "memory_only": memory_only,
+            "params": {k: encode_value(v) for k, v in params.items()}
+            if isinstance(params, dict) and params else params or None,
             **freshness})
         return Dataset(self, name)
 
@@ -394,6 +412,10 @@ def connect(url: str | None = None, *, in_process: bool = False, token: str | No
     """
     from ldw.config import _user, load_settings
 
+    for name, value, hint in (("url", url, str | None), ("token", token, str | None),
+                              ("in_process", in_process, bool), ("autostart", autostart, bool),
+                              ("config", config, str | os.PathLike | dict | None)):
+        check("connect()", name, value, hint)
     if url is not None:
         if in_process:
             from ldw.errors import ConfigError
