@@ -122,7 +122,28 @@ def wrap_driver_error(source: SourceConfig, exc: BaseException, action: str, *,
     if dialect.timed_out(exc):
         return timeout_error(source, action, f" ({message})")
     cls = SourceUnavailable if connecting or dialect.unreachable(exc) else SourceError
-    return cls(f"source {source.name!r}: {action} failed: {message}")
+    error = cls(f"source {source.name!r}: {action} failed: {message}")
+    primary = _primary_message(exc)
+    error.reason = redact(primary, [secret]) if primary else None
+    return error
+
+
+def _primary_message(exc: BaseException) -> str | None:
+    """The source's own words, from the fields drivers keep them in (ADBC's PostgreSQL
+    diagnostics, psycopg's ``diag``, PyMySQL's ``(code, message)``), never parsed from text."""
+    original = getattr(exc, "orig", None) or exc  # SQLAlchemy wraps the DBAPI error once
+    for key, value in getattr(original, "details", None) or ():
+        if key in (b"PG_DIAG_MESSAGE_PRIMARY", "PG_DIAG_MESSAGE_PRIMARY"):
+            return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+    primary = getattr(getattr(original, "diag", None), "message_primary", None)
+    if isinstance(primary, str) and primary:
+        return primary
+    args = getattr(original, "args", ())
+    if len(args) == 2 and isinstance(args[0], int) and isinstance(args[1], str):
+        return args[1]
+    if original is not exc and str(original).strip():  # e.g. sqlite3: the message itself
+        return str(original).strip().splitlines()[0]
+    return None
 
 
 def _read_only_session(statement: str) -> Callable[[Any, Any], None]:
@@ -166,6 +187,8 @@ class Connector(abc.ABC):
     # snapshot (the connector's snapshot() exports one and stream() imports it)
     supports_distributed_reads: ClassVar[bool] = False
     transport: ClassVar[str] = "dbapi"
+    # plan_columns has the source prepare or run the statement (a where it refuses fails there)
+    plans_by_query: ClassVar[bool] = False
     # whether a read's snapshot connection is free for other queries (a probe) while stream()
     # reads (PostgreSQL: the readers import an exported snapshot on connections of their own)
     snapshot_idle_while_streaming: ClassVar[bool] = False
@@ -472,6 +495,24 @@ class Connector(abc.ABC):
             return self.dialect.explain_rows(names, rows)
         except (LdwError, LookupError, ValueError, TypeError):
             return None
+
+    def check_statement(self, statement: sa.Select) -> None:
+        """Prove the source accepts ``statement`` as a read sends it (literal SQL or bound
+        values, as this connector reads), without a row: it runs with ``LIMIT 0``. Skipped
+        where :meth:`plan_columns` already had the source prepare or run the statement
+        (``plans_by_query``). A rejection is a SourceError (``reason``: the source's words)."""
+        if self.plans_by_query:
+            return
+        query = self.compile(statement.limit(0), literal=self.transport != "dbapi")
+        with self.guard("checking the query"), self.engine.connect() as conn:
+            if query.statement is not None:
+                conn.execute(query.statement).close()
+                return
+            cursor = conn.connection.dbapi_connection.cursor()
+            try:  # the raw cursor: no parameter parsing of a literal '%'
+                cursor.execute(query.sql)
+            finally:
+                cursor.close()
 
     def result_names(self, sql: str) -> list[str]:
         """Column names of a validated query, from a ``LIMIT 0`` probe (no rows move)."""

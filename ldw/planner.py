@@ -16,7 +16,16 @@ from typing import Any
 import sqlalchemy as sa
 
 from ldw.connectors import ColumnPlan, Connector, ReadPlan, SourceQuery
-from ldw.errors import ConfigError, InvalidMapping, UnknownTable
+from ldw.errors import (
+    ConfigError,
+    InvalidMapping,
+    LdwError,
+    SourceError,
+    SourceTimeout,
+    SourceUnavailable,
+    UnknownTable,
+    WhereRejected,
+)
 from ldw.governance.masks import Mask
 from ldw.governance.policies import EffectivePolicy
 from ldw.governance.resolve import govern_sql
@@ -152,7 +161,10 @@ def _policy_relation(connector: Connector, table: sa.Table, policy: EffectivePol
 
 
 def _base(connector: Connector, mapping: Mapping, policy_for: PolicyLookup | None
-          ) -> tuple[sa.Select, dict, list, list[EffectivePolicy], dict[str, Mask]]:
+          ) -> tuple[sa.Select, sa.ColumnElement | None, dict, list, list[EffectivePolicy],
+                     dict[str, Mask]]:
+    """The select over the policy view (the ``where`` not applied yet: it comes back as its
+    own condition), the columns a ``where`` may use, the tables and policies read."""
     dialect = connector.sqlglot_dialect
     arrow_masks: dict[str, Mask] = {}
     if mapping.table:
@@ -183,10 +195,11 @@ def _base(connector: Connector, mapping: Mapping, policy_for: PolicyLookup | Non
         chosen = _check_columns(mapping.columns, names, "the query")
         select = sa.select(*[sub.c[n] for n in chosen])
         lookup = {n: sub.c[n] for n in names}
+    condition = None
     if mapping.where is not None:
-        select = select.where(parse_where(mapping.where, lookup, dialect=dialect,
-                                          params=dict(mapping.params)))
-    return select, lookup, tables, policies, arrow_masks
+        condition = parse_where(mapping.where, lookup, dialect=dialect,
+                                params=dict(mapping.params))
+    return select, condition, lookup, tables, policies, arrow_masks
 
 
 def plan_mapping(connector: Connector, mapping: Mapping,
@@ -212,16 +225,52 @@ def plan_mapping(connector: Connector, mapping: Mapping,
         raise InvalidMapping("partitions > 1 needs partition_on=COLUMN to split the rows by")
     if mapping.partition_on is not None and mapping.limit is not None:
         raise InvalidMapping("limit and partition_on cannot be combined; drop one of them")
-    select, lookup, tables, policies, arrow_masks = _base(connector, mapping, policy_for)
+    unfiltered, condition, lookup, tables, policies, arrow_masks = _base(connector, mapping,
+                                                                         policy_for)
     if mapping.partition_on is not None and mapping.partition_on not in lookup:
         raise UnknownTable(f"partition_on column {mapping.partition_on!r} is not in "
                            f"{mapping.ref} (or is masked); columns are: {list(lookup)}")
     if mapping.limit is not None:
-        select = select.limit(mapping.limit)
-    plans = connector.planned_columns(select)
+        unfiltered = unfiltered.limit(mapping.limit)
+    select = unfiltered.where(condition) if condition is not None else unfiltered
+    plans = _plan_checked(connector, mapping, select, unfiltered)
     _check_freshness_columns(mapping, plans, lookup, policies)
     select = connector.apply_rewrites(select, plans)
     return MappedQuery(mapping, select, plans, lookup, tables, policies, arrow_masks)
+
+
+def _plan_checked(connector: Connector, mapping: Mapping, select: sa.Select,
+                  unfiltered: sa.Select) -> list[ColumnPlan]:
+    """The columns of ``select``, with the source's word that it accepts the ``where``.
+
+    Planning already asks the source (a prepare on PostgreSQL, ``LIMIT 0`` on MariaDB), and a
+    connector that plans from reflection runs ``select`` with ``LIMIT 0`` when there is a
+    ``where``: one cheap round trip, no rows, under the source's timeout. A source that
+    refuses the statement, but not the same statement without the ``where``, refuses the
+    ``where``: a :class:`~ldw.errors.WhereRejected` naming it, with the source's words. A
+    source that cannot be reached or does not answer stays a SourceUnavailable/SourceTimeout.
+    """
+    try:
+        plans = connector.planned_columns(select)
+        if mapping.where is not None:
+            connector.check_statement(select)
+        return plans
+    except (SourceUnavailable, SourceTimeout):
+        raise
+    except SourceError as exc:
+        if mapping.where is None:
+            raise
+        try:  # the second round trip, only now: is it the where, or the rest?
+            connector.planned_columns(unfiltered)
+            connector.check_statement(unfiltered)
+        except LdwError:
+            raise exc from None
+        reason = exc.reason or str(exc)
+        raise WhereRejected(
+            f"source {connector.source.name!r} refuses where {mapping.where!r}: {reason}. "
+            "Check its literals against the columns' types (e.g. DATE '2024-01-01' for a "
+            "date, numbers without quotes); nothing was mapped",
+            mapping.where, reason) from None
 
 
 INCREMENTAL_MODES = ("append", "upsert")

@@ -103,6 +103,19 @@ def _parse_one(text: str, dialect: str | None, kind: str) -> exp.Expression:
     return statements[0]
 
 
+class _Text(sa.types.TypeDecorator):
+    """A string literal the source types by what it is compared with, as the same literal
+    written in SQL: bound without a cast (SQLAlchemy's psycopg dialect would send a string as
+    ``%(p)s::VARCHAR``, and ``date > varchar`` has no operator in PostgreSQL), and rendered as
+    a quoted string where SQL is sent with literal values."""
+
+    impl = sa.types.NullType
+    cache_ok = True
+
+    def process_literal_param(self, value: Any, dialect: Any) -> str:
+        return sa.String().literal_processor(dialect)(value)
+
+
 _PARAM_TYPES = (str, int, float, bool, decimal.Decimal, dt.date, dt.datetime, dt.time)
 
 
@@ -132,7 +145,7 @@ class _Translator:
 
     def literal(self, node: exp.Literal) -> sa.ColumnElement:
         if node.is_string:
-            return sa.literal(node.this, sa.String())
+            return sa.literal(node.this, _Text())
         try:
             value = int(node.this)
         except ValueError:
@@ -165,6 +178,8 @@ class _Translator:
         if value is not None and not isinstance(value, _PARAM_TYPES):
             raise _invalid(self.text, f"parameter :{name} is a {type(value).__name__}; "
                            "use a string, number, bool, date, datetime or None")
+        if isinstance(value, str):
+            return sa.literal(value, _Text())
         return sa.literal(value) if value is not None else sa.null()
 
     def build(self, node: exp.Expression) -> sa.ColumnElement:
