@@ -162,11 +162,13 @@ def _policy_relation(connector: Connector, table: sa.Table, policy: EffectivePol
 
 def _base(connector: Connector, mapping: Mapping, policy_for: PolicyLookup | None
           ) -> tuple[sa.Select, sa.ColumnElement | None, dict, list, list[EffectivePolicy],
-                     dict[str, Mask]]:
+                     dict[str, Mask], set[str]]:
     """The select over the policy view (the ``where`` not applied yet: it comes back as its
-    own condition), the columns a ``where`` may use, the tables and policies read."""
+    own condition), the columns a ``where`` may use, the tables and policies read, and the
+    columns the source's reflection says are NOT NULL (and no mask makes nullable)."""
     dialect = connector.sqlglot_dialect
     arrow_masks: dict[str, Mask] = {}
+    not_null: set[str] = set()
     if mapping.table:
         if connector.is_system(mapping.schema or connector.default_schema(), mapping.table):
             raise connector.system_denied(mapping.schema, mapping.table)
@@ -184,6 +186,8 @@ def _base(connector: Connector, mapping: Mapping, policy_for: PolicyLookup | Non
         # raw values of a column masked in Arrow must not be filtered on: that would reveal them
         lookup = {k: relation.c[k] for k in relation.c.keys() if k not in in_arrow}
         tables = [(mapping.schema, mapping.table, None)]
+        masked = set(policy.masks) if policy is not None else set()
+        not_null = {c.name for c in table.c if c.nullable is False and c.name not in masked}
     else:
         governed = govern_sql(connector, mapping.sql, policy_for,
                               lambda table, policy: _policy_relation(connector, table, policy))
@@ -199,7 +203,7 @@ def _base(connector: Connector, mapping: Mapping, policy_for: PolicyLookup | Non
     if mapping.where is not None:
         condition = parse_where(mapping.where, lookup, dialect=dialect,
                                 params=dict(mapping.params))
-    return select, condition, lookup, tables, policies, arrow_masks
+    return select, condition, lookup, tables, policies, arrow_masks, not_null
 
 
 def plan_mapping(connector: Connector, mapping: Mapping,
@@ -225,8 +229,8 @@ def plan_mapping(connector: Connector, mapping: Mapping,
         raise InvalidMapping("partitions > 1 needs partition_on=COLUMN to split the rows by")
     if mapping.partition_on is not None and mapping.limit is not None:
         raise InvalidMapping("limit and partition_on cannot be combined; drop one of them")
-    unfiltered, condition, lookup, tables, policies, arrow_masks = _base(connector, mapping,
-                                                                         policy_for)
+    unfiltered, condition, lookup, tables, policies, arrow_masks, not_null = _base(
+        connector, mapping, policy_for)
     if mapping.partition_on is not None and mapping.partition_on not in lookup:
         raise UnknownTable(f"partition_on column {mapping.partition_on!r} is not in "
                            f"{mapping.ref} (or is masked); columns are: {list(lookup)}")
@@ -234,6 +238,10 @@ def plan_mapping(connector: Connector, mapping: Mapping,
         unfiltered = unfiltered.limit(mapping.limit)
     select = unfiltered.where(condition) if condition is not None else unfiltered
     plans = _plan_checked(connector, mapping, select, unfiltered)
+    # nullability as the source's reflection says (what describe() shows): drivers report
+    # every result column nullable
+    plans = [dataclasses.replace(p, nullable=False) if p.name in not_null else p
+             for p in plans]
     _check_freshness_columns(mapping, plans, lookup, policies)
     select = connector.apply_rewrites(select, plans)
     return MappedQuery(mapping, select, plans, lookup, tables, policies, arrow_masks)
