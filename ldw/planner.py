@@ -169,6 +169,7 @@ def _base(connector: Connector, mapping: Mapping, policy_for: PolicyLookup | Non
     dialect = connector.sqlglot_dialect
     arrow_masks: dict[str, Mask] = {}
     not_null: set[str] = set()
+    refused: dict[str, str] = {}
     if mapping.table:
         if connector.is_system(mapping.schema or connector.default_schema(), mapping.table):
             raise connector.system_denied(mapping.schema, mapping.table)
@@ -183,8 +184,13 @@ def _base(connector: Connector, mapping: Mapping, policy_for: PolicyLookup | Non
         in_arrow = {c: m for c, m in (policy.masks if policy else {}).items()
                     if m.applied_in_arrow}
         arrow_masks = {n: in_arrow[n] for n in names if n in in_arrow}
-        # raw values of a column masked in Arrow must not be filtered on: that would reveal them
+        # A where runs over the policy view: any column of the table, masked ones as their
+        # masked value. The raw values of a column masked in Arrow are still in the view, so
+        # filtering on it would reveal them: it is refused.
         lookup = {k: relation.c[k] for k in relation.c.keys() if k not in in_arrow}
+        refused = {k: f"is {m.kind}-masked by the policy for {policy.table}: a where on it would "
+                   "reveal its values; compare the hashes after reading instead"
+                   for k, m in in_arrow.items()} if policy is not None else {}
         tables = [(mapping.schema, mapping.table, None)]
         masked = set(policy.masks) if policy is not None else set()
         not_null = {c.name for c in table.c if c.nullable is False and c.name not in masked}
@@ -202,7 +208,7 @@ def _base(connector: Connector, mapping: Mapping, policy_for: PolicyLookup | Non
     condition = None
     if mapping.where is not None:
         condition = parse_where(mapping.where, lookup, dialect=dialect,
-                                params=dict(mapping.params))
+                                params=dict(mapping.params), refused=refused)
     return select, condition, lookup, tables, policies, arrow_masks, not_null
 
 

@@ -121,9 +121,11 @@ _PARAM_TYPES = (str, int, float, bool, decimal.Decimal, dt.date, dt.datetime, dt
 
 class _Translator:
     def __init__(self, text: str, columns: Mapping[str, sa.ColumnElement],
-                 params: Mapping[str, Any] | None = None) -> None:
+                 params: Mapping[str, Any] | None = None,
+                 refused: Mapping[str, str] | None = None) -> None:
         self.text = text
         self.params = dict(params or {})
+        self.refused = dict(refused or {})
         self.columns = {key: columns[key] for key in columns.keys()}
         self.folded = {}
         for name in self.columns:
@@ -140,6 +142,10 @@ class _Translator:
         matches = self.folded.get(name.lower(), [])
         if len(matches) == 1 and not node.this.quoted:
             return self.columns[matches[0]]
+        refused = [n for n in self.refused if n == name or (
+            not node.this.quoted and n.lower() == name.lower())]
+        if refused:
+            raise _invalid(self.text, f"column {refused[0]!r} {self.refused[refused[0]]}", node)
         known = ", ".join(sorted(self.columns))
         raise _invalid(self.text, f"unknown column {name!r}; columns are: {known}", node)
 
@@ -243,11 +249,12 @@ class _Translator:
 
 
 def parse_where(text: str, columns: Mapping[str, sa.ColumnElement], *,
-                dialect: str | None = None,
-                params: Mapping[str, Any] | None = None) -> sa.ColumnElement:
+                dialect: str | None = None, params: Mapping[str, Any] | None = None,
+                refused: Mapping[str, str] | None = None) -> sa.ColumnElement:
     """Validate ``text`` as one boolean expression over ``columns``; return it as SQLAlchemy.
 
     ``:name`` placeholders take their values from ``params`` as bound values, never as text.
+    ``refused``: columns that exist but may not be filtered on, each with the reason.
 
     >>> import sqlalchemy as sa
     >>> t = sa.table("t", sa.column("a"))
@@ -262,7 +269,7 @@ def parse_where(text: str, columns: Mapping[str, sa.ColumnElement], *,
     node = tree
     while isinstance(node, exp.Paren):
         node = node.this
-    translated = _Translator(text, columns, params).build(tree)
+    translated = _Translator(text, columns, params, refused).build(tree)
     if not isinstance(node, _BOOLEAN_NODES) and not (
         isinstance(node, exp.Column) and isinstance(translated.type, sa.Boolean)
     ):

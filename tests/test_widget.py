@@ -159,7 +159,7 @@ def test_widget_progress_rows_and_outcome():
     reporter(ldw.Progress("me/orders", 1000, 2_000_000, 0.5))
     row = reporter.last_display.box.children[0]
     assert "<progress></progress>" in row.value  # indeterminate: the total is not known
-    assert "1,000 rows" in row.value and "2.0 MB" in row.value and "4.0 MB/s" in row.value
+    assert "1,000 rows" in row.value and "1.9 MiB" in row.value and "4.0 MB/s" in row.value
     reporter(ldw.Progress("me/orders", 3000, 6_000_000, 1.0, done=True))
     assert 'value="1"' in row.value and "cached me/orders" in row.value
     with pytest.raises(KeyboardInterrupt), reporter.watching("orders"):
