@@ -19,6 +19,7 @@ import pandas as pd
 import polars as pl
 import pyarrow as pa
 
+from ldw import formatting as fmt
 from ldw.arguments import check
 from ldw.backend import Backend
 from ldw.explain import Explain
@@ -104,7 +105,7 @@ class Dataset:
 
     def __repr__(self) -> str:
         info = self.info()
-        size = f", {info['rows']} rows" if info["rows"] is not None else ""
+        size = f", {fmt.count(info['rows'])} rows" if info["rows"] is not None else ""
         whose = f"{self.owner}/" if self.owner else ""
         reason = (info.get("freshness") or {}).get("reason")
         stale = f", stale ({reason})" if info.get("stale") and reason else \

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, TypedDict
 
+from ldw import formatting as fmt
+
 __all__ = ["AttachInfo", "AuditRow", "ColumnInfo", "ColumnRow", "DatasetInfo", "DatasetListing",
            "DatasetState", "ExportInfo", "Progress", "SchemaField", "ServerStatus", "SourceRow",
            "TableRow", "Tier"]
@@ -52,8 +54,6 @@ class Progress:
         object.__setattr__(self, "mb_per_s", rate)
 
     def __str__(self) -> str:
-        from ldw import formatting as fmt
-
         return (f"{'cached' if self.done else 'caching'} {self.dataset}: "
                 f"{fmt.count(self.rows)} rows, {fmt.size(self.bytes)}, "
                 f"{fmt.rate(self.bytes, self.seconds)}, {fmt.duration(self.seconds)}")
