@@ -427,6 +427,7 @@ def test_in_a_kernel_api_errors_are_short_and_results_read_well(events, tmp_path
         "ev.to_polars().filter(pl.col('payload').str.contains('click')).height",  # 6
         f"ev.export({str(export)!r})",                                      # 7
         "%ldw status",                                                      # 8
+        f"%ldw export ev {tmp_path / 'by_magic'}",                          # 9
         "%unload_ext ldw",  # closes the warehouse the magics opened
         "import ldw\nldw.connect(in_process=True, config={'sources': {}}).map('x', 'no.s.t')",
     ], tmp_path)
@@ -444,11 +445,14 @@ def test_in_a_kernel_api_errors_are_short_and_results_read_well(events, tmp_path
     assert "\n".join(rejected[0].traceback).count("\n") <= 4
     assert [o["data"]["text/plain"] for o in outputs[6] if o.output_type == "execute_result"
             ] == ["50"]
-    exported = outputs[7][0]["data"]
+    exported = [o["data"] for o in outputs[7] if o.output_type == "execute_result"][0]
     assert exported["text/plain"].startswith(f"exported {export} (parquet): 100 rows, 1 file, ")
     assert "ldw-export" in exported["text/html"] and "PosixPath" not in exported["text/plain"]
-    status = outputs[8][0]["data"]["text/plain"]
+    status = [o["data"] for o in outputs[8] if o.output_type == "execute_result"][0]["text/plain"]
     assert "memory_limit" in status and "GiB" in status and " GB" not in status
-    long = _text(outputs[10])
+    by_magic = [o["data"] for o in outputs[9] if o.output_type == "execute_result"][0]
+    assert by_magic["text/plain"].startswith(f"exported {tmp_path / 'by_magic'} (parquet): ")
+    assert "<table" in by_magic["text/html"]
+    long = _text(outputs[11])
     assert "UnknownSource" in long and "client.py" in long  # unloaded: IPython's own again
     assert "%tb" not in long

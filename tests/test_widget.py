@@ -199,7 +199,7 @@ def test_text_progress_rewrites_one_line():
     reporter(ldw.Progress("me/t", 2500, 250_000, 2.5, done=True))
     text = stream.getvalue()
     assert text.count("\r") == 3 and text.endswith("\n") and text.count("\n") == 1
-    assert "cached me/t: 2,500 rows · 250.0 kB" in text
+    assert "cached me/t: 2,500 rows · 244.1 KiB" in text
 
     quiet = io.StringIO()  # not a terminal: only the outcome
     reporter = ProgressReporter(widgets=False, stream=quiet)
