@@ -174,7 +174,7 @@ def test_a_where_the_source_refuses_is_refused_when_mapping(pg_wh, events, sourc
         with pytest.raises(WhereRejected) as info:
             pg_wh.map("bad", f"{source}.{events}", where=where, params=params)
         error = info.value
-        assert isinstance(error, ldw.InvalidMapping)
+        assert isinstance(error, ldw.InvalidMapping) and isinstance(error, ldw.SourceError)
         assert str(error).startswith(f"source {source!r} refuses where {where!r}: {reason}. ")
         assert error.where == where and error.reason == reason
         assert "INVALID_DATA" not in str(error) and "LINE 1" not in str(error)
