@@ -25,13 +25,11 @@ from ldw.errors import (
     AccessDenied,
     LdwError,
     SourceError,
-    SourceTimeout,
-    SourceUnavailable,
     UnknownTable,
 )
-from ldw.secrets import redact
 
 from .dialect import GENERIC_DIALECT, Dialect
+from .driver_errors import interrupted_in_driver, timeout_error, wrap_driver_error
 from .fan_in import Producer, fan_in
 from .names import GENERIC_RULES, NAME_RULES, NameRules, Relation
 from .slots import ConnectionSlots, Lease, current_lease, uncounted
@@ -82,49 +80,6 @@ class ReadPlan:
     tag: str = ""  # marks the queries on the source so they can be found and cancelled
 
 
-def timeout_error(source: SourceConfig, action: str, detail: str = "") -> SourceTimeout:
-    """The error for a source that made no progress within its ``timeout``."""
-    limit = f" within its timeout ({source.timeout:g} s)" if source.timeout else ""
-    return SourceTimeout(
-        f"source {source.name!r}: {action} made no progress{limit}{detail}; the table may be "
-        f"locked by another session or the server is stalled. Nothing was published and the "
-        f"source query was cancelled; retry later or raise [sources.{source.name}] timeout")
-
-
-def _interrupted_in_driver(exc: BaseException) -> bool:
-    """Whether ``exc`` is a driver's answer to a SIGINT it caught itself.
-
-    ADBC installs its own SIGINT handler around blocking calls made on the main thread; it cancels
-    the statement, which then fails with status CANCELLED instead of raising KeyboardInterrupt.
-    On worker threads ADBC leaves SIGINT alone: a CANCELLED there is someone's cancel request.
-    (The main thread's ADBC calls are schema probes, which a statement timeout, also CANCELLED
-    on PostgreSQL, does not end; reads run on workers.)
-    """
-    status = getattr(exc, "status_code", None)
-    return (getattr(status, "name", None) == "CANCELLED"
-            and threading.current_thread() is threading.main_thread())
-
-
-def wrap_driver_error(source: SourceConfig, exc: BaseException, action: str, *,
-                      dialect: Dialect = GENERIC_DIALECT, connecting: bool = False) -> SourceError:
-    """Turn a driver failure into a SourceError naming the source alias, password removed.
-
-    ``SourceTimeout`` when the source gave up waiting, ``SourceUnavailable`` when it cannot be
-    reached or dropped the connection (both judged by ``dialect``; ``connecting`` says the
-    failure happened while opening a connection), ``SourceError`` for a query the source
-    rejected or failed.
-    """
-    secret = None
-    with contextlib.suppress(Exception):
-        secret = source.password()
-    message = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
-                     [secret])
-    if dialect.timed_out(exc):
-        return timeout_error(source, action, f" ({message})")
-    cls = SourceUnavailable if connecting or dialect.unreachable(exc) else SourceError
-    return cls(f"source {source.name!r}: {action} failed: {message}")
-
-
 def _read_only_session(statement: str) -> Callable[[Any, Any], None]:
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
@@ -166,6 +121,8 @@ class Connector(abc.ABC):
     # snapshot (the connector's snapshot() exports one and stream() imports it)
     supports_distributed_reads: ClassVar[bool] = False
     transport: ClassVar[str] = "dbapi"
+    # plan_columns has the source prepare or run the statement (a where it refuses fails there)
+    plans_by_query: ClassVar[bool] = False
     # whether a read's snapshot connection is free for other queries (a probe) while stream()
     # reads (PostgreSQL: the readers import an exported snapshot on connections of their own)
     snapshot_idle_while_streaming: ClassVar[bool] = False
@@ -295,7 +252,7 @@ class Connector(abc.ABC):
         except BaseException as exc:  # drivers raise Rust panics (BaseException) too
             if isinstance(exc, SystemExit | GeneratorExit):
                 raise
-            if _interrupted_in_driver(exc):
+            if interrupted_in_driver(exc):
                 raise KeyboardInterrupt from exc
             raise wrap_driver_error(self.source, exc, action, dialect=self.dialect,
                                     connecting=connecting) from None
@@ -473,6 +430,24 @@ class Connector(abc.ABC):
             return self.dialect.explain_rows(names, rows)
         except (LdwError, LookupError, ValueError, TypeError):
             return None
+
+    def check_statement(self, statement: sa.Select) -> None:
+        """Prove the source accepts ``statement`` as a read sends it (literal SQL or bound
+        values, as this connector reads), without a row: it runs with ``LIMIT 0``. Skipped
+        where :meth:`plan_columns` already had the source prepare or run the statement
+        (``plans_by_query``). A rejection is a SourceError (``reason``: the source's words)."""
+        if self.plans_by_query:
+            return
+        query = self.compile(statement.limit(0), literal=self.transport != "dbapi")
+        with self.guard("checking the query"), self.engine.connect() as conn:
+            if query.statement is not None:
+                conn.execute(query.statement).close()
+                return
+            cursor = conn.connection.dbapi_connection.cursor()
+            try:  # the raw cursor: no parameter parsing of a literal '%'
+                cursor.execute(query.sql)
+            finally:
+                cursor.close()
 
     def result_names(self, sql: str) -> list[str]:
         """Column names of a validated query, from a ``LIMIT 0`` probe (no rows move)."""

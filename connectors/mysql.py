@@ -137,6 +137,7 @@ def _plan_field(field: Any) -> ColumnPlan:
 class MySQLConnector(Connector):
     family: ClassVar[str] = "mysql"
     transport: ClassVar[str] = "connectorx"
+    plans_by_query: ClassVar[bool] = True  # plan_columns prepares / runs LIMIT 0
     dialect: Dialect = MYSQL
     SQL_REWRITES: ClassVar[dict[str, Any]] = {
         "char": lambda column: sa.cast(column, sa.CHAR),

@@ -131,6 +131,7 @@ class _Counted:
 class PostgresConnector(Connector):
     family: ClassVar[str] = "postgresql"
     transport: ClassVar[str] = "adbc"
+    plans_by_query: ClassVar[bool] = True  # plan_columns prepares / runs LIMIT 0
     dialect: Dialect = POSTGRES
     supports_distributed_reads: ClassVar[bool] = True  # partitions import an exported snapshot
     snapshot_idle_while_streaming: ClassVar[bool] = True

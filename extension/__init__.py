@@ -1,7 +1,8 @@
 """Notebook integration (IPython magics, rich display, widgets) on top of the public ldw API.
 
 ``%load_ext ldw.extension`` (or ``%load_ext ldw``) registers the ``%ldw`` line magic and the
-``%%ldw`` cell magic and the rich display of :class:`ldw.Dataset`. ``%ldw --help`` lists the verbs.
+``%%ldw`` cell magic, the rich display of :class:`ldw.Dataset`, and shows an ``ldw.LdwError``
+raised in a cell in a short form (:mod:`.short_errors`). ``%ldw --help`` lists the verbs.
 """
 
 from __future__ import annotations
@@ -45,13 +46,17 @@ def _registered(shell: Any) -> LdwMagics | None:
 
 
 def load_ipython_extension(shell: Any) -> None:
-    """Register ``%ldw``/``%%ldw`` and the Dataset formatters on ``shell`` (idempotent)."""
+    """Register ``%ldw``/``%%ldw``, the Dataset formatters and the short display of
+    ``ldw.LdwError`` raised in a cell on ``shell`` (idempotent)."""
     from .display import register
     from .magics import LdwMagics
 
-    if _registered(shell) is None:
-        shell.register_magics(LdwMagics(shell))
+    magics = _registered(shell)
+    if magics is None:
+        magics = LdwMagics(shell)
+        shell.register_magics(magics)
     register(shell)
+    magics.short_errors.install()
 
 
 def unload_ipython_extension(shell: Any) -> None:
@@ -61,4 +66,5 @@ def unload_ipython_extension(shell: Any) -> None:
     magics = _registered(shell)
     if magics is not None:
         magics.close()
+        magics.short_errors.uninstall()
     unregister(shell)

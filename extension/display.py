@@ -15,6 +15,7 @@ from typing import Any
 
 import polars as pl
 
+from ldw import formatting as fmt
 from ldw.client import Dataset
 from ldw.errors import LdwError
 from ldw.types import DatasetInfo
@@ -29,7 +30,6 @@ _STATE_COLOURS = {
     "evicted": "#6e7781", "failed": "#cf222e", "lost": "#cf222e", "stale": "#9a6700",
     "cancelled": "#9a6700",
 }
-_BYTE_KEYS = frozenset({"bytes", "used_bytes", "memory_limit", "size", "spilled_bytes"})
 
 
 _URL_PASSWORD = re.compile(r"(\b[a-zA-Z][\w+.-]*://[^\s:/@]*):[^\s@]*@")
@@ -46,34 +46,10 @@ def esc(value: Any) -> str:
     return html.escape("" if value is None else str(value), quote=True)
 
 
-def format_bytes(n: int | float | None) -> str:
-    """Decimal units, as the progress display reports MB and MB/s."""
-    if n is None:
-        return "—"
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{int(n)} B"
-
-
-def format_count(n: int | None) -> str:
-    return "—" if n is None else f"{n:,}"
-
-
-def format_seconds(seconds: float | None) -> str:
-    if seconds is None:
-        return "—"
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    if seconds < 120:
-        return f"{seconds:.1f} s"
-    return _dt.timedelta(seconds=round(seconds)).__str__()
-
-
-def _format_time(epoch: float | None) -> str:
-    if epoch is None:
-        return "—"
-    return _dt.datetime.fromtimestamp(epoch).isoformat(sep=" ", timespec="seconds")
+# the shared rules of ldw.formatting, under the names the views here use
+format_bytes = fmt.size
+format_count = fmt.count
+format_seconds = fmt.duration
 
 
 def badge(text: str, colour: str = "#57606a") -> str:
@@ -86,20 +62,14 @@ def state_badge(state: str | None) -> str:
 
 
 def _cell(key: str, value: Any) -> str:
-    """One listing value as escaped HTML: sizes humanized, states as badges."""
+    """One listing value as escaped HTML: states as badges, the rest by ldw.formatting."""
     if key == "state" and isinstance(value, str):
         return state_badge(value)
     if key == "stale" and isinstance(value, bool):
         return badge("stale", _STATE_COLOURS["stale"]) if value else ""
-    if key in _BYTE_KEYS and isinstance(value, int | float):
-        return esc(format_bytes(value))
-    if key in {"last_access", "created", "time", "at"} and isinstance(value, float):
-        return esc(_format_time(value))
-    if isinstance(value, int) and not isinstance(value, bool):
-        return esc(format_count(value))
-    if isinstance(value, list | tuple):
-        return esc(", ".join(str(v) for v in value))
-    return esc("" if value is None else value)
+    if value is None:
+        return ""
+    return esc(fmt.value(key, value))
 
 
 def table_html(rows: list[dict[str, Any]], columns: list[str], *, total: int | None = None) -> str:
@@ -328,8 +298,8 @@ class Listing:
     def __repr__(self) -> str:
         if self.frame.height == 0:
             return f"{self.title}: none"
-        with pl.Config(tbl_rows=MAX_ROWS, tbl_cols=-1, fmt_str_lengths=60):
-            return f"{self.title}:\n{self.frame}"
+        with pl.Config(tbl_rows=MAX_ROWS, tbl_cols=-1, fmt_str_lengths=60, tbl_width_chars=1000):
+            return f"{self.title}:\n{_readable(self.frame)}"
 
     def _repr_html_(self) -> str:
         if self.frame.height == 0:
@@ -339,38 +309,52 @@ class Listing:
                 f"{frame_html(self.frame)}</div>")
 
 
+def _readable(frame: pl.DataFrame) -> pl.DataFrame:
+    """Sizes, moments and durations as text (ldw.formatting) for the plain-text listing."""
+    readable = [
+        pl.col(name).map_elements(lambda v, key=name: fmt.value(key, v), return_dtype=pl.String)
+        for name, dtype in frame.schema.items()
+        if dtype.is_numeric() and fmt.kind_of(name) in {"size", "moment", "duration"}]
+    return frame.with_columns(readable) if readable else frame
+
+
 _NOT_SCALAR = frozenset({"columns", "source_sql", "schema", "arrow_schema"})  # the columns say it
 
 
 class Details:
-    """Key/value details (``%ldw info``, ``%ldw status``); ``.data`` is the dict."""
+    """Key/value details (``%ldw info``, ``%ldw status``); ``.data`` is the dict. Values read
+    by ldw.formatting (sizes in binary units, times local with "ago", ids ungrouped);
+    ``per_dataset``: keys whose values are ``{dataset: value}`` maps, shown as one table."""
 
-    def __init__(self, title: str, data: Mapping[str, Any]) -> None:
+    def __init__(self, title: str, data: Mapping[str, Any], *,
+                 per_dataset: Iterable[str] = ()) -> None:
         self.title = title
         self.data = dict(data)
+        self.per_dataset = [k for k in per_dataset if isinstance(self.data.get(k), Mapping)]
 
     def _value_text(self, key: str, value: Any) -> str:
-        if key in _BYTE_KEYS and isinstance(value, int | float):
-            return format_bytes(value)
-        if key.endswith("seconds") and isinstance(value, int | float):
-            return format_seconds(value)
-        if key == "ttl" and isinstance(value, int | float):
-            return format_seconds(value)
-        if isinstance(value, Mapping):
-            return ", ".join(f"{k}: {v}" for k, v in value.items()) or "—"
-        if isinstance(value, list | tuple):
-            return ", ".join(str(v) for v in value) or "—"
-        if isinstance(value, int) and not isinstance(value, bool):
-            return format_count(value)
-        return "—" if value is None else str(value)
+        return fmt.value(key, value)
 
     def _scalars(self) -> list[tuple[str, Any]]:
-        return [(k, v) for k, v in self.data.items() if k not in _NOT_SCALAR]
+        return [(k, v) for k, v in self.data.items()
+                if k not in _NOT_SCALAR and k not in self.per_dataset]
+
+    def _dataset_rows(self) -> list[dict[str, Any]]:
+        names = sorted({n for k in self.per_dataset for n in self.data[k]})
+        return [{"dataset": n, **{k: self.data[k].get(n) for k in self.per_dataset}}
+                for n in names]
 
     def __repr__(self) -> str:
         width = max((len(k) for k, _ in self._scalars()), default=0)
         lines = [f"{self.title}:"]
         lines += [f"  {k:<{width}}  {self._value_text(k, v)}" for k, v in self._scalars()]
+        rows = self._dataset_rows()
+        if rows:
+            name_width = max(len(str(r["dataset"])) for r in rows)
+            lines.append(f"  {'dataset':<{name_width}}  " + "  ".join(self.per_dataset))
+            for row in rows:
+                cells = "  ".join(f"{fmt.value(k, row[k]):>{len(k)}}" for k in self.per_dataset)
+                lines.append(f"  {row['dataset']:<{name_width}}  {cells}")
         for sql in self.data.get("source_sql") or []:
             lines.append(f"  sql: {sql}")
         for c in self.data.get("columns") or []:
@@ -391,9 +375,13 @@ class Details:
                     if any(k in c for c in columns)]
             column_table = f"<details><summary>{len(columns)} columns</summary>" \
                            f"{table_html(list(columns), keys)}</details>"
+        dataset_rows = self._dataset_rows()
+        per_dataset = table_html(dataset_rows, ["dataset", *self.per_dataset]) \
+            if dataset_rows else ""
         source = f"<details><summary>SQL sent to the source</summary>{sql}</details>" if sql else ""
         return (f'<div class="ldw-details"><b>{esc(self.title)}</b>'
-                f'<table class="ldw-table">{rows}</table>{column_table}{source}</div>')
+                f'<table class="ldw-table">{rows}</table>{per_dataset}{column_table}{source}'
+                "</div>")
 
 
 # -- registration -----------------------------------------------------------------------------

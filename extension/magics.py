@@ -25,6 +25,7 @@ from ldw.hints import spoken
 
 from .display import one_line
 from .progress import ProgressReporter
+from .short_errors import ShortErrors
 from .verbs import VERBS, HelpShown, overview, split_line, unknown_verb
 
 __all__ = ["LdwMagics"]
@@ -37,6 +38,7 @@ class LdwMagics(Magics):
     def __init__(self, shell: Any) -> None:
         super().__init__(shell)
         self.progress = ProgressReporter()
+        self.short_errors = ShortErrors(shell)
         self._warehouse: Warehouse | None = None
         self._owned = False
 

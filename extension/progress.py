@@ -15,20 +15,20 @@ import time
 from collections.abc import Iterator
 from typing import Any, TextIO
 
+from ldw import formatting as fmt
 from ldw.types import Progress
 
-from .display import esc, format_bytes, format_count, format_seconds
+from .display import esc
 
 __all__ = ["ProgressReporter"]
 
 
 def _line(p: Progress) -> str:
-    rate = p.bytes / 1e6 / p.seconds if p.seconds > 0 else 0.0
     part = getattr(p, "partition", None)
     where = f"{p.dataset}" + (f" [partition {part}]" if part is not None else "")
     verb = "cached" if p.done else "caching"
-    return (f"{verb} {where}: {format_count(p.rows)} rows{_share(p)} · "
-            f"{format_bytes(p.bytes)} · {rate:.1f} MB/s · {p.seconds:.1f} s")
+    return (f"{verb} {where}: {fmt.count(p.rows)} rows{_share(p)} · {fmt.size(p.bytes)} · "
+            f"{fmt.rate(p.bytes, p.seconds)} · {fmt.duration(p.seconds)}")
 
 
 def _share(p: Progress) -> str:
@@ -38,8 +38,8 @@ def _share(p: Progress) -> str:
         return ""
     left = ""
     if 0 < p.rows < total and p.seconds > 0:
-        left = f", ~{format_seconds(p.seconds * (total - p.rows) / p.rows)} left"
-    return f" of ~{format_count(total)} ({min(p.rows / total, 1.0):.0%}{left})"
+        left = f", ~{fmt.duration(p.seconds * (total - p.rows) / p.rows)} left"
+    return f" of ~{fmt.count(total)} ({min(p.rows / total, 1.0):.0%}{left})"
 
 
 def _total(p: Progress) -> int | None:

@@ -342,7 +342,8 @@ def _evict(magics: Session, args: argparse.Namespace, cell: str | None) -> Datas
 
 
 def _status(magics: Session, args: argparse.Namespace, cell: str | None) -> Details:
-    return Details("ldw status", magics.warehouse.status())
+    return Details("ldw status", magics.warehouse.status(),
+                   per_dataset=("hits", "bytes_served", "source_queries"))
 
 
 def _browse(magics: Session, args: argparse.Namespace, cell: str | None) -> Any:

@@ -12,7 +12,7 @@ import os
 import types
 import typing
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,8 @@ import pandas as pd
 import polars as pl
 import pyarrow as pa
 
+from ldw import formatting as fmt
+from ldw.arguments import check
 from ldw.backend import Backend
 from ldw.explain import Explain
 from ldw.layout import standard_table
@@ -61,10 +63,23 @@ def _frame(rows: list[Any], payload: type) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=schema)
 
 
+def _as_list(names: Any) -> Any:
+    """Names given as any iterable (a tuple, a pandas Index) as a list; anything else (None,
+    a string, a number) as it is, for the request's type check to judge."""
+    if isinstance(names, str | bytes) or not isinstance(names, Iterable):
+        return names
+    return list(names)
+
+
 def _polars_ready(table: pa.Table) -> pa.Table:
-    """Arrow types polars cannot import become ones it can (intervals become structs)."""
+    """Arrow types polars cannot import become ones it can (intervals become structs), and
+    JSON columns their text, so ``pl.col("payload").str.contains(...)`` works on them."""
     for i, field in enumerate(table.schema):
-        if pa.types.is_interval(field.type):
+        if isinstance(field.type, pa.JsonType):  # the storage itself: no copy here
+            text = pa.chunked_array([c.storage for c in table.column(i).chunks],
+                                    field.type.storage_type)
+            table = table.set_column(i, field.with_type(text.type), text)
+        elif pa.types.is_interval(field.type):
             values = table.column(i).to_pylist()
             struct = pa.array(
                 [None if v is None else {"months": v.months, "days": v.days,
@@ -104,7 +119,7 @@ class Dataset:
 
     def __repr__(self) -> str:
         info = self.info()
-        size = f", {info['rows']} rows" if info["rows"] is not None else ""
+        size = f", {fmt.count(info['rows'])} rows" if info["rows"] is not None else ""
         whose = f"{self.owner}/" if self.owner else ""
         reason = (info.get("freshness") or {}).get("reason")
         stale = f", stale ({reason})" if info.get("stale") and reason else \
@@ -135,6 +150,7 @@ class Dataset:
                 ) -> Dataset:
         """Read the source again into a new version; readers of the old one keep it. Only
         what changed is read where the mapping declares ``incremental`` (unless ``full``)."""
+        check("refresh()", "full", full, bool)
         self._call("cache", progress=progress or self._wh._progress, refresh=True,
                    **({"full": True} if full else {}))
         return self
@@ -178,6 +194,7 @@ class Dataset:
 
     def head(self, n: int = 10) -> pl.DataFrame:
         """The first ``n`` rows: from the cache, or a ``LIMIT n`` query on the source."""
+        check("head()", "n", n, int)
         return self.lazy().head(n).collect()
 
     def lazy(self) -> pl.LazyFrame:
@@ -238,8 +255,13 @@ class Dataset:
         from ldw.export import ExportedFile, ExportResult
 
         backend = self._wh._backend
-        options = {"partition_by": list(partition_by) if partition_by else None,
+        options = {"partition_by": _as_list(partition_by) or None,
                    "compression": compression, "overwrite": overwrite}
+        for name, value, hint in (("path", path, str | os.PathLike),
+                                  ("partition_by", options["partition_by"], list[str] | None),
+                                  ("compression", compression, str),
+                                  ("overwrite", overwrite, bool)):
+            check("export()", name, value, hint)
         if getattr(backend, "writes_exports", False):
             return self._export_here(os.path.abspath(path), options, progress)
         result = self._call("export", progress=progress, path=os.fspath(path), **options)
@@ -306,6 +328,7 @@ class Warehouse:
     def preview(self, table: str, n: int = 10) -> pl.DataFrame:
         """The first ``n`` rows of ``"src.schema.table"`` as your policy shows them; no dataset
         is created and nothing is cached."""
+        check("preview()", "n", n, int)
         reader = self._backend.stream("preview", {"table": table, "limit": n})
         return pl.from_arrow(_polars_ready(reader.read_all()), rechunk=False)
 
@@ -333,10 +356,11 @@ class Warehouse:
                      if v is not None}
         self._backend.call("map", {
             "name": name, "table": table, "sql": sql, "source": source,
-            "columns": list(columns) if columns is not None and not isinstance(columns, str)
-            else columns, "where": where, "limit": limit, "partition_on": partition_on,
-            "partitions": partitions, "ttl": ttl, "pin": pin, "memory_only": memory_only,
-            "params": {k: encode_value(v) for k, v in params.items()} if params else None,
+            "columns": _as_list(columns), "where": where, "limit": limit,
+            "partition_on": partition_on, "partitions": partitions, "ttl": ttl, "pin": pin,
+            "memory_only": memory_only,
+            "params": {k: encode_value(v) for k, v in params.items()}
+            if isinstance(params, dict) and params else params or None,
             **freshness})
         return Dataset(self, name)
 
@@ -435,6 +459,10 @@ def connect(url: str | None = None, *, in_process: bool = False, token: str | No
     """
     from ldw.config import _user, load_settings
 
+    for name, value, hint in (("url", url, str | None), ("token", token, str | None),
+                              ("in_process", in_process, bool), ("autostart", autostart, bool),
+                              ("config", config, str | os.PathLike | dict | None)):
+        check("connect()", name, value, hint)
     if url is not None:
         if in_process:
             from ldw.errors import ConfigError

@@ -11,6 +11,7 @@ keeps working for code that does not know ldw::
      +-- UnknownDataset(KeyError)           no dataset by that name
      +-- InvalidMapping(ValueError)         bad columns / where / sql / partitioning
      |    +-- BadRequest                    a malformed request: unknown op, argument or frame
+     |    +-- WhereRejected(SourceError)    the source refuses the mapping's where
      +-- UnsupportedType(TypeError)         a source type that cannot be moved exactly
      +-- AccessDenied(PermissionError)      not allowed to see this
      |    +-- AccessRevoked(UnknownDataset) a share ended while a ticket or stream was open
@@ -56,6 +57,7 @@ __all__ = [
     "UnknownSource",
     "UnknownTable",
     "UnsupportedType",
+    "WhereRejected",
 ]
 
 
@@ -111,7 +113,10 @@ class PolicyViolation(LdwError, PermissionError):
 
 
 class SourceError(LdwError, RuntimeError):
-    """The source rejected or failed a query."""
+    """The source rejected or failed a query. ``reason``: the source's own message, without
+    the driver's wrapping (None where the driver does not give it apart)."""
+
+    reason: str | None = None
 
 
 class SourceUnavailable(SourceError, ConnectionError):
@@ -120,6 +125,17 @@ class SourceUnavailable(SourceError, ConnectionError):
 
 class SourceTimeout(SourceError, TimeoutError):
     """The source did not answer within the configured limit."""
+
+
+class WhereRejected(InvalidMapping, SourceError):
+    """The source refuses the mapping's ``where`` (a literal it cannot read as the column's
+    type, an operator it does not have for those types), found when mapping, before any rows
+    are read: the mapping is invalid, and the source said so (also a ``SourceError``).
+    ``where`` is the text as given, ``reason`` the source's own words."""
+
+    def __init__(self, message: str, where: str = "", reason: str = "") -> None:
+        super().__init__(message)
+        self.where, self.reason = where, reason
 
 
 class QueryTimeout(LdwError, TimeoutError):

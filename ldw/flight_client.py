@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.flight as fl
 
 from ldw.errors import AccessDenied, ConfigError, LdwError, ServerUnavailable
+from ldw.ops import checked_request
 from ldw.types import AttachInfo, Progress
 from ldw.wire import error_from_bytes, final_result
 
@@ -91,6 +92,7 @@ class FlightBackend:
         self.user = str(self.call("status")["user"])  # also proves the token now
 
     def _actions(self, op: str, args: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        checked_request(op, args)  # a wrong argument is said here, before it is sent
         try:
             for result in self._client.do_action(fl.Action(op, json.dumps(args).encode()),
                                                  options=self._options):

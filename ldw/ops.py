@@ -1,7 +1,8 @@
 """The one table of operations a client may ask of an ldw server.
 
 Each operation has a name, the arguments it takes (a ``TypedDict``: anything else is refused as
-a :class:`~ldw.errors.BadRequest`), the :class:`~ldw.service.Service` method that handles it and
+a :class:`~ldw.errors.BadRequest`, as is an argument of the wrong type), the
+:class:`~ldw.service.Service` method that handles it and
 its kind, which says how a transport delivers the answer:
 
 - ``json``: one JSON result (after progress frames);
@@ -15,10 +16,13 @@ This module imports nothing heavy, so a client may use it too.
 
 from __future__ import annotations
 
+import functools
+import typing
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypedDict
 
+from ldw.arguments import check
 from ldw.errors import BadRequest
 
 __all__ = ["OPS", "Kind", "Op", "checked_request", "kind_of", "names", "op"]
@@ -161,6 +165,11 @@ class Op:
     def arguments(self) -> frozenset[str]:
         return frozenset(self.request.__required_keys__ | self.request.__optional_keys__)
 
+    @functools.cached_property
+    def hints(self) -> dict[str, Any]:
+        """Each argument's type, from the request type."""
+        return typing.get_type_hints(self.request)
+
 
 def op(name: str, request: type, summary: str, kind: Kind = Kind.JSON,
        handler: str | None = None) -> Op:
@@ -228,4 +237,6 @@ def checked_request(name: object, args: object, kind: Kind | None = None) -> Op:
     unknown = set(args) - spec.arguments
     if unknown:
         raise BadRequest(f"{spec.name}() got unknown argument(s) {sorted(unknown)}")
+    for key, value in args.items():
+        check(f"{spec.name}()", key, value, spec.hints[key])
     return spec

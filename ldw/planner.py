@@ -16,7 +16,16 @@ from typing import Any
 import sqlalchemy as sa
 
 from ldw.connectors import ColumnPlan, Connector, ReadPlan, SourceQuery
-from ldw.errors import ConfigError, InvalidMapping, UnknownTable
+from ldw.errors import (
+    ConfigError,
+    InvalidMapping,
+    LdwError,
+    SourceError,
+    SourceTimeout,
+    SourceUnavailable,
+    UnknownTable,
+    WhereRejected,
+)
 from ldw.governance.masks import Mask
 from ldw.governance.policies import EffectivePolicy
 from ldw.governance.resolve import govern_sql
@@ -152,9 +161,15 @@ def _policy_relation(connector: Connector, table: sa.Table, policy: EffectivePol
 
 
 def _base(connector: Connector, mapping: Mapping, policy_for: PolicyLookup | None
-          ) -> tuple[sa.Select, dict, list, list[EffectivePolicy], dict[str, Mask]]:
+          ) -> tuple[sa.Select, sa.ColumnElement | None, dict, list, list[EffectivePolicy],
+                     dict[str, Mask], set[str]]:
+    """The select over the policy view (the ``where`` not applied yet: it comes back as its
+    own condition), the columns a ``where`` may use, the tables and policies read, and the
+    columns the source's reflection says are NOT NULL (and no mask makes nullable)."""
     dialect = connector.sqlglot_dialect
     arrow_masks: dict[str, Mask] = {}
+    not_null: set[str] = set()
+    refused: dict[str, str] = {}
     if mapping.table:
         if connector.is_system(mapping.schema or connector.default_schema(), mapping.table):
             raise connector.system_denied(mapping.schema, mapping.table)
@@ -169,9 +184,16 @@ def _base(connector: Connector, mapping: Mapping, policy_for: PolicyLookup | Non
         in_arrow = {c: m for c, m in (policy.masks if policy else {}).items()
                     if m.applied_in_arrow}
         arrow_masks = {n: in_arrow[n] for n in names if n in in_arrow}
-        # raw values of a column masked in Arrow must not be filtered on: that would reveal them
+        # A where runs over the policy view: any column of the table, masked ones as their
+        # masked value. The raw values of a column masked in Arrow are still in the view, so
+        # filtering on it would reveal them: it is refused.
         lookup = {k: relation.c[k] for k in relation.c.keys() if k not in in_arrow}
+        refused = {k: f"is {m.kind}-masked by the policy for {policy.table}: a where on it would "
+                   "reveal its values; compare the hashes after reading instead"
+                   for k, m in in_arrow.items()} if policy is not None else {}
         tables = [(mapping.schema, mapping.table, None)]
+        masked = set(policy.masks) if policy is not None else set()
+        not_null = {c.name for c in table.c if c.nullable is False and c.name not in masked}
     else:
         governed = govern_sql(connector, mapping.sql, policy_for,
                               lambda table, policy: _policy_relation(connector, table, policy))
@@ -183,10 +205,11 @@ def _base(connector: Connector, mapping: Mapping, policy_for: PolicyLookup | Non
         chosen = _check_columns(mapping.columns, names, "the query")
         select = sa.select(*[sub.c[n] for n in chosen])
         lookup = {n: sub.c[n] for n in names}
+    condition = None
     if mapping.where is not None:
-        select = select.where(parse_where(mapping.where, lookup, dialect=dialect,
-                                          params=dict(mapping.params)))
-    return select, lookup, tables, policies, arrow_masks
+        condition = parse_where(mapping.where, lookup, dialect=dialect,
+                                params=dict(mapping.params), refused=refused)
+    return select, condition, lookup, tables, policies, arrow_masks, not_null
 
 
 def plan_mapping(connector: Connector, mapping: Mapping,
@@ -212,16 +235,56 @@ def plan_mapping(connector: Connector, mapping: Mapping,
         raise InvalidMapping("partitions > 1 needs partition_on=COLUMN to split the rows by")
     if mapping.partition_on is not None and mapping.limit is not None:
         raise InvalidMapping("limit and partition_on cannot be combined; drop one of them")
-    select, lookup, tables, policies, arrow_masks = _base(connector, mapping, policy_for)
+    unfiltered, condition, lookup, tables, policies, arrow_masks, not_null = _base(
+        connector, mapping, policy_for)
     if mapping.partition_on is not None and mapping.partition_on not in lookup:
         raise UnknownTable(f"partition_on column {mapping.partition_on!r} is not in "
                            f"{mapping.ref} (or is masked); columns are: {list(lookup)}")
     if mapping.limit is not None:
-        select = select.limit(mapping.limit)
-    plans = connector.planned_columns(select)
+        unfiltered = unfiltered.limit(mapping.limit)
+    select = unfiltered.where(condition) if condition is not None else unfiltered
+    plans = _plan_checked(connector, mapping, select, unfiltered)
+    # nullability as the source's reflection says (what describe() shows): drivers report
+    # every result column nullable
+    plans = [dataclasses.replace(p, nullable=False) if p.name in not_null else p
+             for p in plans]
     _check_freshness_columns(mapping, plans, lookup, policies)
     select = connector.apply_rewrites(select, plans)
     return MappedQuery(mapping, select, plans, lookup, tables, policies, arrow_masks)
+
+
+def _plan_checked(connector: Connector, mapping: Mapping, select: sa.Select,
+                  unfiltered: sa.Select) -> list[ColumnPlan]:
+    """The columns of ``select``, with the source's word that it accepts the ``where``.
+
+    Planning already asks the source (a prepare on PostgreSQL, ``LIMIT 0`` on MariaDB), and a
+    connector that plans from reflection runs ``select`` with ``LIMIT 0`` when there is a
+    ``where``: one cheap round trip, no rows, under the source's timeout. A source that
+    refuses the statement, but not the same statement without the ``where``, refuses the
+    ``where``: a :class:`~ldw.errors.WhereRejected` naming it, with the source's words. A
+    source that cannot be reached or does not answer stays a SourceUnavailable/SourceTimeout.
+    """
+    try:
+        plans = connector.planned_columns(select)
+        if mapping.where is not None:
+            connector.check_statement(select)
+        return plans
+    except (SourceUnavailable, SourceTimeout):
+        raise
+    except SourceError as exc:
+        if mapping.where is None:
+            raise
+        try:  # the second round trip, only now: is it the where, or the rest?
+            connector.planned_columns(unfiltered)
+            connector.check_statement(unfiltered)
+        except LdwError:
+            raise exc from None
+        reason = exc.reason or str(exc)
+        raise WhereRejected(
+            f"source {connector.source.name!r} refuses where {mapping.where!r}: {reason}. "
+            "Check its literals against the columns' types (e.g. DATE '2024-01-01' for a "
+            "date, numbers without quotes); nothing was mapped",
+            mapping.where, reason) from None
 
 
 INCREMENTAL_MODES = ("append", "upsert")

@@ -103,14 +103,29 @@ def _parse_one(text: str, dialect: str | None, kind: str) -> exp.Expression:
     return statements[0]
 
 
+class _Text(sa.types.TypeDecorator):
+    """A string literal the source types by what it is compared with, as the same literal
+    written in SQL: bound without a cast (SQLAlchemy's psycopg dialect would send a string as
+    ``%(p)s::VARCHAR``, and ``date > varchar`` has no operator in PostgreSQL), and rendered as
+    a quoted string where SQL is sent with literal values."""
+
+    impl = sa.types.NullType
+    cache_ok = True
+
+    def process_literal_param(self, value: Any, dialect: Any) -> str:
+        return sa.String().literal_processor(dialect)(value)
+
+
 _PARAM_TYPES = (str, int, float, bool, decimal.Decimal, dt.date, dt.datetime, dt.time)
 
 
 class _Translator:
     def __init__(self, text: str, columns: Mapping[str, sa.ColumnElement],
-                 params: Mapping[str, Any] | None = None) -> None:
+                 params: Mapping[str, Any] | None = None,
+                 refused: Mapping[str, str] | None = None) -> None:
         self.text = text
         self.params = dict(params or {})
+        self.refused = dict(refused or {})
         self.columns = {key: columns[key] for key in columns.keys()}
         self.folded = {}
         for name in self.columns:
@@ -127,12 +142,16 @@ class _Translator:
         matches = self.folded.get(name.lower(), [])
         if len(matches) == 1 and not node.this.quoted:
             return self.columns[matches[0]]
+        refused = [n for n in self.refused if n == name or (
+            not node.this.quoted and n.lower() == name.lower())]
+        if refused:
+            raise _invalid(self.text, f"column {refused[0]!r} {self.refused[refused[0]]}", node)
         known = ", ".join(sorted(self.columns))
         raise _invalid(self.text, f"unknown column {name!r}; columns are: {known}", node)
 
     def literal(self, node: exp.Literal) -> sa.ColumnElement:
         if node.is_string:
-            return sa.literal(node.this, sa.String())
+            return sa.literal(node.this, _Text())
         try:
             value = int(node.this)
         except ValueError:
@@ -165,6 +184,8 @@ class _Translator:
         if value is not None and not isinstance(value, _PARAM_TYPES):
             raise _invalid(self.text, f"parameter :{name} is a {type(value).__name__}; "
                            "use a string, number, bool, date, datetime or None")
+        if isinstance(value, str):
+            return sa.literal(value, _Text())
         return sa.literal(value) if value is not None else sa.null()
 
     def build(self, node: exp.Expression) -> sa.ColumnElement:
@@ -228,11 +249,12 @@ class _Translator:
 
 
 def parse_where(text: str, columns: Mapping[str, sa.ColumnElement], *,
-                dialect: str | None = None,
-                params: Mapping[str, Any] | None = None) -> sa.ColumnElement:
+                dialect: str | None = None, params: Mapping[str, Any] | None = None,
+                refused: Mapping[str, str] | None = None) -> sa.ColumnElement:
     """Validate ``text`` as one boolean expression over ``columns``; return it as SQLAlchemy.
 
     ``:name`` placeholders take their values from ``params`` as bound values, never as text.
+    ``refused``: columns that exist but may not be filtered on, each with the reason.
 
     >>> import sqlalchemy as sa
     >>> t = sa.table("t", sa.column("a"))
@@ -247,7 +269,7 @@ def parse_where(text: str, columns: Mapping[str, sa.ColumnElement], *,
     node = tree
     while isinstance(node, exp.Paren):
         node = node.this
-    translated = _Translator(text, columns, params).build(tree)
+    translated = _Translator(text, columns, params, refused).build(tree)
     if not isinstance(node, _BOOLEAN_NODES) and not (
         isinstance(node, exp.Column) and isinstance(translated.type, sa.Boolean)
     ):

@@ -26,6 +26,7 @@ import pyarrow as pa
 from ldw.config import Settings, _user, server_env
 from ldw.errors import AccessDenied, ConfigError, ServerUnavailable
 from ldw.governance.trust import NOT_WRITABLE, check_dir, create_private, private_dir
+from ldw.ops import checked_request
 from ldw.storage import direct_reader, open_fd
 from ldw.types import AttachInfo, Progress
 from ldw.wire import STREAM_ERROR, error_from_bytes, final_result, frame
@@ -197,6 +198,7 @@ class LocalBackend:
         return cls(path)
 
     def _open(self, op: str, args: dict[str, Any] | None) -> _Connection:
+        checked_request(op, args or {})  # a wrong argument is said here, before it is sent
         conn = _Connection(self.path, self.timeout)
         try:
             conn.sock.sendall(frame({"op": op, "args": args or {}}))

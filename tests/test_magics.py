@@ -227,7 +227,7 @@ def test_map_line_form_with_every_option(shell, magics, pg_config, pg_schema):
     assert run(shell, "%ldw cache orders").result.state == "cached"
     status = run(shell, "%ldw status").result
     assert isinstance(status, Details) and status.data["cached"] >= 1
-    assert "memory_limit" in repr(status) and "GB" in status._repr_html_()
+    assert "memory_limit" in repr(status) and "GiB" in status._repr_html_()
 
 
 @pytest.mark.postgres

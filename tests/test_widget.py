@@ -219,7 +219,7 @@ def test_widget_progress_rows_and_outcome():
     reporter(ldw.Progress("me/orders", 1000, 2_000_000, 0.5))
     row = reporter.last_display.box.children[0]
     assert "<progress></progress>" in row.value  # indeterminate: the total is not known
-    assert "1,000 rows" in row.value and "2.0 MB" in row.value and "4.0 MB/s" in row.value
+    assert "1,000 rows" in row.value and "1.9 MiB" in row.value and "4.0 MB/s" in row.value
     reporter(ldw.Progress("me/orders", 3000, 6_000_000, 1.0, done=True))
     assert 'value="1"' in row.value and "cached me/orders" in row.value
     with pytest.raises(KeyboardInterrupt), reporter.watching("orders"):
@@ -259,7 +259,7 @@ def test_text_progress_rewrites_one_line():
     reporter(ldw.Progress("me/t", 2500, 250_000, 2.5, done=True))
     text = stream.getvalue()
     assert text.count("\r") == 3 and text.endswith("\n") and text.count("\n") == 1
-    assert "cached me/t: 2,500 rows · 250.0 kB" in text
+    assert "cached me/t: 2,500 rows · 244.1 KiB" in text
 
     quiet = io.StringIO()  # not a terminal: only the outcome
     reporter = ProgressReporter(widgets=False, stream=quiet)

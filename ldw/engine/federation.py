@@ -35,10 +35,10 @@ from sqlglot import exp
 from ldw.config import Settings
 from ldw.connectors.convert import target_schema
 from ldw.engine.datasets import Datasets
-from ldw.engine.observe import Observations, Shape
+from ldw.engine.observe import Observations, Shape, visible_to
 from ldw.engine.slices import Slice, Slices
 from ldw.engine.sources import Sources, schema_of
-from ldw.errors import Cancelled, InvalidMapping, LdwError, UnknownSource
+from ldw.errors import Cancelled, InvalidMapping, UnknownSource
 from ldw.governance.masks import masked_schema
 from ldw.governance.policies import combine_fingerprints
 from ldw.lifecycle import DatasetRecord
@@ -416,19 +416,7 @@ class Federation:
         return self.slices.status(None if everything else self._mine(user))
 
     def _mine(self, user: str) -> Callable[[str, str], bool]:
-        """Whether ``user`` reads ``table`` under ``fingerprint`` (their own policies)."""
-        mine: dict[str, str | None] = {}
-
-        def visible(table: str, fingerprint: str) -> bool:
-            if table not in mine:
-                try:
-                    mine[table] = combine_fingerprints(
-                        [self.sources.governance.effective(user, table)])
-                except LdwError:
-                    mine[table] = None
-            return mine[table] == fingerprint
-
-        return visible
+        return visible_to(self.sources.governance, user)
 
     def _observe(self, relation: Relation, table: pa.Table) -> None:
         """Record a plain read of a source table (see :mod:`ldw.engine.observe`)."""

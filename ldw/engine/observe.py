@@ -22,7 +22,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["HALF_LIFE", "MAX_SHAPES", "Observations", "Shape"]
+from ldw.errors import LdwError
+from ldw.governance.policies import Governance, combine_fingerprints
+
+__all__ = ["HALF_LIFE", "MAX_SHAPES", "Observations", "Shape", "visible_to"]
 
 HALF_LIFE = 3600.0  # seconds after which a read counts half
 MAX_SHAPES = 4096   # shapes kept; the least recently read go first
@@ -139,3 +142,19 @@ def _row(shape: Shape, reads: Reads, served: Iterable[tuple[Shape, Reads]],
             "source_seconds": round(sum(r.seconds for _, r in served), 4),
             "saved_seconds_aged": round(saved, 4),
             "seconds_saved_per_mib": round(saved / (reads.bytes / (1 << 20)), 4)}
+
+
+def visible_to(governance: Governance, user: str) -> Callable[[str, str], bool]:
+    """Whether ``user`` reads ``table`` under ``fingerprint`` (their own policies now): what
+    they may see of the observations and slices."""
+    mine: dict[str, str | None] = {}
+
+    def visible(table: str, fingerprint: str) -> bool:
+        if table not in mine:
+            try:
+                mine[table] = combine_fingerprints([governance.effective(user, table)])
+            except LdwError:
+                mine[table] = None
+        return mine[table] == fingerprint
+
+    return visible

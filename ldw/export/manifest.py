@@ -34,6 +34,11 @@ class ExportedFile:
     def as_json(self) -> dict[str, Any]:
         return {"path": self.path, "rows": self.rows, "bytes": self.bytes, "sha256": self.sha256}
 
+    def __repr__(self) -> str:
+        from ldw.export.present import file_text
+
+        return f"<ExportedFile {file_text(self)}>"
+
 
 def _sha256(file: Path, cancel: threading.Event | None = None, *, fsync: bool = False
             ) -> tuple[str, int]:

@@ -21,6 +21,7 @@ from typing import Any
 import pyarrow as pa
 
 from ldw.errors import ExportError
+from ldw.export import present
 from ldw.export.atomic import (
     _check_target,
     _disk_full,
@@ -64,6 +65,12 @@ class ExportResult:
     bytes: int
     seconds: float
     manifest_path: Path
+
+    def __repr__(self) -> str:
+        return present.result_text(self)
+
+    def _repr_html_(self) -> str:
+        return present.result_html(self)
 
 
 def export_table(
