@@ -360,13 +360,19 @@ def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", metavar="PATH", help="destination folder")
     p.add_argument("--partition-by", type=_name_list, action="append", metavar="COL[,COL]",
                    help="Hive-style partition columns (repeatable)")
+    p.add_argument("--format", choices=("parquet", "delta", "iceberg"),
+                   help="Parquet files (default), or a Delta Lake or Iceberg table")
+    p.add_argument("--mode", choices=("error", "append", "overwrite"),
+                   help="for an existing path: error (default), append (tables), overwrite")
 
 
 def _export(magics: Session, args: argparse.Namespace, cell: str | None) -> Any:
     dataset = magics.warehouse.dataset(args.name)
     export = _require(dataset, "export", "export")
     columns = [c for group in args.partition_by or [] for c in group]
-    return export(args.path, **({"partition_by": columns} if columns else {}))
+    options = {key: value for key, value in (("partition_by", columns), ("format", args.format),
+                                             ("mode", args.mode)) if value}
+    return export(args.path, **options)
 
 
 def _audit_args(p: argparse.ArgumentParser) -> None:
@@ -432,7 +438,8 @@ VERBS: dict[str, Verb] = {v.name: v for v in [
     Verb("evict", "drop the cached data; the mapping stays", _name_arg, _evict),
     Verb("share", "share a dataset with a user or a role", _share_args, _share),
     Verb("attach", "attach another user's shared dataset", _attach_args, _attach),
-    Verb("export", "export a dataset to Parquet", _export_args, _export, materializes=True),
+    Verb("export", "export a dataset to Parquet, Delta or Iceberg", _export_args, _export,
+         materializes=True),
     Verb("status", "cache status: memory used, datasets", _no_args, _status),
     Verb("audit", "recent audit records", _audit_args, _audit),
     Verb("browse", "open the catalog browser", _no_args, _browse),
