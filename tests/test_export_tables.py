@@ -18,6 +18,7 @@ import shutil
 import stat
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
@@ -28,6 +29,7 @@ import pytest
 from conftest import POSTGRES_URL, ServerHandle
 from deltalake import DeltaTable
 from pyiceberg.catalog.sql import SqlCatalog
+from test_magics import connect, lite_config, magics, run, shell, usage_error  # noqa: F401
 
 import ldw
 from ldw.export import TableExportResult, export_table
@@ -394,6 +396,37 @@ def test_a_failing_source_keeps_its_error_and_publishes_nothing(tmp_path: Path) 
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("fmt", ["delta", "iceberg"])
+def test_ctrl_c_commits_nothing(tmp_path: Path, fmt: str) -> None:
+    """An interrupt (here raised where Ctrl-C lands: in the caller's thread, between progress
+    reports) stops the writer: a new table leaves nothing, an existing one keeps its commits."""
+    schema = pa.schema([("id", pa.int64())])
+
+    def slow():
+        for i in range(400):
+            time.sleep(0.01)
+            yield pa.record_batch([pa.array([i])], schema=schema)
+
+    def interrupt(progress) -> None:
+        if progress.rows and not progress.done:
+            raise KeyboardInterrupt
+
+    target = tmp_path / "t"
+    with pytest.raises(KeyboardInterrupt):
+        export_table(slow(), target, schema=schema, manifest={}, format=fmt,
+                     progress=interrupt)
+    assert list(tmp_path.iterdir()) == []
+    first = export_table(pa.table({"id": [1, 2]}), target, manifest={}, format=fmt)
+    with pytest.raises(KeyboardInterrupt):
+        export_table(slow(), target, schema=schema, manifest={}, format=fmt, mode="append",
+                     progress=interrupt)
+    assert len(read_back(first)) == 2
+    if fmt == "delta":
+        assert DeltaTable(target).version() == 0
+    else:
+        assert [s.snapshot_id for s in iceberg_table(first).snapshots()] == [first.version]
+
+
 def test_a_missing_library_names_the_extra(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "deltalake", None)     # as if not installed
     with pytest.raises(ldw.ConfigError, match=r"pip install 'ldw\[export\]'"):
@@ -536,3 +569,20 @@ def test_the_cli_exports_tables(server: ServerHandle, wide: str, base: Path,
     refused = server.cli("export", "mine", str(base / "cli-ice"), "--format", "iceberg",
                          check=False)
     assert refused.returncode != 0 and "already exists" in refused.stderr
+
+
+def test_the_magic_exports_tables(shell, magics, lite_config,  # noqa: F811
+                                  tmp_path: Path) -> None:
+    """``%ldw export --format/--mode`` through a real IPython shell (SQLite source)."""
+    connect(shell, lite_config)
+    run(shell, "%ldw map items = lite.items")
+    target = tmp_path / "lake" / "items"
+    first = run(shell, f"%ldw export items {target} --format delta").result
+    assert (first.format, first.mode, first.rows) == ("delta", "create", 1000)
+    second = run(shell, f"%ldw export items {target} --format delta --mode append").result
+    assert (second.mode, second.version) == ("append", 1)
+    assert len(read_delta(target)) == 2000 and len(read_delta(target, version=0)) == 1000
+    assert "already exists" in usage_error(shell, f"%ldw export items {target} --format delta")
+    ice = run(shell, f"%ldw export items {tmp_path / 'ice'} --format iceberg").result
+    assert sorted(read_iceberg(ice).column("id").to_pylist()) == list(range(1, 1001))
+    assert "invalid choice" in usage_error(shell, f"%ldw export items {target} --format orc")

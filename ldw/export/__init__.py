@@ -40,7 +40,7 @@ together), :mod:`~ldw.export.roots` (where a server may write a remote user's ex
 from ldw.errors import ExportError, ExportVerificationError
 from ldw.export.lake import TableExportResult
 from ldw.export.manifest import MANIFEST_NAME, ExportedFile, export_owner
-from ldw.export.stream import FORMATS, MODES
+from ldw.export.stream import FORMATS, MODES, check_format
 from ldw.export.table import ExportResult, export_table
 from ldw.export.verify import Problem, VerifyResult, verify_export
 
@@ -55,6 +55,7 @@ __all__ = [
     "Problem",
     "TableExportResult",
     "VerifyResult",
+    "check_format",
     "export_owner",
     "export_table",
     "verify_export",

@@ -65,7 +65,8 @@ def _check_compression(compression: str) -> str:
     return name
 
 
-def _check_format(format: str) -> str:
+def check_format(format: str) -> str:
+    """``format`` if it names an export format (lower-cased), else ConfigError."""
     name = str(format).lower()
     if name not in FORMATS:
         raise ConfigError(f"unknown export format {format!r}; use one of {', '.join(FORMATS)}")

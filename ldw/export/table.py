@@ -43,7 +43,6 @@ from ldw.export.manifest import (
 from ldw.export.parquet import _write_files
 from ldw.export.stream import (
     _check_compression,
-    _check_format,
     _check_mode,
     _check_parquet_types,
     _check_partitioning,
@@ -51,6 +50,7 @@ from ldw.export.stream import (
     _open_input,
     _plain_schema,
     _Stream,
+    check_format,
 )
 from ldw.types import Progress
 
@@ -68,6 +68,11 @@ class ExportResult:
     bytes: int
     seconds: float
     manifest_path: Path
+
+    def as_json(self) -> dict[str, Any]:
+        return {"path": str(self.path), "files": [f.as_json() for f in self.files],
+                "rows": self.rows, "bytes": self.bytes, "seconds": self.seconds,
+                "manifest_path": str(self.manifest_path)}
 
 
 def export_table(
@@ -101,7 +106,7 @@ def export_table(
     """
     started = time.perf_counter()
     target = Path(os.path.abspath(os.fspath(path)))
-    fmt = _check_format(format)
+    fmt = check_format(format)
     mode = _check_mode(fmt, mode, overwrite)
     provenance = _json_copy(manifest)
     source_schema, batches = _open_input(data, schema)
