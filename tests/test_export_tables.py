@@ -368,13 +368,15 @@ def test_a_table_is_never_mistaken_for_another_export(tmp_path: Path) -> None:
     (tmp_path / "plain").mkdir()
     with pytest.raises(ldw.ExportError, match="a Parquet export"):
         export_table(table, parquet, manifest={}, format="delta", mode="append")
-    with pytest.raises(ldw.ExportError, match="holds a delta table"):
+    with pytest.raises(ldw.ExportError, match="in the Delta Lake table format"):
         export_table(table, delta, manifest={}, format="iceberg", mode="overwrite")
-    with pytest.raises(ldw.ExportError, match="it is a iceberg table exported by ldw"):
+    with pytest.raises(ldw.ExportError, match="an ldw export in the Iceberg table format"):
         export_table(table, iceberg, manifest={}, overwrite=True)      # Parquet over a table
     with pytest.raises(ldw.ExportError, match="not a table exported by ldw"):
         export_table(table, tmp_path / "plain", manifest={}, format="delta", mode="append")
     assert len(read_delta(delta)) == 2 and DeltaTable(delta).version() == 0
+    (problem,) = ldw.verify_export(iceberg).problems
+    assert "an ldw export in the Iceberg table format" in problem.detail
     assert not list((tmp_path / "plain").iterdir())
     with pytest.raises(ldw.AccessDenied, match="of 'alice'"):
         export_table(table, export_table(table, tmp_path / "a", manifest={}, format="delta",

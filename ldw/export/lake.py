@@ -145,9 +145,10 @@ def check_table_target(target: Path, fmt: str, mode: str, owner: str | None
         raise ExportError(f"refusing to write into {target}: it is {what}; remove it yourself "
                           "or choose another path")
     if marker.get("format") != fmt:
-        raise ExportError(f"refusing to write {LABELS[fmt]} into {target}: it holds a "
-                          f"{marker.get('format')} table; export with "
-                          f"format={marker.get('format')!r}, or choose another path")
+        other = marker.get("format")
+        raise ExportError(f"refusing to write {LABELS[fmt]} into {target}: it is an ldw export "
+                          f"in the {LABELS.get(other, '?')} table format; export with "
+                          f"format={other!r}, or choose another path")
     recorded = marker.get("export_owner")
     if owner is not None and recorded != owner:
         whose = f"of {recorded!r}" if isinstance(recorded, str) else "with no recorded owner"
