@@ -429,6 +429,36 @@ def test_ctrl_c_commits_nothing(tmp_path: Path, fmt: str) -> None:
         assert [s.snapshot_id for s in iceberg_table(first).snapshots()] == [first.version]
 
 
+def test_an_iceberg_export_holds_one_data_file_of_the_stream(tmp_path: Path) -> None:
+    """pyiceberg's own append takes a whole stream into its thread pool at once; ldw writes
+    one data file (``write.target-file-size-bytes``, here 256 KiB) at a time, so converted
+    batches (uint32 widened to int64) are not queued in memory however slowly the files are
+    written (gzip on random numbers)."""
+    import numpy as np
+
+    schema = pa.schema([("x", pa.uint32())])
+    first = export_table(pa.table({"x": pa.array([0], pa.uint32())}), tmp_path / "t",
+                         manifest={}, format="iceberg")
+    with iceberg_table(first).transaction() as tx:
+        tx.set_properties({"write.target-file-size-bytes": str(2**18),
+                           "write.parquet.compression-codec": "gzip"})
+    noise = np.random.default_rng(16).integers(0, 2**32, 2**15, dtype=np.uint32)
+    allocated = []
+
+    def fresh():
+        for _ in range(16):   # 4 MiB once widened to int64
+            allocated.append(pa.total_allocated_bytes())
+            yield pa.record_batch([pa.array(noise)], schema=schema)
+
+    result = export_table(fresh(), tmp_path / "t", schema=schema, manifest={},
+                          format="iceberg", mode="append")
+    assert len(read_iceberg(first)) == 1 + 16 * 2**15
+    assert max(allocated) < 16 * 2**20     # queued whole: 34 MiB
+    snapshot = iceberg_table(first).current_snapshot()       # one snapshot, 16 files
+    assert snapshot.snapshot_id == result.version
+    assert snapshot.summary["added-data-files"] == "16"
+
+
 def test_a_missing_library_names_the_extra(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "deltalake", None)     # as if not installed
     with pytest.raises(ldw.ConfigError, match=r"pip install 'ldw\[export\]'"):

@@ -2,8 +2,9 @@
 
 ``path/_ldw_catalog.db`` (SQLite, pyiceberg's ``SqlCatalog``, the same tables as Iceberg's JDBC
 catalog) holds one table, ``ldw.<name>``, stored in ``path/<name>``; see
-:mod:`ldw.export.lake`. ``append`` and ``overwrite`` commit one transaction (an overwrite
-commits a delete and an append snapshot together, both carrying the lineage).
+:mod:`ldw.export.lake`. Each export commits one transaction: a new table with its first
+snapshot, an append snapshot, or for an overwrite a delete and an append snapshot, each
+carrying the lineage. The stream is written one data file at a time (:func:`_append`).
 """
 
 from __future__ import annotations
@@ -11,15 +12,14 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import threading
-import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 from pyiceberg.catalog.sql import SqlCatalog
-from pyiceberg.table import Table
+from pyiceberg.expressions import AlwaysTrue
+from pyiceberg.table import Table, Transaction
 
 from ldw.errors import ConfigError, ExportError
 from ldw.export.atomic import _seal_tree
@@ -31,7 +31,7 @@ CATALOG_NAME = "ldw"     # pyiceberg keeps the catalog's name in every row: read
 NAMESPACE = "ldw"
 _FILE_BYTES = 128 * 2**20  # Arrow bytes per data file: what a streamed append buffers
 _DEFAULT_FILE_BYTES = 512 * 2**20  # pyiceberg's default write.target-file-size-bytes
-_SLICE_BYTES = 64 * 2**20  # more than one input slice (ldw.export.stream) may hold
+_FILE_PROPERTY = "write.target-file-size-bytes"
 _CODECS = {"none": "uncompressed"}
 
 
@@ -58,13 +58,11 @@ def write(job: TableJob) -> TableCommit:
     try:
         table = catalog.load_table(name)
         properties = {LINEAGE_KEY: job.lineage}
-        reader = _bounded(job.reader, table.properties)
         with table.transaction() as tx:
             if job.mode == "overwrite":
                 _evolve(tx, table, job.reader.schema)
-                tx.overwrite(reader, snapshot_properties=properties)
-            else:
-                tx.append(reader, snapshot_properties=properties)
+                tx.delete(AlwaysTrue(), snapshot_properties=properties)
+            _append(tx, job.reader, properties)
         commit = _commit(job, table, name, job.mode)
     finally:
         catalog.engine.dispose()
@@ -85,12 +83,11 @@ def _create(job: TableJob) -> TableCommit:
             catalog.create_namespace_if_not_exists(NAMESPACE)
             properties = {"write.parquet.compression-codec":
                           _CODECS.get(job.compression, job.compression),
-                          "write.target-file-size-bytes": str(_FILE_BYTES)}
+                          _FILE_PROPERTY: str(_FILE_BYTES)}
             with catalog.create_table_transaction(
                     (NAMESPACE, name), schema=job.reader.schema,
                     location=(job.target / name).as_uri(), properties=properties) as tx:
-                tx.append(_bounded(job.reader, properties),
-                          snapshot_properties={LINEAGE_KEY: job.lineage})
+                _append(tx, job.reader, {LINEAGE_KEY: job.lineage})
             table = catalog.load_table((NAMESPACE, name))
             commit = _commit(job, table, f"{NAMESPACE}.{name}", "create")
         finally:
@@ -127,36 +124,57 @@ def _evolve(tx: Any, table: Table, schema: pa.Schema) -> None:
         update.union_by_name(schema)
 
 
-def _bounded(reader: pa.RecordBatchReader, properties: dict[str, str]) -> pa.RecordBatchReader:
-    """``reader``, holding back while pyiceberg keeps more than about one data file's worth of
-    its batches unwritten.
 
-    pyiceberg cuts the stream into files of ``write.target-file-size-bytes`` and hands each to
-    its thread pool at once (``ThreadPoolExecutor.map`` takes the whole iterator eagerly), so a
-    fast source would otherwise queue the whole table in memory (measured: 860 MiB held for an
-    844 MiB table of strings, 545 MiB with this). A batch counts until pyiceberg drops it, once
-    its file is written. The limit is above one file, so a file always fills and the stream
-    always moves on; the next file starts filling while one is written.
+def _append(tx: Transaction, reader: pa.RecordBatchReader, properties: dict[str, str]
+            ) -> None:
+    """Append ``reader`` in ``tx`` as one snapshot, one data file at a time.
+
+    ``Transaction.append`` hands the files of a stream to pyiceberg's thread pool with
+    ``ThreadPoolExecutor.map``, which takes the whole iterator at once: a source faster than
+    the writer (a cached table whose strings are converted, say) would be queued whole in
+    memory (measured: 860 MiB for an 844 MiB table of strings). Here the stream is cut into
+    pieces of one data file (``write.target-file-size-bytes`` of Arrow data), each written
+    before the next is read, into the same fast-append snapshot. That needs pyiceberg's
+    ``_dataframe_to_data_files``; a pyiceberg without it gets ``Transaction.append``.
     """
     try:
-        file_bytes = int(properties.get("write.target-file-size-bytes", _DEFAULT_FILE_BYTES))
+        from pyiceberg.io.pyarrow import (
+            _check_pyarrow_schema_compatible,
+            _dataframe_to_data_files,
+        )
+    except ImportError:  # another pyiceberg version
+        tx.append(reader, snapshot_properties=properties)
+        return
+    metadata = tx.table_metadata
+    _check_pyarrow_schema_compatible(metadata.schema(), provided_schema=reader.schema)
+    try:
+        file_bytes = max(int(metadata.properties.get(_FILE_PROPERTY, _DEFAULT_FILE_BYTES)), 1)
     except ValueError:
         file_bytes = _DEFAULT_FILE_BYTES
-    limit = max(file_bytes, 1) + _SLICE_BYTES
-    held = [0]
-    released = threading.Condition()
+    io = tx._table.io  # as Transaction.append does
+    with tx.update_snapshot(snapshot_properties=properties).fast_append() as files:
+        for piece in _pieces(reader, file_bytes):
+            for data_file in _dataframe_to_data_files(table_metadata=metadata, df=piece,
+                                                      io=io, write_uuid=files.commit_uuid):
+                files.append_data_file(data_file)
 
-    def release(nbytes: int) -> None:
-        with released:
-            held[0] -= nbytes
-            released.notify_all()
 
-    def batches() -> Iterator[pa.RecordBatch]:
-        for batch in reader:
-            with released:
-                released.wait_for(lambda: held[0] <= limit)
-                held[0] += batch.nbytes
-            weakref.finalize(batch, release, batch.nbytes)
+def _pieces(reader: pa.RecordBatchReader, size: int) -> Iterator[pa.RecordBatchReader]:
+    """``reader`` as consecutive readers of about ``size`` bytes each, read lazily."""
+    batches = iter(reader)
+    upcoming = [next(batches, None)]
+
+    def piece() -> Iterator[pa.RecordBatch]:
+        taken = 0
+        while upcoming[0] is not None and taken < size:
+            batch = upcoming[0]
+            upcoming[0] = None
+            taken += batch.nbytes
             yield batch
+            if taken < size:
+                upcoming[0] = next(batches, None)
+        if upcoming[0] is None and taken >= size:
+            upcoming[0] = next(batches, None)
 
-    return pa.RecordBatchReader.from_batches(reader.schema, batches())
+    while upcoming[0] is not None:
+        yield pa.RecordBatchReader.from_batches(reader.schema, piece())
