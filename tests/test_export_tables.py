@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
+import polars as pl
 import pyarrow as pa
 import pytest
 from conftest import POSTGRES_URL, ServerHandle
@@ -184,8 +185,10 @@ def test_delta_round_trip_keeps_every_row_and_type(wh: ldw.Warehouse, wide: str,
     (lineage,) = delta_lineage(result.path)
     check_lineage(lineage, ds, wh._backend.user)
     assert_private(result.path)
+    assert pl.read_delta(str(result.path)).height == ROWS             # another reader
 
 
+@pytest.mark.filterwarnings("ignore:Iceberg scan planning")   # polars without polars_iceberg
 def test_iceberg_round_trip_keeps_every_row_and_type(wh: ldw.Warehouse, wide: str,
                                                      tmp_path: Path) -> None:
     ds = wh.map("wide", f"pg.{wide}.wide").cache()
@@ -207,6 +210,7 @@ def test_iceberg_round_trip_keeps_every_row_and_type(wh: ldw.Warehouse, wide: st
     (lineage,) = iceberg_lineage(result)
     check_lineage(lineage, ds, wh._backend.user)
     assert_private(result.path)
+    assert pl.scan_iceberg(result.metadata_location).collect().height == ROWS
 
 
 @pytest.mark.parametrize("fmt", ["delta", "iceberg"])
