@@ -403,13 +403,18 @@ def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--partition-by", type=_name_list, action="append", metavar="COL[,COL]",
                    help="Hive-style partition columns (repeatable)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier export there")
+    p.add_argument("--format", choices=("parquet", "delta", "iceberg"),
+                   help="Parquet files (default), or a Delta Lake or Iceberg table")
+    p.add_argument("--mode", choices=("error", "append", "overwrite"),
+                   help="for an existing path: error (default), append (tables), overwrite")
 
 
 def _export(magics: Session, args: argparse.Namespace, cell: str | None) -> Any:
     dataset = magics.warehouse.dataset(args.name)
     export = _require(dataset, "export", "export")
     columns = [c for group in args.partition_by or [] for c in group]
-    options: dict[str, Any] = {"partition_by": columns} if columns else {}
+    options: dict[str, Any] = {key: value for key, value in (
+        ("partition_by", columns), ("format", args.format), ("mode", args.mode)) if value}
     if args.overwrite:
         options["overwrite"] = True
     return export(args.path, **options)
@@ -479,7 +484,8 @@ VERBS: dict[str, Verb] = {v.name: v for v in [
     Verb("share", "share a dataset with a user or a role", _share_args, _share),
     Verb("attach", "bind one of your datasets, or one another user shared (OWNER/NAME)",
          _attach_args, _attach),
-    Verb("export", "export a dataset to Parquet", _export_args, _export, materializes=True),
+    Verb("export", "export a dataset to Parquet, Delta or Iceberg", _export_args, _export,
+         materializes=True),
     Verb("status", "cache status: memory used, datasets", _no_args, _status),
     Verb("reload", "make the server re-read sources, policies and users (the cache stays)",
          _reload_args, _reload),

@@ -9,7 +9,8 @@
     (user commands go through the local server, which checks and audits them; started if
     none runs)
     ldw audit [--user U] [--dataset OWNER/NAME] [--last N] [--verify]
-    ldw export NAME PATH [--partition-by COL]... | ldw verify PATH
+    ldw export NAME PATH [--format parquet|delta|iceberg] [--mode error|append|overwrite]
+               [--partition-by COL]... | ldw verify PATH
     ldw demo [--scale 0.1] [--keep]   TPC-H in SQLite -> cache -> attach, SQL, export
 """
 
@@ -282,7 +283,14 @@ def _verify_audit(settings: Settings) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     settings, _ = _settings(args)
     result = _local(settings).dataset(args.name).export(
-        args.path, partition_by=args.partition_by or None, overwrite=args.overwrite)
+        args.path, format=args.format, mode=args.mode,
+        partition_by=args.partition_by or None, overwrite=args.overwrite)
+    if args.format != "parquet":
+        print(f"exported {result.rows:,} rows to the {args.format} table {result.path} "
+              f"({result.mode}, version {result.version}; {result.seconds:.2f}s)")
+        if result.catalog:
+            print(f"catalog {result.catalog}, table {result.table}")
+        return 0
     print(f"exported {result.rows:,} rows in {len(result.files)} file(s), "
           f"{_mib(result.bytes)}, to {result.path} ({result.seconds:.2f}s)")
     return 0
@@ -341,11 +349,17 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--verify", action="store_true",
                        help="check the keyed chain, sequence gaps and the anchor")
     audit.set_defaults(func=cmd_audit)
-    export = verbs.add_parser("export", help="export a dataset to Parquet")
+    export = verbs.add_parser("export", help="export a dataset to Parquet, Delta or Iceberg")
     export.add_argument("name")
     export.add_argument("path")
+    export.add_argument("--format", choices=("parquet", "delta", "iceberg"), default="parquet",
+                        help="Parquet files with a manifest (default), or a Delta Lake or "
+                             "Iceberg table (one commit per export)")
+    export.add_argument("--mode", choices=("error", "append", "overwrite"),
+                        help="for an existing path: error (default), append (tables), "
+                             "overwrite")
     export.add_argument("--partition-by", action="append", default=[])
-    export.add_argument("--overwrite", action="store_true")
+    export.add_argument("--overwrite", action="store_true", help="the same as --mode overwrite")
     export.set_defaults(func=cmd_export)
     verify = verbs.add_parser("verify", help="check an export against its manifest")
     verify.add_argument("path")

@@ -242,29 +242,39 @@ class Dataset:
         """Revoke a share: the next attach, stream or query by that user is refused."""
         return self._call("share", user=user, role=role, revoke=True)
 
-    def export(self, path: str | os.PathLike[str], *, partition_by: Sequence[str] | None = None,
+    def export(self, path: str | os.PathLike[str], *, format: str = "parquet",
+               mode: str | None = None, partition_by: Sequence[str] | None = None,
                compression: str = "zstd", overwrite: bool = False,
                progress: ProgressCallback | None = None) -> Any:
-        """Write the cached data as Parquet (+ ``_ldw_manifest.json``), atomically.
+        """Write the cached data as Parquet (+ ``_ldw_manifest.json``), atomically, or as a
+        Delta Lake or Iceberg table (``format="delta"`` / ``"iceberg"``, one commit per
+        export, the lineage in the commit; needs ``pip install 'ldw[export]'``).
 
-        Refused for memory-only data and where a policy says ``export = "deny"``. A local
-        client (in-process or over the Unix socket) writes the files itself, as its own OS
-        user; a remote server writes them under the export roots it allows you (a relative
-        ``path`` lands under the first). Files are ``0600``, folders ``0700``.
+        ``mode``: ``"error"`` (default) refuses an existing path, ``"overwrite"`` (or
+        ``overwrite=True``) replaces it, ``"append"`` adds rows to a Delta or Iceberg table;
+        a table keeps its earlier versions for time travel. Refused for memory-only data and
+        where a policy says ``export = "deny"``. A local client (in-process or over the Unix
+        socket) writes the files itself, as its own OS user; a remote server writes them under
+        the export roots it allows you (a relative ``path`` lands under the first). Files are
+        ``0600``, folders ``0700``.
         """
-        from ldw.export import ExportedFile, ExportResult
+        from ldw.export import ExportedFile, ExportResult, TableExportResult
 
         backend = self._wh._backend
-        options = {"partition_by": _as_list(partition_by) or None,
+        options = {"format": format, "mode": mode,
+                   "partition_by": _as_list(partition_by) or None,
                    "compression": compression, "overwrite": overwrite}
         for name, value, hint in (("path", path, str | os.PathLike),
                                   ("partition_by", options["partition_by"], list[str] | None),
+                                  ("format", format, str), ("mode", mode, str | None),
                                   ("compression", compression, str),
                                   ("overwrite", overwrite, bool)):
             check("export()", name, value, hint)
         if getattr(backend, "writes_exports", False):
             return self._export_here(os.path.abspath(path), options, progress)
         result = self._call("export", progress=progress, path=os.fspath(path), **options)
+        if result.get("format", "parquet") != "parquet":
+            return TableExportResult.from_json(result)
         return ExportResult(Path(result["path"]),
                             tuple(ExportedFile(**f) for f in result["files"]), result["rows"],
                             result["bytes"], result["seconds"], Path(result["manifest_path"]))
@@ -277,7 +287,8 @@ class Dataset:
         from ldw.export import export_table
 
         for _ in range(5):  # a refresh between the two calls: ask again for the new version
-            plan = self._call("export_manifest", progress=progress, path=path)
+            plan = self._call("export_manifest", progress=progress, path=path,
+                              format=options["format"])
             info, table = self._wh._backend.attach(self._ref, progress=progress)
             if info["version"] == plan["provenance"]["snapshot"]:
                 break

@@ -109,6 +109,8 @@ class AuditArgs(TypedDict, total=False):
 
 class ExportArgs(DatasetRef, total=False):
     path: str
+    format: str | None   # "parquet" (default), "delta" or "iceberg"
+    mode: str | None     # "error" (default), "append" (tables) or "overwrite"
     partition_by: list[str] | None
     compression: str | None
     overwrite: bool
@@ -116,6 +118,7 @@ class ExportArgs(DatasetRef, total=False):
 
 class ManifestArgs(DatasetRef, total=False):
     path: str
+    format: str | None
 
 
 class ScanArgs(DatasetRef, total=False):
@@ -192,7 +195,8 @@ OPS: dict[str, Op] = {o.name: o for o in (
     op("datasets", NoArgs, "my datasets and those shared with me"),
     op("status", NoArgs, "the server's capacity, use and per-dataset hits"),
     op("audit", AuditArgs, "audit records, newest first"),
-    op("export", ExportArgs, "the server writes a dataset to Parquet in an export root"),
+    op("export", ExportArgs,
+       "the server writes a dataset to Parquet, Delta or Iceberg in an export root"),
     op("export_manifest", ManifestArgs, "policy check, audit and provenance for a local export"),
     op("ray_attach", DatasetRef, "Ray backend: a ticket to map a version from the object store"),
     op("user_add", UserArgs, "admin: create (or replace) a user's token; shown once"),

@@ -52,6 +52,15 @@ log = logging.getLogger("ldw.service")
 Pinned = tuple[str, str, str]  # (owner, name, policy fingerprint) a stream was opened under
 
 
+def _export_format(args: dict[str, Any]) -> tuple[str, str]:
+    """The export format asked for (checked before anything is audited or written), and how
+    the audit detail names it (Parquet, the first, says nothing)."""
+    from ldw.export import check_format
+
+    fmt = check_format(_arg(args, "format", str) or "parquet")
+    return fmt, "" if fmt == "parquet" else f" as a {fmt} table"
+
+
 def _target(user: str, args: dict[str, Any]) -> tuple[str, str]:
     """(owner, name) a call is about: the caller's own dataset unless ``owner`` says whose."""
     name = check_name(_arg(args, "name", str, required=True))
@@ -427,28 +436,29 @@ class Service(AdminOps):
         record = self._exportable(user, args)
         path = confine_export_path(_arg(args, "path", str, required=True),
                                    export_roots_for(self.engine.settings, user), user=user)
+        fmt, as_format = _export_format(args)
         version, table = self.engine.open_table(record.owner, record.name)
         partition_by = _arg(args, "partition_by", list)
         self.audit(user, "export", record, sql=record.source_sql, rows=version.rows,
-                   nbytes=version.bytes, detail=f"written by the server to {path}")
+                   nbytes=version.bytes, detail=f"written by the server to {path}{as_format}")
         result = export_table(table, path, manifest=self._provenance(user, record, version),
+                              format=fmt, mode=_arg(args, "mode", str),
                               partition_by=partition_by,
                               compression=_arg(args, "compression", str) or "zstd",
                               overwrite=bool(args.get("overwrite")), owner=user,
                               progress=progress)
-        return {"path": str(result.path), "files": [f.as_json() for f in result.files],
-                "rows": result.rows, "bytes": result.bytes, "seconds": result.seconds,
-                "manifest_path": str(result.manifest_path)}
+        return result.as_json()
 
     def op_export_manifest(self, user: str, args: dict, progress: Callable | None) -> Any:
         """For a local client that writes an export itself, as its own OS user: the policy
         checks, the audit record, and the provenance its manifest records."""
         record = self._exportable(user, args)
         path = _arg(args, "path", str, required=True)
+        _, as_format = _export_format(args)
         version = record.version or self.engine.materialize(record.owner, record.name,
                                                             progress=progress)
         self.audit(user, "export", record, sql=record.source_sql, rows=version.rows,
-                   nbytes=version.bytes, detail=f"written by the client to {path!r}")
+                   nbytes=version.bytes, detail=f"written by the client to {path!r}{as_format}")
         return {"provenance": self._provenance(user, record, version), "owner": user}
 
     # -- data streams ---------------------------------------------------------------------------

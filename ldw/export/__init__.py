@@ -25,26 +25,37 @@ Reading an export back: ``pyarrow.dataset.dataset(path, partitioning="hive")`` s
 manifest; polars refuses a directory holding a non-Parquet file, so give it a glob:
 ``pl.scan_parquet(f"{path}/**/*.parquet", hive_partitioning=True)``.
 
+``format="delta"`` or ``"iceberg"`` writes a table instead, one commit per export, with the
+provenance as each commit's lineage (:mod:`~ldw.export.lake`).
+
 The package, one job per module: :mod:`~ldw.export.stream` (the input stream and argument
 checks), :mod:`~ldw.export.parquet` (Parquet writing), :mod:`~ldw.export.atomic` (temp
 directories, locks, atomic publish), :mod:`~ldw.export.manifest` (the manifest format),
 :mod:`~ldw.export.verify` (verification), :mod:`~ldw.export.table` (``export_table``, tying them
-together) and :mod:`~ldw.export.roots` (where a server may write a remote user's export).
+together), :mod:`~ldw.export.roots` (where a server may write a remote user's export),
+:mod:`~ldw.export.lake` (Delta and Iceberg tables: :mod:`~ldw.export.delta`,
+:mod:`~ldw.export.iceberg`) and :mod:`~ldw.export.table_types` (the types those store).
 """
 
 from ldw.errors import ExportError, ExportVerificationError
+from ldw.export.lake import TableExportResult
 from ldw.export.manifest import MANIFEST_NAME, ExportedFile, export_owner
+from ldw.export.stream import FORMATS, MODES, check_format
 from ldw.export.table import ExportResult, export_table
 from ldw.export.verify import Problem, VerifyResult, verify_export
 
 __all__ = [
+    "FORMATS",
     "MANIFEST_NAME",
+    "MODES",
     "ExportError",
     "ExportResult",
     "ExportVerificationError",
     "ExportedFile",
     "Problem",
+    "TableExportResult",
     "VerifyResult",
+    "check_format",
     "export_owner",
     "export_table",
     "verify_export",

@@ -19,7 +19,8 @@ import shutil
 from pathlib import Path
 
 from ldw.errors import AccessDenied, ConfigError, ExportError, LdwError
-from ldw.export.manifest import MANIFEST_NAME, export_owner
+from ldw.export.manifest import MANIFEST_NAME, TABLE_MARKER, export_owner, read_marker
+from ldw.export.table_types import LABELS
 
 log = logging.getLogger("ldw.export")
 
@@ -78,6 +79,13 @@ def _check_target(target: Path, *, overwrite: bool, owner: str | None = None) ->
     if not overwrite:
         raise ExportError(f"{target} already exists; choose another path or pass overwrite=True "
                           "to replace an earlier export")
+    table = read_marker(target, TABLE_MARKER) if not target.is_symlink() else None
+    if table is not None:
+        fmt = table.get("format")
+        raise ExportError(f"refusing to replace {target} with Parquet files: it is an ldw "
+                          f"export in the {LABELS.get(fmt, '?')} table format; export with "
+                          f"format={fmt!r} and mode='append' or 'overwrite' to add a commit "
+                          "to it, or choose another path")
     if target.is_symlink() or not target.is_dir() or not (target / MANIFEST_NAME).is_file():
         raise ExportError(f"refusing to replace {target}: it is not an ldw export (no "
                           f"{MANIFEST_NAME}); remove it yourself or choose another path")

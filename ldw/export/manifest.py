@@ -1,7 +1,9 @@
 """The export manifest: its name, format, file entries and checksums, shared by writer and verifier.
 
 ``_ldw_manifest.json`` sits at an export's root; :mod:`ldw.export.table` writes it and
-:mod:`ldw.export.verify` checks a directory against it.
+:mod:`ldw.export.verify` checks a directory against it. A Delta or Iceberg export holds
+``_ldw_table.json`` instead (:mod:`ldw.export.lake`): its format and owner, as the lineage of
+each commit lives in the table's own commit metadata.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from typing import Any
 import pyarrow as pa
 
 MANIFEST_NAME = "_ldw_manifest.json"
+TABLE_MARKER = "_ldw_table.json"
+EXPORT_MARKERS = (MANIFEST_NAME, TABLE_MARKER)   # a folder holding one of these is an export
 FORMAT_VERSION = 1
 _HASH_CHUNK = 4 * 2**20
 
@@ -87,14 +91,20 @@ def _write_manifest(file: Path, body: dict[str, Any]) -> None:
         os.fsync(out.fileno())
 
 
-def export_owner(path: str | os.PathLike[str]) -> str | None:
-    """The ldw user an export at ``path`` was written for (older exports: ``exported_by``)."""
+def read_marker(path: str | os.PathLike[str], name: str) -> dict[str, Any] | None:
+    """The JSON object in ``path/name`` (a manifest or table marker), None if unreadable."""
     try:
-        with open(Path(path) / MANIFEST_NAME, "rb") as handle:
+        with open(Path(path) / name, "rb") as handle:
             body = json.loads(handle.read(16 * 2**20))
     except (OSError, ValueError):
         return None
-    if not isinstance(body, dict):
+    return body if isinstance(body, dict) else None
+
+
+def export_owner(path: str | os.PathLike[str]) -> str | None:
+    """The ldw user an export at ``path`` was written for (older exports: ``exported_by``)."""
+    body = read_marker(path, MANIFEST_NAME) or read_marker(path, TABLE_MARKER)
+    if body is None:
         return None
     owner = body.get("export_owner")
     if owner is None and isinstance(body.get("provenance"), dict):

@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath
 
 from ldw.config import Settings, export_roots_setting
 from ldw.errors import AccessDenied
-from ldw.export.manifest import MANIFEST_NAME
+from ldw.export.manifest import EXPORT_MARKERS
 
 __all__ = ["confine_export_path", "export_roots_for"]
 
@@ -126,7 +126,7 @@ def _open_root(root: str) -> Path:
 
 def _step(folder: Path, part: str, refuse: Callable[[str], AccessDenied]) -> Path:
     """``folder/part``, created 0700 if missing; refused if it is a link, not a directory,
-    open to writes by others, or an export itself."""
+    open to writes by others, or an export itself (Parquet, Delta or Iceberg)."""
     child = folder / part
     try:
         os.mkdir(child, 0o700)
@@ -141,6 +141,6 @@ def _step(folder: Path, part: str, refuse: Callable[[str], AccessDenied]) -> Pat
         raise refuse(f"{child} is not a directory")
     if not _trusted(st):
         raise refuse(f"{child} is writable by others")
-    if os.path.lexists(child / MANIFEST_NAME):
+    if any(os.path.lexists(child / marker) for marker in EXPORT_MARKERS):
         raise refuse(f"{child} is an export; an export cannot hold another")
     return child

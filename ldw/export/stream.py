@@ -20,6 +20,8 @@ import pyarrow.parquet as pq
 from ldw.errors import ConfigError, ExportError, UnsupportedType
 
 _COMPRESSIONS = frozenset({"zstd", "snappy", "gzip", "brotli", "lz4", "none"})
+FORMATS = ("parquet", "delta", "iceberg")
+MODES = ("error", "append", "overwrite")
 _SLICE_ROWS = 128 * 1024            # input batches are cut to at most this many rows
 _SLICE_BYTES = 32 * 2**20           # ... and about this many bytes, before casting
 
@@ -60,6 +62,31 @@ def _check_compression(compression: str) -> str:
                           f"{', '.join(sorted(_COMPRESSIONS))}")
     if name != "none" and not pa.Codec.is_available(name):
         raise ConfigError(f"compression {name!r} is not available in this pyarrow build")
+    return name
+
+
+def check_format(format: str) -> str:
+    """``format`` if it names an export format (lower-cased), else ConfigError."""
+    name = str(format).lower()
+    if name not in FORMATS:
+        raise ConfigError(f"unknown export format {format!r}; use one of {', '.join(FORMATS)}")
+    return name
+
+
+def _check_mode(format: str, mode: str | None, overwrite: bool) -> str:
+    """The write mode: ``error`` (the default: refuse an existing target), ``append`` (tables
+    only) or ``overwrite``; ``overwrite=True`` is short for ``mode="overwrite"``."""
+    if mode is None:
+        return "overwrite" if overwrite else "error"
+    name = str(mode).lower()
+    if name not in MODES:
+        raise ConfigError(f"unknown export mode {mode!r}; use one of {', '.join(MODES)}")
+    if overwrite and name != "overwrite":
+        raise ConfigError(f"overwrite=True contradicts mode={mode!r}; pass one of them")
+    if name == "append" and format == "parquet":
+        raise ConfigError("a Parquet export cannot be appended to; export with "
+                          "format='delta' or 'iceberg' to add commits to a table, or "
+                          "replace the export with mode='overwrite'")
     return name
 
 
@@ -195,6 +222,11 @@ class _Stream:
     def _iter(self) -> Iterator[pa.RecordBatch]:
         for piece in self._slices():
             yield from self._convert(piece)
+
+    @property
+    def schema(self) -> pa.Schema:
+        """The schema of the batches this stream yields."""
+        return self._out
 
     def peek(self) -> pa.RecordBatch | None:
         """The first non-empty slice, or None for an empty input (kept; it is written first)."""

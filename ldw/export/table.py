@@ -2,7 +2,8 @@
 
 Ties the jobs together: check the input (:mod:`~ldw.export.stream`), write Parquet into a
 locked temp directory (:mod:`~ldw.export.parquet`), add the manifest
-(:mod:`~ldw.export.manifest`) and publish it in one step (:mod:`~ldw.export.atomic`).
+(:mod:`~ldw.export.manifest`) and publish it in one step (:mod:`~ldw.export.atomic`). Delta
+and Iceberg tables take the same checks and stream, then :mod:`~ldw.export.lake`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 
@@ -43,16 +44,19 @@ from ldw.export.manifest import (
 from ldw.export.parquet import _write_files
 from ldw.export.stream import (
     _check_compression,
+    _check_mode,
     _check_parquet_types,
     _check_partitioning,
     _json_copy,
     _open_input,
     _plain_schema,
     _Stream,
+    check_format,
 )
 from ldw.types import Progress
 
 log = logging.getLogger("ldw.export")
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,11 @@ class ExportResult:
     def _repr_html_(self) -> str:
         return present.result_html(self)
 
+    def as_json(self) -> dict[str, Any]:
+        return {"path": str(self.path), "files": [f.as_json() for f in self.files],
+                "rows": self.rows, "bytes": self.bytes, "seconds": self.seconds,
+                "manifest_path": str(self.manifest_path)}
+
 
 def export_table(
     data: pa.Table | pa.RecordBatchReader | Iterable[pa.RecordBatch],
@@ -79,13 +88,17 @@ def export_table(
     *,
     manifest: Mapping[str, Any],
     schema: pa.Schema | None = None,
+    format: str = "parquet",
+    mode: str | None = None,
     partition_by: Sequence[str] | None = None,
     compression: str = "zstd",
     overwrite: bool = False,
     owner: str | None = None,
     progress: Callable[[Progress], None] | None = None,
-) -> ExportResult:
-    """Write ``data`` as Parquet under ``path`` atomically, with ``_ldw_manifest.json``.
+) -> Any:
+    """Write ``data`` as Parquet under ``path`` atomically, with ``_ldw_manifest.json``
+    (an :class:`ExportResult`), or as a Delta or Iceberg table (``format="delta"`` or
+    ``"iceberg"``, a :class:`~ldw.export.lake.TableExportResult`; see :mod:`ldw.export.lake`).
 
     ``data`` is a Table (memory-mapped tables are streamed, never copied whole), a
     RecordBatchReader, or an iterable of RecordBatches together with ``schema``. ``manifest``
@@ -95,13 +108,29 @@ def export_table(
     it is then swapped out only once the new export is complete. Ctrl-C cancels cleanly.
     ``owner`` (the ldw user exporting) is recorded in the manifest; an export recorded for
     another owner is never replaced. Files are written ``0600`` and folders ``0700``.
+    ``mode`` is ``"error"`` (the default: refuse an existing path), ``"overwrite"`` (what
+    ``overwrite=True`` says) or, for tables only, ``"append"``; a table export adds a commit.
     """
     started = time.perf_counter()
     target = Path(os.path.abspath(os.fspath(path)))
+    fmt = check_format(format)
+    mode = _check_mode(fmt, mode, overwrite)
     provenance = _json_copy(manifest)
     source_schema, batches = _open_input(data, schema)
     partition_by = _check_partitioning(source_schema, partition_by)
     compression = _check_compression(compression)
+    if fmt != "parquet":
+        from ldw.export.lake import export_lake_table
+        from ldw.export.table_types import table_schema
+
+        stream_cancel = threading.Event()
+        stream = _Stream(batches, source_schema,
+                         table_schema(_plain_schema(source_schema), fmt), stream_cancel)
+        return export_lake_table(stream, target, fmt=fmt, mode=mode, lineage=provenance,
+                                 partition_by=partition_by, compression=compression,
+                                 owner=owner, cancel=stream_cancel, progress=progress,
+                                 run=_run_cancellable)
+    overwrite = mode == "overwrite"
     out_schema = _plain_schema(source_schema)
     _check_parquet_types(out_schema)
     _check_target(target, overwrite=overwrite, owner=owner)
@@ -162,8 +191,8 @@ def export_table(
     return ExportResult(target, files, rows, nbytes, seconds, target / MANIFEST_NAME)
 
 
-def _run_cancellable(work: Callable[[], tuple[ExportedFile, ...]], cancel: threading.Event,
-                     tick: Callable[[], None]) -> tuple[ExportedFile, ...]:
+def _run_cancellable(work: Callable[[], _T], cancel: threading.Event,
+                     tick: Callable[[], None]) -> _T:
     """Run ``work`` in a thread so that Ctrl-C reaches this one; on it, cancel and wait.
 
     ``tick`` (progress) runs here, in the caller's thread, a few times a second.

@@ -18,10 +18,13 @@ from ldw.export.atomic import _data_files
 from ldw.export.manifest import (
     FORMAT_VERSION,
     MANIFEST_NAME,
+    TABLE_MARKER,
     ExportedFile,
     _content_checksum,
     _sha256,
+    read_marker,
 )
+from ldw.export.table_types import LABELS
 
 
 @dataclass(frozen=True)
@@ -95,8 +98,11 @@ def _read_manifest(root: Path, problems: list[Problem]) -> dict[str, Any] | None
     try:
         body = json.loads(file.read_text("utf-8"))
     except FileNotFoundError:
-        problems.append(Problem("manifest", MANIFEST_NAME,
-                                "no manifest: not an ldw export, or an unfinished one"))
+        table = read_marker(root, TABLE_MARKER)
+        problems.append(Problem("manifest", MANIFEST_NAME, (
+            f"an ldw export in the {LABELS.get(table.get('format'), '?')} table format, not "
+            "Parquet files: its own log lists its files; read it with its library") if table else
+            "no manifest: not an ldw export, or an unfinished one"))
         return None
     except (OSError, ValueError) as exc:
         problems.append(Problem("manifest", MANIFEST_NAME, f"unreadable: {exc}"))
