@@ -239,10 +239,12 @@ class Lifecycle:
 
     def failed(self, record: DatasetRecord, previous: Version | None, exc: BaseException) -> None:
         """A read failed: the previous version (if any) stays current, marked stale. A read
-        that was interrupted (``Cancelled``, ``KeyboardInterrupt``) says so instead: its
-        first read is ``cancelled``, not failed, and a previous version is not made stale."""
+        that was interrupted (``Cancelled``, ``KeyboardInterrupt``) says so in its reason and
+        does not make a previous version stale; a first read cancelled for its client (the
+        client went away, a cancel) is ``cancelled``. An interrupt raised in the reading
+        process itself (in-process ``KeyboardInterrupt``) stays ``failed``, as it always was."""
         interrupted = isinstance(exc, Cancelled | KeyboardInterrupt)
-        first = DatasetState.CANCELLED if interrupted else DatasetState.FAILED
+        first = DatasetState.CANCELLED if isinstance(exc, Cancelled) else DatasetState.FAILED
         record.state = self._allowed(record, _at_rest(previous) if previous is not None
                                      else first)
         if not interrupted:
