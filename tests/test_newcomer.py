@@ -407,7 +407,7 @@ def _text(outputs: list) -> str:
             parts.append("\n".join(out.traceback))
         else:
             parts.append(out.get("data", {}).get("text/plain", ""))
-    return "\n".join(parts)
+    return re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(parts))  # IPython colours its tracebacks
 
 
 @pytest.mark.postgres
