@@ -19,7 +19,15 @@ from ldw.connectors import Connector
 from ldw.engine.datasets import Datasets
 from ldw.engine.freshness import Freshness
 from ldw.engine.sources import Sources
-from ldw.errors import BadRequest, DatasetLost, LdwError, SourceUnavailable, UnknownDataset
+from ldw.errors import (
+    BadRequest,
+    Cancelled,
+    CapacityExceeded,
+    DatasetLost,
+    LdwError,
+    SourceUnavailable,
+    UnknownDataset,
+)
 from ldw.governance.policies import Governance
 from ldw.lifecycle import DatasetRecord, Lifecycle
 from ldw.planner import MappedQuery, narrow, read_plan, single_plan
@@ -51,6 +59,8 @@ class Cache:
         self.sql_engine = sql_engine
         self.query_log = query_log
         self.freshness = freshness
+        self._stop = threading.Event()
+        self._compactor = ThreadPoolExecutor(1, thread_name_prefix="ldw-compact")
 
     # -- reading a source -------------------------------------------------------------------------
     def _log(self, record: DatasetRecord, sql: Sequence[str]) -> None:
@@ -158,7 +168,49 @@ class Cache:
                      version.bytes, version.seconds)
         if previous is not None:
             self.lifecycle.drop_version(previous)
+        self.compact_later(record, version)
         return version
+
+    # -- compaction -------------------------------------------------------------------------------
+    def compact_later(self, record: DatasetRecord, version: Version) -> None:
+        """Write a version of several files into fewer, in the background (see
+        :meth:`VersionStore.compact`): the refresh that made it does not wait for that."""
+        if len(version.files) > 1 or version.keep is not None:
+            with contextlib.suppress(RuntimeError):  # shut down: it stays as it is
+                self._compactor.submit(self._compact, record, version)
+
+    def _compact(self, record: DatasetRecord, version: Version) -> None:
+        if self._stop.is_set() or record.version != version:
+            return
+        try:
+            compacted = self.store.compact(version, cancel=self._stop)
+        except (CapacityExceeded, Cancelled, FileNotFoundError) as exc:
+            log.info("%s stays in %d files: %s", record.key, len(version.files),
+                     type(exc).__name__)
+            return
+        except Exception:  # (the version is fine as it is)
+            log.warning("could not compact %s", record.key, exc_info=True)
+            return
+        if compacted is None:
+            return
+        current = False
+        try:
+            with record.lock:  # a refresh, spill or eviction meanwhile wins
+                current = record.version == version
+                if current:
+                    self.lifecycle.compacted(record, compacted)
+        except Exception:
+            current = False
+            log.warning("could not publish the compacted %s", record.key, exc_info=True)
+        self.store.delete(version if current else compacted)  # readers keep their mappings
+        if current:
+            log.info("compacted %s: %d files -> %d", record.key, len(version.files),
+                     len(compacted.files))
+
+    def close(self) -> None:
+        """Stop compacting (a running one is abandoned) and wait for it."""
+        self._stop.set()
+        self._compactor.shutdown(wait=True, cancel_futures=True)
 
     def _baseline(self, record: DatasetRecord, version: Version,
                   counters: tuple[Any, bool, float]) -> dict[str, Any] | None:
