@@ -8,7 +8,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import pyarrow as pa
@@ -232,7 +232,7 @@ class Cache:
                          progress: ProgressFn) -> Version | None:
         """old version + what changed, ``previous`` itself if nothing did, None when only a
         full read is right (the reason is kept in the record's freshness)."""
-        from ldw.engine.incremental import Abandoned, Pending, read_increment
+        from ldw.engine.incremental import Increment, read_increment
 
         started = time.perf_counter()
         connector = self.sources.connector(record.mapping.source)
@@ -242,37 +242,46 @@ class Cache:
         except (VersionLost, FileNotFoundError):
             return None
         mode = record.mapping.incremental or "full"
-        pending = Pending()
         with ThreadPoolExecutor(1, thread_name_prefix="ldw-extend") as pool:
-            writing = None
-            if mode == "append":  # the old rows are copied while the source is read
-                writing = pool.submit(self.store.extend, previous, record.schema, pending,
-                                      progress=progress,
-                                      make_room=lambda n: self.make_room(n, record))
+            writing: Future[Version] | None = None
+
+            def ready(increment: Increment) -> None:  # written while the probe finishes
+                nonlocal writing
+                writing = pool.submit(
+                    self.store.extend, previous, record.schema, increment.batches,
+                    replace_key=increment.replace_key, replaced=increment.replaced,
+                    progress=progress, make_room=lambda n: self.make_room(n, record))
+
             try:
-                found = read_increment(connector, record, query, old, self.masked)
-            finally:
-                pending.abandon()  # a no-op once delivered
+                found = read_increment(connector, record, query, old, self.masked, ready)
+            except BaseException:
+                self._discard(writing)
+                raise
             self._log(record, found.sql)
-            if found.fallback is not None or not found.batches:
-                if writing is not None:
-                    with contextlib.suppress(Abandoned):
-                        writing.result()
-            else:
-                pending.deliver(found.batches)
+            if found.fallback is not None:
+                self._discard(writing)
+            version = writing.result() if writing is not None and found.fallback is None \
+                else None
         if found.fallback is not None:
             log.info("%s: full refresh: %s", record.key, found.fallback)
             record.freshness = {**record.freshness, "fallback": found.fallback}
             return None
-        if not found.batches:
+        if version is None:
             self._note_refresh(record, mode, started, 0, 0, reason="no change in the source")
             return previous
         record.source_sql = list(found.sql)
-        version = writing.result() if writing is not None else self.store.extend(
-            previous, record.schema, found.batches, replace_key=found.replace_key,
-            progress=progress, make_room=lambda n: self.make_room(n, record))
         self._note_refresh(record, mode, started, found.rows, found.bytes)
         return version
+
+    def _discard(self, writing: Future[Version] | None) -> None:
+        """Drop the version a write made for an increment that will not be published."""
+        if writing is None:
+            return
+        try:
+            version = writing.result()
+        except BaseException:  # (the write failed: nothing to drop)
+            return
+        self.store.delete(version)
 
     # -- capacity ---------------------------------------------------------------------------------
     def make_room(self, needed: int, writing: DatasetRecord | None = None) -> int:

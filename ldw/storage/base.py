@@ -250,12 +250,14 @@ class VersionStore(abc.ABC):
         """Stream ``batches`` into a new memory-tier version; publish it only if all arrived."""
 
     def extend(self, base: Version, schema: pa.Schema, batches: Iterable[pa.RecordBatch], *,
-               replace_key: str | None = None, progress: ProgressCallback | None = None,
+               replace_key: str | None = None, replaced: pa.Array | None = None,
+               progress: ProgressCallback | None = None,
                make_room: MakeRoom | None = None) -> Version:
         """A new version of ``base``'s dataset: ``base``'s rows, read from this store (never
         from the source again), followed by ``batches``. With ``replace_key``, rows of
         ``base`` whose value of that column appears in ``batches`` are left out (an upsert:
-        the new rows replace them). ``base`` itself is untouched; readers keep it.
+        the new rows replace them); ``replaced`` may give their positions in ``base``'s table
+        when the caller found them already. ``base`` itself is untouched; readers keep it.
 
         This implementation copies ``base``'s rows into the new version (the Ray store's way:
         its objects are written once); the local store shares ``base``'s files instead."""

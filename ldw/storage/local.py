@@ -195,7 +195,8 @@ class Store(VersionStore):
         return Version(dataset, version_id, final, rows, size, time.time(), seconds)
 
     def extend(self, base: Version, schema: pa.Schema, batches: Iterable[pa.RecordBatch], *,
-               replace_key: str | None = None, progress: ProgressCallback | None = None,
+               replace_key: str | None = None, replaced: pa.Array | None = None,
+               progress: ProgressCallback | None = None,
                make_room: MakeRoom | None = None) -> Version:
         """A new version of ``base``'s files, shared by hard links (nothing is copied), and one
         new file with ``batches``; with ``replace_key`` the rows of ``base`` whose key comes
@@ -212,7 +213,8 @@ class Store(VersionStore):
         increment: Iterable[pa.RecordBatch] = batches
         if replace_key is not None:
             increment = list(batches)
-            replaced = _replaced(old, increment, replace_key)
+            if replaced is None:
+                replaced = _replaced(old, increment, replace_key)
             if replaced is not None and len(replaced):
                 keep = drop_rows(keep, total, replaced)
             if keep is not None and len(keep) >= MAX_RANGES:
