@@ -148,6 +148,21 @@ def test_a_version_of_max_parts_files_is_copied_into_one(store: Store) -> None:
         i: f"v{i}" for i in range(MAX_PARTS + 1)}
 
 
+def test_compaction_and_spill_write_only_the_kept_strings(store: Store) -> None:
+    """Rows left out are slices of the base's batches, whose strings all sit in shared
+    buffers: a writer must not write them once per slice."""
+    ids = list(range(60_000))
+    base = store.write("me/t", SCHEMA, [_batch(ids[:30_000], "a long string of text #"),
+                                        _batch(ids[30_000:], "a long string of text #")])
+    upserted = store.extend(base, SCHEMA, [_batch(ids[::50], "new")], replace_key="id")
+    assert len(upserted.keep) > 1000
+    whole = store.compact(upserted)
+    assert whole is not None and whole.bytes < 1.2 * base.bytes
+    assert _rows(store, whole) == _rows(store, upserted)
+    spilled = store.spill(upserted)
+    assert spilled.bytes < 1.2 * base.bytes and _rows(store, spilled) == _rows(store, whole)
+
+
 def test_spilling_a_multi_part_version_writes_one_file(store: Store) -> None:
     base = store.write("me/t", SCHEMA, [_batch(list(range(50_000)))])
     upserted = store.extend(base, SCHEMA, [_batch([3, 50_000], "new")], replace_key="id")
@@ -340,15 +355,17 @@ def test_a_multi_part_version_over_the_socket_flight_and_after_a_restart(
 
 
 @pytest.mark.postgres
-def test_many_files_with_rows_left_out_attach_over_the_socket(src: Source,
-                                                              tmp_path: Path) -> None:
+def test_many_files_with_rows_left_out_over_flight_and_the_socket(src: Source,
+                                                                 tmp_path: Path) -> None:
     """A memory tier with no room to compact: the version stays in files, rows left out by
-    ranges, more files than one message used to carry descriptors for."""
+    ranges, more files than one message used to carry descriptors for. Its owner reads it
+    over Flight (each slice sends only its own strings), a user it is shared with attaches it
+    over the Unix socket."""
     server = ServerHandle(tmp_path, memory_limit="5MiB").start()
     try:
-        wh = server.local()
-        orders = wh.map("orders", src.table, incremental="upsert", key="o_orderkey",
-                        watermark="updated_at").cache()
+        remote = ldw.connect(server.flight, token=server.token("dave"))
+        orders = remote.map("orders", src.table, incremental="upsert", key="o_orderkey",
+                            watermark="updated_at").cache()
         assert orders.info()["bytes"] > 5 * 2**20 / 2  # a second copy would not fit
         for step in range(6):
             src.run(f"update {src.schema}.orders set o_comment = 'step {step}', "
@@ -356,9 +373,15 @@ def test_many_files_with_rows_left_out_attach_over_the_socket(src: Source,
             orders.refresh()
             assert orders.info()["freshness"]["last_refresh"]["mode"] == "upsert"
         assert orders.info()["files"] == 7
-        table = orders.to_arrow()
-        assert same(orders, src) and table.num_rows == ROWS
+        assert same(orders, src)  # over Flight
+        wh = server.local()
+        orders.share(wh._backend.user)
+        table = wh.attach("dave/orders").to_arrow()  # seven descriptors over the socket
+        assert table.num_rows == ROWS
         assert pc.sum(table.column("o_orderkey")).as_py() == ROWS * (ROWS + 1) // 2
+        assert sorted(table.column("o_comment").to_pylist()) == sorted(
+            src.content().column("o_comment").to_pylist())
         wh.close()
+        remote.close()
     finally:
         server.stop()

@@ -56,7 +56,15 @@ from ldw.storage.base import (
     new_version_id,
     storage_schema,
 )
-from ldw.storage.parts import MAX_RANGES, drop_rows, kept_rows, open_fd, open_fds, valid_keep
+from ldw.storage.parts import (
+    MAX_RANGES,
+    drop_rows,
+    kept_rows,
+    open_fd,
+    open_fds,
+    standalone,
+    valid_keep,
+)
 from ldw.types import Progress
 
 __all__ = ["COMPACT_PARTS", "Store", "open_fd", "open_fds"]
@@ -157,6 +165,7 @@ class Store(VersionStore):
                         raise Cancelled(f"writing {dataset} was cancelled")
                     if batch.schema != stored:
                         batch = batch.cast(stored)
+                    batch = standalone(batch)  # a slice writes only its own strings
                     if account:
                         self.budget.reserve(batch.nbytes, make_room, dataset, written=reserved)
                     reserved += batch.nbytes
@@ -210,9 +219,8 @@ class Store(VersionStore):
                                   progress=progress, make_room=make_room)
         total = sum(p.rows for p in base.files)
         keep = base.keep
-        increment: Iterable[pa.RecordBatch] = batches
+        increment = list(batches)  # the new rows: few
         if replace_key is not None:
-            increment = list(batches)
             if replaced is None:
                 replaced = _replaced(old, increment, replace_key)
             if replaced is not None and len(replaced):
@@ -233,9 +241,13 @@ class Store(VersionStore):
                 parts.append(Part(self._link(base, part, folder / _part_name(version_id,
                                                                               index)),
                                   part.rows))
-        except BaseException:
+        except BaseException as exc:
             self._unlink([added, *(p.path for p in parts)], MEMORY)
-            raise
+            if not isinstance(exc, OSError) or isinstance(exc, FileNotFoundError):
+                raise
+            log.warning("%s: cannot link its files (%s); copying them", base.dataset, exc)
+            return super().extend(base, schema, increment, replace_key=replace_key,
+                                  progress=progress, make_room=make_room)
         parts.append(Part(added, rows))
         if keep is not None and rows:
             keep = (*keep, (total, rows))
@@ -252,18 +264,20 @@ class Store(VersionStore):
         fd = self._open_checked(version, part.path)
         try:
             info = os.fstat(fd)
-            os.link(part.path, target, follow_symlinks=False)
+            with self._lock:  # with _unlink's count of a file's names
+                os.link(part.path, target, follow_symlinks=False)
+                linked = os.lstat(target)
+                same = (linked.st_dev, linked.st_ino) == (info.st_dev, info.st_ino)
+                if same:
+                    self._published[target] = (info.st_dev, info.st_ino)
+                else:
+                    target.unlink()
         finally:
             os.close(fd)
-        linked = os.lstat(target)
-        if (linked.st_dev, linked.st_ino) != (info.st_dev, info.st_ino):
-            with contextlib.suppress(FileNotFoundError):
-                target.unlink()
+        if not same:
             raise LdwError(f"the cached file of {version.dataset} was replaced while it was "
                            "being extended; ldw refuses it. Evict and refresh the dataset, "
                            f"and check who else can write to {target.parent}")
-        with self._lock:
-            self._published[target] = (info.st_dev, info.st_ino)
         return target
 
     def compact(self, version: Version, *, cancel: threading.Event | None = None

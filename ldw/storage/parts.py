@@ -5,6 +5,10 @@ copied) and one more file with the new rows; an upsert also leaves out the old r
 came again. A version's table is its files' record batches in order, cut to the row ranges it
 keeps (``keep``: ``(start, length)`` pairs over all its files' rows, ascending): zero-copy
 slices of the memory-mapped batches, so ``to_polars()`` and DuckDB read the mapped pages.
+
+A slice of a ``string_view`` column still points into all of its batch's string data, and an
+Arrow IPC writer writes all of it for every slice; whoever writes a version's batches as IPC
+(compaction, spill, a Flight stream) passes them through :func:`standalone` first.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
 __all__ = ["Keep", "MAX_RANGES", "assemble", "drop_rows", "kept_rows", "open_fd", "open_fds",
-           "valid_keep"]
+           "standalone", "valid_keep"]
 
 Keep = tuple[tuple[int, int], ...]
 
@@ -57,6 +61,22 @@ def _slices(batches: list[pa.RecordBatch], keep: Keep) -> list[pa.RecordBatch]:
             out.append(batches[at].slice(start - bounds[at], stop - start))
             start = stop
     return out
+
+
+_PLAIN = {pa.string_view(): pa.large_string(), pa.binary_view(): pa.large_binary()}
+
+
+def standalone(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """``batch`` whose view columns hold only their own strings (a copy of those columns if
+    it is a small slice of a larger batch); other batches as they are."""
+    columns = None
+    for index, column in enumerate(batch.columns):
+        plain = _PLAIN.get(column.type)
+        views = column.buffers()[1] if plain is not None else None
+        if views is not None and len(column.buffers()) > 2 and 2 * len(column) < views.size // 16:
+            columns = columns or list(batch.columns)
+            columns[index] = column.cast(plain).cast(column.type)
+    return batch if columns is None else pa.RecordBatch.from_arrays(columns, schema=batch.schema)
 
 
 def kept_rows(keep: Keep | None, total: int) -> int:
