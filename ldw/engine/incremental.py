@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
@@ -43,6 +44,7 @@ class Increment:
     batches: list[pa.RecordBatch]
     replace_key: str | None = None  # upsert: old rows with these keys are replaced
     replaced: pa.Array | None = None  # upsert: positions of those rows in the old table
+    key_sum: int | None = None  # upsert, integer key: sum of the keys old kept + new make
     fallback: str | None = None  # set: the mode cannot express the change; read everything
     rows: int = 0
     bytes: int = 0
@@ -142,7 +144,7 @@ def read_increment(connector: Connector, record: DatasetRecord, query: MappedQue
                           bytes=sum(b.nbytes for b in batches),
                           sql=tuple(q.sql for q in plan.queries))
         if mapping.incremental == "upsert":
-            _find_replaced(found, old, key)
+            _find_replaced(found, old, key, integer)
         if ready is not None and found.fallback is None and found.batches:
             ready(found)
         if probing is not None:
@@ -151,7 +153,7 @@ def read_increment(connector: Connector, record: DatasetRecord, query: MappedQue
                 found.fallback = _moved(probed, key, expected_rows, expected_sum)
                 return found
     if mapping.incremental == "upsert" and found.fallback is None:
-        _check_upsert(found, old, key, probed.rows, probed.sums.get(key), integer)
+        _check_upsert(found, old, probed.rows, probed.sums.get(key))
     return found
 
 
@@ -163,9 +165,11 @@ def _moved(probe: Probe, key: str, rows: int | None, total: int | None) -> str |
             f"rewritten: {probe.rows} rows there, {rows} cached)")
 
 
-def _find_replaced(found: Increment, old: pa.Table, key: str) -> None:
+def _find_replaced(found: Increment, old: pa.Table, key: str, integer: bool) -> None:
     """The increment of an upsert replaces rows by key: it must name each key once; the
-    positions of the old rows it replaces go to ``found.replaced``."""
+    positions of the old rows it replaces go to ``found.replaced`` and, for an integer key,
+    the sum of the keys old rows kept plus the new ones make to ``found.key_sum`` (all the
+    work that grows with the table, done while the probe still runs)."""
     found.replace_key = key
     if not found.batches:
         keys = pa.chunked_array([], type=old.schema.field(key).type)
@@ -175,24 +179,40 @@ def _find_replaced(found: Increment, old: pa.Table, key: str) -> None:
         found.fallback = f"the new rows name a {key} twice or not at all"
         return
     column = old.column(key)
-    found.replaced = pc.indices_nonzero(pc.is_in(
-        column, value_set=keys.combine_chunks().cast(column.type)).combine_chunks()) \
-        if len(keys) else pa.array([], pa.uint64())
+    wanted = keys.combine_chunks().cast(column.type)
+    values = _dense_integers(column, wanted) if len(keys) else None
+    if values is not None:  # a lookup table over the keys' range: no hashing
+        positions = np.flatnonzero(np.isin(values, wanted.to_numpy(), kind="table"))
+        found.replaced = pa.array(positions, pa.int64())
+        replaced_sum = sum(values[positions].tolist())
+    else:
+        found.replaced = pc.indices_nonzero(pc.is_in(column, value_set=wanted).combine_chunks()) \
+            if len(keys) else pa.array([], pa.uint64())
+        replaced_sum = _integer_sum(column.take(found.replaced)) if integer else None
+    if integer:
+        found.key_sum = ((_integer_sum(column) or 0) - (replaced_sum or 0)
+                         + (_integer_sum(keys) or 0))
 
 
-def _check_upsert(found: Increment, old: pa.Table, key: str, source_rows: int,
-                  source_sum: int | None, integer: bool) -> None:
+def _dense_integers(column: pa.ChunkedArray, keys: pa.Array) -> np.ndarray | None:
+    """The column as one numpy array, if it is integers without NULLs and the keys span a
+    range a lookup table covers cheaply (at most a few bytes per cached row)."""
+    if not pa.types.is_integer(column.type) or column.null_count or not len(keys):
+        return None
+    low, high = pc.min_max(keys).values()
+    if high.as_py() - low.as_py() > 8 * len(column) + (1 << 16):
+        return None
+    return np.concatenate([chunk.to_numpy() for chunk in column.chunks])
+
+
+def _check_upsert(found: Increment, old: pa.Table, source_rows: int,
+                  source_sum: int | None) -> None:
     """Old rows kept plus the increment must be exactly what the source holds (else rows
     were deleted or keys changed): else ``found.fallback`` says so."""
-    replaced = found.replaced if found.replaced is not None else pa.array([], pa.uint64())
-    rows = old.num_rows - len(replaced) + found.rows
+    replaced = len(found.replaced) if found.replaced is not None else 0
+    rows = old.num_rows - replaced + found.rows
     if rows != source_rows:
         found.fallback = (f"the source holds {source_rows} rows, old rows kept plus new ones "
                           f"make {rows} (rows were deleted or keys changed)")
-        return
-    if integer:
-        column = old.column(key)
-        kept = (_integer_sum(column) or 0) - (_integer_sum(column.take(replaced)) or 0)
-        new = sum(_integer_sum(b.column(key)) or 0 for b in found.batches)
-        if kept + new != source_sum:
-            found.fallback = f"the {key} values differ from the source's (rows deleted)"
+    elif found.key_sum is not None and found.key_sum != source_sum:
+        found.fallback = f"the {found.replace_key} values differ from the source's (rows deleted)"
