@@ -148,15 +148,16 @@ class Cache:
             previous = self.lifecycle.start(record)
             try:
                 version, reason = None, "full=True" if full and previous else None
+                maxima = None  # of the new version's key and watermark, if known already
                 if previous is not None and not full and record.mapping.incremental:
-                    version = self._run_incremental(record, previous, progress)
+                    version, maxima = self._run_incremental(record, previous, progress)
                     reason = record.freshness.pop("fallback", None)
                 if version is None:
                     started = time.perf_counter()
                     version = self._run(record, progress)
                     self._note_refresh(record, "full", started, version.rows, version.bytes,
                                        reason=reason)
-                token = self._baseline(record, version, counters)
+                token = self._baseline(record, version, counters, maxima)
             except BaseException as exc:
                 self.lifecycle.failed(record, previous, exc)
                 raise
@@ -213,11 +214,12 @@ class Cache:
         self._compactor.shutdown(wait=True, cancel_futures=True)
 
     def _baseline(self, record: DatasetRecord, version: Version,
-                  counters: tuple[Any, bool, float]) -> dict[str, Any] | None:
+                  counters: tuple[Any, bool, float],
+                  maxima: dict[str, Any] | None = None) -> dict[str, Any] | None:
         if self.freshness is None:
             return None
         try:
-            return self.freshness.baseline(record, version, counters)
+            return self.freshness.baseline(record, version, counters, maxima)
         except Exception:  # (the version is good; its freshness reads unknown)
             log.warning("no freshness baseline for %s", record.key, exc_info=True)
             return None
@@ -228,10 +230,11 @@ class Cache:
             "mode": mode, "reason": reason, "rows_read": rows, "bytes_read": nbytes,
             "seconds": round(time.perf_counter() - started, 4), "at": time.time()}}
 
-    def _run_incremental(self, record: DatasetRecord, previous: Version,
-                         progress: ProgressFn) -> Version | None:
+    def _run_incremental(self, record: DatasetRecord, previous: Version, progress: ProgressFn
+                         ) -> tuple[Version | None, dict[str, Any] | None]:
         """old version + what changed, ``previous`` itself if nothing did, None when only a
-        full read is right (the reason is kept in the record's freshness)."""
+        full read is right (the reason is kept in the record's freshness); and the new
+        version's maxima of its key and watermark, when it is new."""
         from ldw.engine.incremental import Increment, read_increment
 
         started = time.perf_counter()
@@ -240,7 +243,7 @@ class Cache:
         try:
             old = self.store.open_table(previous)
         except (VersionLost, FileNotFoundError):
-            return None
+            return None, None
         mode = record.mapping.incremental or "full"
         with ThreadPoolExecutor(1, thread_name_prefix="ldw-extend") as pool:
             writing: Future[Version] | None = None
@@ -265,13 +268,13 @@ class Cache:
         if found.fallback is not None:
             log.info("%s: full refresh: %s", record.key, found.fallback)
             record.freshness = {**record.freshness, "fallback": found.fallback}
-            return None
+            return None, None
         if version is None:
             self._note_refresh(record, mode, started, 0, 0, reason="no change in the source")
-            return previous
+            return previous, None
         record.source_sql = list(found.sql)
         self._note_refresh(record, mode, started, found.rows, found.bytes)
-        return version
+        return version, found.maxima
 
     def _discard(self, writing: Future[Version] | None) -> None:
         """Drop the version a write made for an increment that will not be published."""

@@ -45,6 +45,7 @@ class Increment:
     replace_key: str | None = None  # upsert: old rows with these keys are replaced
     replaced: pa.Array | None = None  # upsert: positions of those rows in the old table
     key_sum: int | None = None  # upsert, integer key: sum of the keys old kept + new make
+    maxima: dict[str, Any] | None = None  # the new version's max of key (and watermark)
     fallback: str | None = None  # set: the mode cannot express the change; read everything
     rows: int = 0
     bytes: int = 0
@@ -143,6 +144,8 @@ def read_increment(connector: Connector, record: DatasetRecord, query: MappedQue
         found = Increment(batches, rows=sum(b.num_rows for b in batches),
                           bytes=sum(b.nbytes for b in batches),
                           sql=tuple(q.sql for q in plan.queries))
+        known = {key: top} if mapping.incremental == "append" else {mapping.watermark: last}
+        found.maxima = _maxima(record, old, batches, known)
         if mapping.incremental == "upsert":
             _find_replaced(found, old, key, integer)
         if ready is not None and found.fallback is None and found.batches:
@@ -155,6 +158,23 @@ def read_increment(connector: Connector, record: DatasetRecord, query: MappedQue
     if mapping.incremental == "upsert" and found.fallback is None:
         _check_upsert(found, old, probed.rows, probed.sums.get(key))
     return found
+
+
+def _maxima(record: DatasetRecord, old: pa.Table, batches: list[pa.RecordBatch],
+            known: dict[str | None, Any]) -> dict[str, Any]:
+    """The max of the key (and watermark) over the old rows and the new ones: the new
+    version's, since a replaced row's key and watermark come again at least as high (the
+    freshness baseline then need not scan the new version)."""
+    new = pa.Table.from_batches(batches) if batches else None
+    maxima = {}
+    for name in dict.fromkeys(c for c in (record.mapping.key, record.mapping.watermark) if c):
+        arrow_type = record.schema.field(name).type
+        values = [known[name] if name in known else _max(old, name, arrow_type)]
+        if new is not None:
+            values.append(_max(new, name, arrow_type))
+        present = [v for v in values if v is not None]
+        maxima[name] = max(present) if present else None
+    return maxima
 
 
 def _moved(probe: Probe, key: str, rows: int | None, total: int | None) -> str | None:
@@ -180,11 +200,9 @@ def _find_replaced(found: Increment, old: pa.Table, key: str, integer: bool) -> 
         return
     column = old.column(key)
     wanted = keys.combine_chunks().cast(column.type)
-    values = _dense_integers(column, wanted) if len(keys) else None
-    if values is not None:  # a lookup table over the keys' range: no hashing
-        positions = np.flatnonzero(np.isin(values, wanted.to_numpy(), kind="table"))
-        found.replaced = pa.array(positions, pa.int64())
-        replaced_sum = sum(values[positions].tolist())
+    found_dense = _dense_lookup(column, wanted) if len(keys) else None
+    if found_dense is not None:  # a lookup table over the keys' range: no hashing
+        found.replaced, replaced_sum = found_dense
     else:
         found.replaced = pc.indices_nonzero(pc.is_in(column, value_set=wanted).combine_chunks()) \
             if len(keys) else pa.array([], pa.uint64())
@@ -194,15 +212,32 @@ def _find_replaced(found: Increment, old: pa.Table, key: str, integer: bool) -> 
                          + (_integer_sum(keys) or 0))
 
 
-def _dense_integers(column: pa.ChunkedArray, keys: pa.Array) -> np.ndarray | None:
-    """The column as one numpy array, if it is integers without NULLs and the keys span a
-    range a lookup table covers cheaply (at most a few bytes per cached row)."""
-    if not pa.types.is_integer(column.type) or column.null_count or not len(keys):
+_SAFE = 1 << 62  # keys within +-2**62: their differences fit an int64
+
+
+def _dense_lookup(column: pa.ChunkedArray, wanted: pa.Array) -> tuple[pa.Array, int] | None:
+    """Positions of ``column``'s values among ``wanted`` and the sum of those values, through
+    a table over ``wanted``'s range (one pass over the column, no hashing); None unless the
+    column is integers without NULLs and the range is at most a few bytes per row."""
+    if not pa.types.is_integer(column.type) or column.null_count or not len(wanted):
         return None
-    low, high = pc.min_max(keys).values()
-    if high.as_py() - low.as_py() > 8 * len(column) + (1 << 16):
+    low, high = (v.as_py() for v in pc.min_max(wanted).values())
+    least, most = (v.as_py() for v in pc.min_max(column).values())
+    if high - low > 8 * len(column) + (1 << 16) or min(low, least or 0) <= -_SAFE \
+            or max(high, most or 0) >= _SAFE:
         return None
-    return np.concatenate([chunk.to_numpy() for chunk in column.chunks])
+    table = np.zeros(high - low + 3, dtype=bool)  # [0] and [-1]: every value out of range
+    table[wanted.to_numpy().astype(np.int64) - low + 1] = True
+    positions, total, at = [], 0, 0
+    for chunk in column.chunks:
+        values = chunk.to_numpy().astype(np.int64, copy=False)
+        index = values - (low - 1)
+        np.clip(index, 0, high - low + 2, out=index)
+        hits = np.flatnonzero(table[index])
+        positions.append(hits + at)
+        total += sum(values[hits].tolist())
+        at += len(values)
+    return pa.array(np.concatenate(positions) if positions else [], pa.int64()), total
 
 
 def _check_upsert(found: Increment, old: pa.Table, source_rows: int,
