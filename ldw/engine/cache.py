@@ -40,6 +40,7 @@ __all__ = ["Cache"]
 log = logging.getLogger("ldw.engine")
 
 T = TypeVar("T")
+COMPACTION_YIELD = 10.0  # seconds a write waits for a cancelled compaction to stop writing
 ProgressFn = Callable[[Progress], None] | None
 
 
@@ -61,6 +62,10 @@ class Cache:
         self.freshness = freshness
         self._stop = threading.Event()
         self._compactor = ThreadPoolExecutor(1, thread_name_prefix="ldw-compact")
+        self._compacting_lock = threading.Lock()
+        # the running compaction's (cancel, written): set cancel and it stops writing, giving
+        # its bytes of the memory tier back; written is set once it no longer writes
+        self._compacting: tuple[threading.Event, threading.Event] | None = None
 
     # -- reading a source -------------------------------------------------------------------------
     def _log(self, record: DatasetRecord, sql: Sequence[str]) -> None:
@@ -183,8 +188,13 @@ class Cache:
     def _compact(self, record: DatasetRecord, version: Version) -> None:
         if self._stop.is_set() or record.version != version:
             return
+        cancel, written = threading.Event(), threading.Event()
+        with self._compacting_lock:
+            self._compacting = (cancel, written)
         try:
-            compacted = self.store.compact(version, cancel=self._stop)
+            if self._stop.is_set():
+                return
+            compacted = self.store.compact(version, cancel=cancel)
         except (CapacityExceeded, Cancelled, FileNotFoundError) as exc:
             log.info("%s stays in %d files: %s", record.key, len(version.files),
                      type(exc).__name__)
@@ -192,6 +202,10 @@ class Cache:
         except Exception:  # (the version is fine as it is)
             log.warning("could not compact %s", record.key, exc_info=True)
             return
+        finally:
+            written.set()
+            with self._compacting_lock:
+                self._compacting = None
         if compacted is None:
             return
         current = False
@@ -208,9 +222,22 @@ class Cache:
             log.info("compacted %s: %d files -> %d", record.key, len(version.files),
                      len(compacted.files))
 
+    def _yield_compaction(self) -> None:
+        """A write needs room: a running compaction (optional work) stops writing and gives
+        its bytes back (waiting for its end could wait for a lock the writer holds)."""
+        with self._compacting_lock:
+            running = self._compacting
+        if running is not None:
+            cancel, written = running
+            cancel.set()
+            written.wait(COMPACTION_YIELD)
+
     def close(self) -> None:
         """Stop compacting (a running one is abandoned) and wait for it."""
         self._stop.set()
+        with self._compacting_lock:
+            if self._compacting is not None:
+                self._compacting[0].set()
         self._compactor.shutdown(wait=True, cancel_futures=True)
 
     def _baseline(self, record: DatasetRecord, version: Version,
@@ -288,13 +315,16 @@ class Cache:
 
     # -- capacity ---------------------------------------------------------------------------------
     def make_room(self, needed: int, writing: DatasetRecord | None = None) -> int:
-        """Free ``needed`` bytes of the memory tier: spill the least recently used unpinned
-        versions to disk; memory-only ones are dropped instead (they never touch disk)."""
+        """Free ``needed`` bytes of the memory tier: stop a background compaction, then spill
+        the least recently used unpinned versions to disk; memory-only ones are dropped
+        instead (they never touch disk)."""
+        before = self.store.used_bytes()
+        self._yield_compaction()
+        freed = max(before - self.store.used_bytes(), 0)
         candidates = sorted(
             (r for r in self.lifecycle.records() if r is not writing and not r.pin
              and r.version is not None and r.version.tier == MEMORY),
             key=lambda r: r.last_access or r.version.created)
-        freed = 0
         for record in candidates:
             if freed >= needed:
                 break

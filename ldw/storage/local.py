@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
-from ldw.errors import Cancelled, LdwError
+from ldw.errors import Cancelled, CapacityExceeded, LdwError
 from ldw.governance.trust import DirLock, create_private, private_dir
 from ldw.storage.align import DecimalAligner
 from ldw.storage.base import (
@@ -294,7 +294,10 @@ class Store(VersionStore):
         index = _next_index(version)
         folder = version.path.parent
         stored = self.open_table(version).schema
-        if version.keep is None and sum(sizes[1:]) <= sizes[0]:
+        tail = version.keep is None and sum(sizes[1:]) <= sizes[0]
+        if self.budget.used() + (sum(sizes[1:]) if tail else sum(sizes)) > self.budget.limit:
+            raise CapacityExceeded(f"no room in memory_limit to compact {version.dataset}")
+        if tail:
             head = self._link(version, files[0], folder / _part_name(version.version_id, index))
             tail = [self._open_part(version, p) for p in files[1:]]
             merged = folder / _part_name(version.version_id, index + 1)
