@@ -14,7 +14,9 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 from urllib.parse import quote, urlencode
 
-import adbc_driver_postgresql.dbapi as adbc_pg
+import adbc_driver_manager
+import adbc_driver_manager.dbapi
+import adbc_driver_postgresql
 import pyarrow as pa
 import sqlalchemy as sa
 
@@ -128,6 +130,55 @@ class _Counted:
             self._release()
 
 
+class _TypeCatalog:
+    """An ADBC database its connector's connections share. The driver reads the source's
+    type catalog (``pg_type``, ``pg_attribute``: as many rows as the source has tables and
+    columns) once per database, ~75 ms here and minutes on a large catalog (arrow-adbc issue
+    1755); a connection opened from it is one libpq connect. The database closes once the
+    connector has let go of it and its last connection has closed."""
+
+    def __init__(self, uri: str) -> None:
+        self.database = adbc_driver_postgresql.connect(uri)
+        self._holders = 1  # the connector
+        self._lock = threading.Lock()
+
+    def hold(self) -> None:
+        with self._lock:
+            self._holders += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._holders -= 1
+            last = self._holders == 0
+        if last:
+            self.database.close()
+
+    def connect(self, *, autocommit: bool) -> Any:
+        """A DB-API connection from the shared database (uses up one :meth:`hold`)."""
+        handle = None
+        try:
+            handle = adbc_driver_manager.AdbcConnection(self.database)
+            return adbc_driver_manager.dbapi.Connection(_Held(self), handle,
+                                                        autocommit=autocommit)
+        except BaseException:
+            if handle is not None:
+                handle.close()
+            self.release()
+            raise
+
+
+class _Held:
+    """What a DB-API connection closes when it closes: its hold on a :class:`_TypeCatalog`."""
+
+    def __init__(self, catalog: _TypeCatalog) -> None:
+        self._catalog: _TypeCatalog | None = catalog
+
+    def close(self) -> None:
+        catalog, self._catalog = self._catalog, None
+        if catalog is not None:
+            catalog.release()
+
+
 class PostgresConnector(Connector):
     family: ClassVar[str] = "postgresql"
     transport: ClassVar[str] = "adbc"
@@ -142,6 +193,11 @@ class PostgresConnector(Connector):
         **{f"scaled_{scale}": (lambda column, s=scale: _scaled(column, s))
            for scale in range(19)},
     }
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._type_catalog: _TypeCatalog | None = None  # see _types
+        self._types_lock = threading.Lock()
 
     def _with_session_options(self, url: sa.URL, application_name: str) -> sa.URL:
         """libpq parameters for every connection: an ``application_name`` (a DBA, and ldw,
@@ -238,22 +294,46 @@ class PostgresConnector(Connector):
                                                                              strict=False)]
         return ranges + [ctid >= tid(bounds[-1])]
 
-    def _connect(self, *, autocommit: bool) -> Any:
+    def _types(self, *, fresh: bool) -> _TypeCatalog:
+        """The connections' shared type catalog, held for one connection; ``fresh``: read
+        anew (planning a query sees every type the source defines now, and so do the reads
+        after it)."""
+        with self._types_lock:
+            current = self._type_catalog
+            if current is not None and not fresh:
+                current.hold()
+                return current
+        catalog = _TypeCatalog(self._libpq_uri())
+        catalog.hold()
+        with self._types_lock:
+            old, self._type_catalog = self._type_catalog, catalog
+        if old is not None:
+            old.release()
+        return catalog
+
+    def _connect(self, *, autocommit: bool, fresh_types: bool = False) -> Any:
         """An ADBC connection, once a slot of the source's limit is free (closing it frees
         the slot); failing to open one means the source is unavailable."""
         release = self.slots.one()
         try:
             with self.guard("connecting", connecting=True):
-                return _Counted(adbc_pg.connect(self._libpq_uri(), autocommit=autocommit),
-                                release)
+                catalog = self._types(fresh=fresh_types)
+                return _Counted(catalog.connect(autocommit=autocommit), release)
         except BaseException:
             release()
             raise
 
+    def close(self) -> None:
+        super().close()
+        with self._types_lock:
+            catalog, self._type_catalog = self._type_catalog, None
+        if catalog is not None:
+            catalog.release()
+
     def plan_columns(self, statement: sa.Select) -> list[ColumnPlan]:
         sql = self.compile(statement, literal=True).sql
         with self.guard("reading the result schema"), contextlib.closing(
-            self._connect(autocommit=False)
+            self._connect(autocommit=False, fresh_types=True)
         ) as conn, conn.cursor() as cursor:
             schema = cursor.adbc_execute_schema(sql)
         return [self._plan(field) for field in schema]

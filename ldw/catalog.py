@@ -60,6 +60,7 @@ versions_table = sa.Table(
     sa.Column("created", sa.Float, nullable=False),
     sa.Column("seconds", sa.Float, nullable=False),
     sa.Column("source_sql", sa.Text, nullable=False),     # JSON list
+    sa.Column("layout", sa.Text),                         # JSON: its files, if several
 )
 
 tokens_table = sa.Table(
@@ -131,6 +132,7 @@ class VersionRow:
     created: float
     seconds: float
     source_sql: tuple[str, ...]
+    layout: dict[str, Any] | None = None  # the store's, when the version is several files
 
 
 def _dataset_row(row: sa.Row) -> DatasetRow:
@@ -141,7 +143,16 @@ def _dataset_row(row: sa.Row) -> DatasetRow:
 
 def _version_row(row: sa.Row) -> VersionRow:
     return VersionRow(row.version_id, row.owner, row.dataset, row.tier, Path(row.path), row.rows,
-                      row.bytes, row.created, row.seconds, tuple(json.loads(row.source_sql)))
+                      row.bytes, row.created, row.seconds, tuple(json.loads(row.source_sql)),
+                      json.loads(row.layout) if row.layout else None)
+
+
+def _add_columns(engine: sa.Engine) -> None:
+    """Columns later ldw versions added to a catalog an earlier one created."""
+    have = {c["name"] for c in sa.inspect(engine).get_columns(versions_table.name)}
+    if "layout" not in have:
+        with engine.begin() as conn:
+            conn.execute(sa.text("ALTER TABLE ldw_versions ADD COLUMN layout TEXT"))
 
 
 def _private_sqlite(path: Path) -> None:
@@ -170,6 +181,7 @@ class Catalog:
         try:
             self._engine = sa.create_engine(url, hide_parameters=True, **options)
             _meta.create_all(self._engine)
+            _add_columns(self._engine)
         except sa.exc.ArgumentError:
             raise ConfigError(f"catalog {url!r} is not a database URL; write "
                               "sqlite:///path/catalog.db or postgresql://...") from None
@@ -257,7 +269,8 @@ class Catalog:
                 version_id=version.version_id, owner=version.owner, dataset=version.dataset,
                 tier=version.tier, path=str(version.path), rows=version.rows,
                 bytes=version.bytes, created=version.created, seconds=version.seconds,
-                source_sql=json.dumps(list(version.source_sql))))
+                source_sql=json.dumps(list(version.source_sql)),
+                layout=json.dumps(version.layout) if version.layout else None))
             conn.execute(datasets_table.update().where(
                 (datasets_table.c.owner == version.owner)
                 & (datasets_table.c.name == version.dataset)
@@ -273,10 +286,16 @@ class Catalog:
         with self._tx() as conn:
             return [_version_row(r) for r in conn.execute(versions_table.select())]
 
-    def move_version(self, version_id: str, *, tier: str, path: Path) -> None:
+    def move_version(self, version_id: str, *, tier: str, path: Path,
+                     layout: dict[str, Any] | None = None, nbytes: int | None = None) -> None:
+        """The version's bytes moved (spilled to disk, compacted): new place and files."""
+        values: dict[str, Any] = {"tier": tier, "path": str(path),
+                                  "layout": json.dumps(layout) if layout else None}
+        if nbytes is not None:
+            values["bytes"] = nbytes
         with self._tx() as conn:
             conn.execute(versions_table.update().where(
-                versions_table.c.version_id == version_id).values(tier=tier, path=str(path)))
+                versions_table.c.version_id == version_id).values(**values))
 
     def drop_version(self, version_id: str) -> None:
         with self._tx() as conn:

@@ -22,6 +22,7 @@ import pyarrow as pa
 from ldw.catalog import Catalog, DatasetRow, VersionRow
 from ldw.errors import Cancelled, LdwError
 from ldw.planner import MappedQuery, Mapping, mapping_from_json, mapping_to_json
+from ldw.storage.base import layout_of
 from ldw.types import DatasetState, Progress, Tier
 
 if TYPE_CHECKING:
@@ -199,7 +200,7 @@ class Lifecycle:
         self.catalog.publish(VersionRow(
             version.version_id, record.owner, record.name, version.tier, version.path,
             version.rows, version.bytes, version.created, version.seconds,
-            tuple(record.source_sql)), state=state)
+            tuple(record.source_sql), layout_of(version)), state=state)
         record.state, record.version, record.stale = state, version, False
         self._rebase(record, token)
 
@@ -260,10 +261,20 @@ class Lifecycle:
     def spilled(self, record: DatasetRecord, spilled: Version) -> None:
         """The record's version moved to the disk tier."""
         state = self._allowed(record, DatasetState.SPILLED)
-        self.catalog.move_version(spilled.version_id, tier=Tier.DISK, path=spilled.path)
+        self.catalog.move_version(spilled.version_id, tier=Tier.DISK, path=spilled.path,
+                                  layout=layout_of(spilled), nbytes=spilled.bytes)
         record.state, record.version = state, spilled
         self.catalog.set_state(record.owner, record.name, record.state,
                                version_id=spilled.version_id)
+
+    def compacted(self, record: DatasetRecord, compacted: Version) -> None:
+        """The record's version was written into fewer files (same id, same rows): new
+        readers get those; the caller deletes the old files (the caller holds
+        ``record.lock``)."""
+        self.catalog.move_version(compacted.version_id, tier=compacted.tier,
+                                  path=compacted.path, layout=layout_of(compacted),
+                                  nbytes=compacted.bytes)
+        record.version = compacted
 
     def dropped(self, record: DatasetRecord, *, lost: bool = False,
                 forget: Callable[[Version], None] | None = None) -> None:
@@ -316,7 +327,7 @@ class Lifecycle:
                 if self.store.adopt(version):
                     record.version, record.source_sql = version, list(row_version.source_sql)
                     record.state = _at_rest(version)
-                    live.add(version.path)
+                    live.update(part.path for part in version.files)
                     report["adopted"].append(record.key)
                 else:
                     self.catalog.drop_version(version.version_id)

@@ -129,11 +129,12 @@ class _UnixHandler(socketserver.BaseRequestHandler):
 
         kind = ops.kind_of(op)
         if kind == ops.Kind.ATTACH:
-            info, fd = service.attach(user, args, progress)
+            info, fds = service.attach(user, args, progress)
             try:
-                socket.send_fds(sock, [frame({"ok": True, "result": info})], [fd])
+                socket.send_fds(sock, [frame({"ok": True, "result": {
+                    **info, "layout": fds.layout()}})], fds.fds)
             finally:
-                os.close(fd)
+                fds.close()
         elif kind == ops.Kind.STREAM:
             reader = service.stream(user, op, args, client_gone=lambda: _peer_gone(sock))
             sock.sendall(frame({"ok": True, "result": None}))

@@ -13,10 +13,9 @@ and every denial is recorded.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -44,6 +43,9 @@ from ldw.types import (
     ServerStatus,
 )
 from ldw.wire import decode_value, encode_schema, encode_table, readable_schema
+
+if TYPE_CHECKING:
+    from ldw.storage import Descriptors
 
 __all__ = ["Service", "checked"]
 
@@ -111,20 +113,20 @@ class Service(AdminOps):
             return getattr(self, spec.handler)(user, args, progress)
 
     def attach(self, user: str, args: dict, progress: Callable | None
-               ) -> tuple[AttachInfo, int]:
-        """Make sure a version is cached; return its info and a read-only descriptor of it
-        (the caller closes it). On the Ray backend the descriptor holds an in-memory copy;
-        :meth:`attach_table` avoids it."""
+               ) -> tuple[AttachInfo, Descriptors]:
+        """Make sure a version is cached; return its info and read-only descriptors of its
+        files (the caller closes them). On the Ray backend the descriptor holds an in-memory
+        copy; :meth:`attach_table` avoids it."""
         with self.refusals_audited(user, "attach", args):
             ops.checked_request("attach", args, ops.Kind.ATTACH)
             self.engine.check_user(user)
             owner, name = _target(user, args)
             self.engine.readable(user, owner, name)
-            version, fd = self.engine.open_current(owner, name, progress=progress)
+            version, fds = self.engine.open_current(owner, name, progress=progress)
             try:
-                return self._attached(user, owner, name, version), fd
+                return self._attached(user, owner, name, version), fds
             except BaseException:
-                os.close(fd)
+                fds.close()
                 raise
 
     def attach_table(self, user: str, args: dict, progress: Callable | None
@@ -261,6 +263,7 @@ class Service(AdminOps):
             "bytes": version.bytes if version else None,
             "version": version.version_id if version else None,
             "tier": version.tier if version else None,
+            "files": len(version.files) if version else None,
             "load_seconds": version.seconds if version else None,
             "source_sql": list(record.source_sql),
             "lossy": record.notes,

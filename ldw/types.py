@@ -151,6 +151,7 @@ class DatasetInfo(TypedDict):
     bytes: int | None
     version: str | None
     tier: str | None
+    files: int | None  # files the cached version is made of (see README, incremental refresh)
     load_seconds: float | None
     source_sql: list[str]
     lossy: dict[str, str]
@@ -174,6 +175,7 @@ class AttachInfo(DatasetInfo, total=False):
 
     ticket: str
     tickets: list[str]
+    layout: dict  # the Unix socket's: the files handed over and the rows of them it holds
 
 
 class ExportInfo(TypedDict):

@@ -27,7 +27,7 @@ from ldw.config import Settings, _user, server_env
 from ldw.errors import AccessDenied, ConfigError, ServerUnavailable
 from ldw.governance.trust import NOT_WRITABLE, check_dir, create_private, private_dir
 from ldw.ops import checked_request
-from ldw.storage import direct_reader, open_fd
+from ldw.storage import MAX_PARTS, direct_reader, open_fds
 from ldw.types import AttachInfo, Progress
 from ldw.wire import STREAM_ERROR, error_from_bytes, final_result, frame
 
@@ -118,7 +118,7 @@ class _Connection:
 
     def _fill(self) -> None:
         try:
-            data, fds, _flags, _addr = socket.recv_fds(self.sock, 1 << 16, 4)
+            data, fds, _flags, _addr = socket.recv_fds(self.sock, 1 << 16, MAX_PARTS)
         except OSError as exc:
             raise ServerUnavailable(f"lost the ldw server mid-request: {exc}") from exc
         self.fds.extend(fds)
@@ -226,9 +226,14 @@ class LocalBackend:
         conn = self._open("attach", dict(ref))
         try:
             info = self._result(conn, progress)
-            if not conn.fds:
-                raise ServerUnavailable("the server sent no file descriptor for the version")
-            return info, open_fd(conn.fds[-1])
+            layout = info.pop("layout", None) or {"files": 1, "keep": None}
+            files = int(layout["files"])
+            if not 0 < files <= len(conn.fds):
+                raise ServerUnavailable("the server sent fewer file descriptors than the "
+                                        "version has files")
+            keep = layout.get("keep")
+            return info, open_fds(conn.fds[-files:], tuple(map(tuple, keep))
+                                  if keep is not None else None)
         finally:
             conn.close()
 

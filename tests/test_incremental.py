@@ -207,3 +207,28 @@ def test_the_store_extends_a_version_without_touching_it(tmp_path) -> None:
         assert store.open_table(upserted).schema.field("s").type == pa.string_view()
     finally:
         store.close()
+
+
+def test_the_dense_key_lookup_finds_what_a_hash_lookup_finds() -> None:
+    """Upsert finds the old rows its keys replace through a table over the keys' range when
+    that is small; it must agree with Arrow's hash lookup, also at the range's edges."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from ldw.engine.incremental import _dense_lookup
+
+    rng = np.random.default_rng(15)
+    for low, high in ((-50, 50), (0, 20_000), (2**40, 2**40 + 5000)):
+        column = pa.chunked_array([rng.integers(low, high, n) for n in (0, 1000, 777, 1)])
+        wanted = pa.array(np.unique(np.concatenate([
+            rng.choice(column.combine_chunks().to_numpy(), 50),
+            rng.integers(low - 10, high + 10, 50), [low - 1, high]])))
+        positions, total = _dense_lookup(column, wanted)
+        expected = pc.indices_nonzero(pc.is_in(column, value_set=wanted).combine_chunks())
+        assert positions.to_pylist() == expected.to_pylist()
+        assert total == sum(column.take(expected).to_pylist())
+    assert _dense_lookup(pa.chunked_array([[1, None]]), pa.array([1])) is None
+    assert _dense_lookup(pa.chunked_array([[0, 1]]), pa.array([0, 10**9])) is None  # sparse
+    assert _dense_lookup(pa.chunked_array([[0, 2**62]]), pa.array([0, 2**62])) is None
+    assert _dense_lookup(pa.chunked_array([["a"]]), pa.array(["a"])) is None

@@ -254,3 +254,19 @@ def test_bound_parameters_schemas_and_preview(pg_wh, orders, pg_schema):
     assert head.height == 3
     assert "p" in pg_wh.datasets()["name"].to_list() and "preview" not in \
         pg_wh.datasets()["name"].to_list()
+
+
+def test_types_created_after_the_first_read_are_read_as_such(pg_wh, pg_engine, orders,
+                                                              pg_schema):
+    """Reads share one ADBC database (its type catalog is read once, not per connection);
+    mapping a query reads the catalog anew, so a type created since is no opaque value."""
+    assert pg_wh.map("orders", orders).cache().to_arrow().num_rows == N + 1
+    with pg_engine.begin() as conn:
+        conn.exec_driver_sql(f"create type {pg_schema}.mood as enum ('sad', 'glad')")
+        conn.exec_driver_sql(f"create table {pg_schema}.later as select i as id, "
+                             f"(array['sad', 'glad'])[mod(i, 2) + 1]::{pg_schema}.mood as m "
+                             "from generate_series(1, 3) i")
+    later = pg_wh.map("later", f"pg.{pg_schema}.later")
+    assert later.schema.field("m").type == pa.string() and "m" not in later.info()["lossy"]
+    assert later.cache().to_arrow().sort_by("id").column("m").to_pylist() == [
+        "glad", "sad", "glad"]

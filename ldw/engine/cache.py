@@ -9,7 +9,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import pyarrow as pa
@@ -20,7 +20,15 @@ from ldw.connectors import Connector
 from ldw.engine.datasets import Datasets
 from ldw.engine.freshness import Freshness
 from ldw.engine.sources import Sources
-from ldw.errors import BadRequest, DatasetLost, LdwError, SourceUnavailable, UnknownDataset
+from ldw.errors import (
+    BadRequest,
+    Cancelled,
+    CapacityExceeded,
+    DatasetLost,
+    LdwError,
+    SourceUnavailable,
+    UnknownDataset,
+)
 from ldw.governance.policies import Governance
 from ldw.layout import standard_table
 from ldw.lifecycle import DatasetRecord, Lifecycle
@@ -34,6 +42,7 @@ __all__ = ["Cache"]
 log = logging.getLogger("ldw.engine")
 
 T = TypeVar("T")
+COMPACTION_YIELD = 10.0  # seconds a write waits for a cancelled compaction to stop writing
 ProgressFn = Callable[[Progress], None] | None
 
 
@@ -65,6 +74,12 @@ class Cache:
         self.freshness = freshness
         # frees memory held by automatically cached slices first (set by the engine)
         self.reclaim: Callable[[int], int] | None = None
+        self._stop = threading.Event()
+        self._compactor = ThreadPoolExecutor(1, thread_name_prefix="ldw-compact")
+        self._compacting_lock = threading.Lock()
+        # the running compaction's (cancel, written): set cancel and it stops writing, giving
+        # its bytes of the memory tier back; written is set once it no longer writes
+        self._compacting: tuple[threading.Event, threading.Event] | None = None
 
     # -- reading a source -------------------------------------------------------------------------
     def _log(self, record: DatasetRecord, sql: Sequence[str]) -> None:
@@ -153,15 +168,16 @@ class Cache:
             progress = _tracked(record, progress)
             try:
                 version, reason = None, "full=True" if full and previous else None
+                maxima = None  # of the new version's key and watermark, if known already
                 if previous is not None and not full and record.mapping.incremental:
-                    version = self._run_incremental(record, previous, progress)
+                    version, maxima = self._run_incremental(record, previous, progress)
                     reason = record.freshness.pop("fallback", None)
                 if version is None:
                     started = time.perf_counter()
                     version = self._run(record, self._estimating(record, previous, progress))
                     self._note_refresh(record, "full", started, version.rows, version.bytes,
                                        reason=reason)
-                token = self._baseline(record, version, counters)
+                token = self._baseline(record, version, counters, maxima)
             except BaseException as exc:
                 self.lifecycle.failed(record, previous, exc)
                 raise
@@ -175,6 +191,7 @@ class Cache:
                      version.bytes, version.seconds)
         if previous is not None:
             self.lifecycle.drop_version(previous)
+        self.compact_later(record, version)
         return version
 
     def _estimating(self, record: DatasetRecord, previous: Version | None,
@@ -206,12 +223,76 @@ class Cache:
 
         return report
 
+    # -- compaction -------------------------------------------------------------------------------
+    def compact_later(self, record: DatasetRecord, version: Version | None) -> None:
+        """Write a version of several files into fewer, in the background (see
+        :meth:`VersionStore.compact`): the refresh that made it does not wait for that."""
+        if version is not None and (len(version.files) > 1 or version.keep is not None):
+            with contextlib.suppress(RuntimeError):  # shut down: it stays as it is
+                self._compactor.submit(self._compact, record, version)
+
+    def _compact(self, record: DatasetRecord, version: Version) -> None:
+        if self._stop.is_set() or record.version != version:
+            return
+        cancel, written = threading.Event(), threading.Event()
+        with self._compacting_lock:
+            self._compacting = (cancel, written)
+        try:
+            if self._stop.is_set():
+                return
+            compacted = self.store.compact(version, cancel=cancel)
+        except (CapacityExceeded, Cancelled, FileNotFoundError) as exc:
+            log.info("%s stays in %d files: %s", record.key, len(version.files),
+                     type(exc).__name__)
+            return
+        except Exception:  # (the version is fine as it is)
+            log.warning("could not compact %s", record.key, exc_info=True)
+            return
+        finally:
+            written.set()
+            with self._compacting_lock:
+                self._compacting = None
+        if compacted is None:
+            return
+        current = False
+        try:
+            with record.lock:  # a refresh, spill or eviction meanwhile wins
+                current = record.version == version
+                if current:
+                    self.lifecycle.compacted(record, compacted)
+        except Exception:
+            current = False
+            log.warning("could not publish the compacted %s", record.key, exc_info=True)
+        self.store.delete(version if current else compacted)  # readers keep their mappings
+        if current:
+            log.info("compacted %s: %d files -> %d", record.key, len(version.files),
+                     len(compacted.files))
+
+    def _yield_compaction(self) -> None:
+        """A write needs room: a running compaction (optional work) stops writing and gives
+        its bytes back (waiting for its end could wait for a lock the writer holds)."""
+        with self._compacting_lock:
+            running = self._compacting
+        if running is not None:
+            cancel, written = running
+            cancel.set()
+            written.wait(COMPACTION_YIELD)
+
+    def close(self) -> None:
+        """Stop compacting (a running one is abandoned) and wait for it."""
+        self._stop.set()
+        with self._compacting_lock:
+            if self._compacting is not None:
+                self._compacting[0].set()
+        self._compactor.shutdown(wait=True, cancel_futures=True)
+
     def _baseline(self, record: DatasetRecord, version: Version,
-                  counters: tuple[Any, bool, float]) -> dict[str, Any] | None:
+                  counters: tuple[Any, bool, float],
+                  maxima: dict[str, Any] | None = None) -> dict[str, Any] | None:
         if self.freshness is None:
             return None
         try:
-            return self.freshness.baseline(record, version, counters)
+            return self.freshness.baseline(record, version, counters, maxima)
         except Exception:  # (the version is good; its freshness reads unknown)
             log.warning("no freshness baseline for %s", record.key, exc_info=True)
             return None
@@ -222,11 +303,12 @@ class Cache:
             "mode": mode, "reason": reason, "rows_read": rows, "bytes_read": nbytes,
             "seconds": round(time.perf_counter() - started, 4), "at": time.time()}}
 
-    def _run_incremental(self, record: DatasetRecord, previous: Version,
-                         progress: ProgressFn) -> Version | None:
+    def _run_incremental(self, record: DatasetRecord, previous: Version, progress: ProgressFn
+                         ) -> tuple[Version | None, dict[str, Any] | None]:
         """old version + what changed, ``previous`` itself if nothing did, None when only a
-        full read is right (the reason is kept in the record's freshness)."""
-        from ldw.engine.incremental import Abandoned, Pending, read_increment
+        full read is right (the reason is kept in the record's freshness); and the new
+        version's maxima of its key and watermark, when it is new."""
+        from ldw.engine.incremental import Increment, read_increment
 
         started = time.perf_counter()
         connector = self.sources.connector(record.mapping.source)
@@ -234,46 +316,59 @@ class Cache:
         try:
             old = self.store.open_table(previous)
         except (VersionLost, FileNotFoundError):
-            return None
+            return None, None
         mode = record.mapping.incremental or "full"
-        pending = Pending()
         with ThreadPoolExecutor(1, thread_name_prefix="ldw-extend") as pool:
-            writing = None
-            if mode == "append":  # the old rows are copied while the source is read
-                writing = pool.submit(self.store.extend, previous, record.schema, pending,
-                                      progress=progress,
-                                      make_room=lambda n: self.make_room(n, record))
+            writing: Future[Version] | None = None
+
+            def ready(increment: Increment) -> None:  # written while the probe finishes
+                nonlocal writing
+                writing = pool.submit(
+                    self.store.extend, previous, record.schema, increment.batches,
+                    replace_key=increment.replace_key, replaced=increment.replaced,
+                    progress=progress, make_room=lambda n: self.make_room(n, record))
+
             try:
-                found = read_increment(connector, record, query, old, self.masked)
-            finally:
-                pending.abandon()  # a no-op once delivered
+                found = read_increment(connector, record, query, old, self.masked, ready)
+            except BaseException:
+                self._discard(writing)
+                raise
             self._log(record, found.sql)
-            if found.fallback is not None or not found.batches:
-                if writing is not None:
-                    with contextlib.suppress(Abandoned):
-                        writing.result()
-            else:
-                pending.deliver(found.batches)
+            if found.fallback is not None:
+                self._discard(writing)
+            version = writing.result() if writing is not None and found.fallback is None \
+                else None
         if found.fallback is not None:
             log.info("%s: full refresh: %s", record.key, found.fallback)
             record.freshness = {**record.freshness, "fallback": found.fallback}
-            return None
-        if not found.batches:
+            return None, None
+        if version is None:
             self._note_refresh(record, mode, started, 0, 0, reason="no change in the source")
-            return previous
+            return previous, None
         record.source_sql = list(found.sql)
-        version = writing.result() if writing is not None else self.store.extend(
-            previous, record.schema, found.batches, replace_key=found.replace_key,
-            progress=progress, make_room=lambda n: self.make_room(n, record))
         self._note_refresh(record, mode, started, found.rows, found.bytes)
-        return version
+        return version, found.maxima
+
+    def _discard(self, writing: Future[Version] | None) -> None:
+        """Drop the version a write made for an increment that will not be published."""
+        if writing is None:
+            return
+        try:
+            version = writing.result()
+        except BaseException:  # (the write failed: nothing to drop)
+            return
+        self.store.delete(version)
 
     # -- capacity ---------------------------------------------------------------------------------
     def make_room(self, needed: int, writing: DatasetRecord | None = None) -> int:
-        """Free ``needed`` bytes of the memory tier: drop automatically cached slices, then
-        spill the least recently used unpinned versions to disk; memory-only ones are dropped
-        instead (they never touch disk)."""
+        """Free ``needed`` bytes of the memory tier: drop automatically cached slices, stop a
+        background compaction, then spill the least recently used unpinned versions to disk;
+        memory-only ones are dropped instead (they never touch disk)."""
         freed = self.reclaim(needed) if self.reclaim is not None else 0
+        if freed < needed:
+            before = self.store.used_bytes()
+            self._yield_compaction()
+            freed += max(before - self.store.used_bytes(), 0)
         candidates = sorted(
             (r for r in self.lifecycle.records() if r is not writing and not r.pin
              and r.version is not None and r.version.tier == MEMORY),

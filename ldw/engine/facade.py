@@ -35,7 +35,7 @@ from ldw.governance.policies import Governance
 from ldw.lifecycle import DatasetRecord, Lifecycle
 from ldw.planner import MappedQuery, PolicyLookup
 from ldw.query_log import QueryLog
-from ldw.storage import Version, VersionStore, make_store
+from ldw.storage import Descriptors, Version, VersionStore, make_store, with_layout
 from ldw.types import Progress
 
 __all__ = ["Engine"]
@@ -92,11 +92,12 @@ class Engine:
     def recover(self) -> dict[str, list[str]]:
         """Rebuild the registry from the catalog (see :meth:`Lifecycle.recover`)."""
         def version_of(key: str, row: VersionRow) -> Version:
-            return Version(key, row.version_id, row.path, row.rows, row.bytes, row.created,
-                           row.seconds, row.tier)
+            return with_layout(Version(key, row.version_id, row.path, row.rows, row.bytes,
+                                       row.created, row.seconds, row.tier), row.layout)
         report = self.lifecycle.recover(version_of)
         for record in self.lifecycle.records():
             self.freshness.watch(record)
+            self.cache.compact_later(record, record.version)
         return report
 
     # -- sources ----------------------------------------------------------------------------------
@@ -207,9 +208,9 @@ class Engine:
         return self.cache.attach(owner, name, progress=progress)
 
     def open_current(self, owner: str, name: str, *, progress: ProgressFn = None
-                     ) -> tuple[Version, int]:
-        """The current version and a read-only descriptor to its file; once open, the
-        descriptor keeps the bytes whatever happens to the file."""
+                     ) -> tuple[Version, Descriptors]:
+        """The current version and read-only descriptors of its files; once open, the
+        descriptors keep the bytes whatever happens to the files."""
         return self.cache.open_with(self.store.open_readonly, owner, name, progress)
 
     def open_table(self, owner: str, name: str, *, progress: ProgressFn = None
@@ -286,6 +287,7 @@ class Engine:
     def close(self) -> None:
         self.freshness.close()
         self.federation.slices.clear()
+        self.cache.close()
         self.sources_.close()
         with self._lock:
             if self._sql_engine is not None:

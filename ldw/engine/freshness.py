@@ -108,14 +108,19 @@ class Freshness:
             return None, False, now
 
     def baseline(self, record: DatasetRecord, version: Version,
-                 counters: tuple[dict[str, Any] | None, bool, float]
-                 ) -> dict[str, Any] | None:
+                 counters: tuple[dict[str, Any] | None, bool, float],
+                 known: dict[str, Any] | None = None) -> dict[str, Any] | None:
         """What a check compares with: counters read before the read, and the version's own
-        row count and maxima of the declared columns (exactly what it holds)."""
+        row count and maxima of the declared columns (exactly what it holds; ``known``: the
+        maxima, already found by an incremental read)."""
         if record.derived:
             return None
         maxima: dict[str, Any] = {}
         columns = tracked_columns(record)
+        if known is not None and all(name in known for name in columns):
+            return self._token(version, counters, {
+                name: _comparable(known[name], record.schema.field(name).type)
+                for name in columns})
         if columns:
             table = self.store.open_table(version)
             for name in columns:
@@ -124,6 +129,11 @@ class Freshness:
                 if column.type != arrow_type:
                     column = column.cast(arrow_type)
                 maxima[name] = _comparable(pc.max(column).as_py(), arrow_type)
+        return self._token(version, counters, maxima)
+
+    @staticmethod
+    def _token(version: Version, counters: tuple[dict[str, Any] | None, bool, float],
+               maxima: dict[str, Any]) -> dict[str, Any]:
         values, ok, at = counters
         return {"counters": values, "counters_ok": ok, "rows": version.rows, "max": maxima,
                 "at": at}

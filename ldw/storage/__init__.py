@@ -17,15 +17,19 @@ from typing import TYPE_CHECKING, Any
 
 from ldw.storage.base import (
     DISK,
+    MAX_PARTS,
     MEMORY,
+    Descriptors,
     DirectReader,
     MemoryBudget,
     Version,
     VersionLost,
     VersionStore,
+    layout_of,
     storage_schema,
+    with_layout,
 )
-from ldw.storage.local import Store, open_fd
+from ldw.storage.local import Store, open_fd, open_fds
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -33,8 +37,9 @@ if TYPE_CHECKING:
     from ldw.config import Settings
     from ldw.storage.base import ProgressCallback
 
-__all__ = ["DISK", "MEMORY", "DirectReader", "MemoryBudget", "Store", "Version", "VersionLost",
-           "VersionStore", "direct_reader", "make_store", "open_fd", "storage_schema"]
+__all__ = ["DISK", "MAX_PARTS", "MEMORY", "Descriptors", "DirectReader", "MemoryBudget", "Store",
+           "Version", "VersionLost", "VersionStore", "direct_reader", "layout_of", "make_store",
+           "open_fd", "open_fds", "storage_schema", "with_layout"]
 
 
 def make_store(settings: Settings, memory_root: Path, disk_root: Path, *,

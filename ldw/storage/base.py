@@ -12,11 +12,13 @@ it talks to.
 from __future__ import annotations
 
 import abc
+import contextlib
+import os
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,8 +30,9 @@ from ldw.types import Progress, Tier
 if TYPE_CHECKING:
     from ldw.governance.masks import Mask
 
-__all__ = ["DISK", "MEMORY", "DirectReader", "MakeRoom", "MemoryBudget", "ProgressCallback",
-           "Version", "VersionLost", "VersionStore", "new_version_id", "storage_schema"]
+__all__ = ["DISK", "MAX_PARTS", "MEMORY", "Descriptors", "DirectReader", "MakeRoom",
+           "MemoryBudget", "Part", "ProgressCallback", "Version", "VersionLost", "VersionStore",
+           "layout_of", "new_version_id", "storage_schema", "with_layout"]
 
 MEMORY, DISK = Tier.MEMORY, Tier.DISK
 
@@ -37,9 +40,29 @@ ProgressCallback = Callable[[Progress], None]
 MakeRoom = Callable[[int], int]  # frees at least n bytes of the memory tier; returns how many
 
 
+MAX_PARTS = 16  # files a version may be made of (and descriptors one attach hands over)
+
+Keep = tuple[tuple[int, int], ...]  # (start, length) row ranges
+
+
+@dataclass(frozen=True)
+class Part:
+    """One file of a version and how many rows it holds."""
+
+    path: Path
+    rows: int
+
+
 @dataclass(frozen=True)
 class Version:
-    """A published, immutable version of a dataset."""
+    """A published, immutable version of a dataset.
+
+    Usually one file (``path``). A version an incremental refresh made is several files
+    (``parts``, in order; ``path`` is the first): the files of the version it continues, shared,
+    and one with the new rows. ``keep`` then lists the row ranges of the parts' rows, counted
+    over all parts in order, that the version holds (rows an upsert replaced are left out);
+    None: all of them.
+    """
 
     dataset: str  # "owner/name"
     version_id: str
@@ -49,6 +72,51 @@ class Version:
     created: float
     seconds: float
     tier: str = MEMORY
+    parts: tuple[Part, ...] = ()
+    keep: Keep | None = None
+
+    @property
+    def files(self) -> tuple[Part, ...]:
+        """The version's files, in order (one for a version written at once)."""
+        return self.parts or (Part(self.path, self.rows),)
+
+
+def layout_of(version: Version) -> dict[str, Any] | None:
+    """How a version is laid out over files, as JSON for the catalog (None: one file)."""
+    if not version.parts and version.keep is None:
+        return None
+    return {"parts": [[str(p.path), p.rows] for p in version.files],
+            "keep": [list(r) for r in version.keep] if version.keep is not None else None}
+
+
+def with_layout(version: Version, layout: dict[str, Any] | None) -> Version:
+    """``version`` laid out as :func:`layout_of` described it."""
+    if not layout:
+        return version
+    parts = tuple(Part(Path(path), int(rows)) for path, rows in layout["parts"])
+    keep = layout.get("keep")
+    return replace(version, path=parts[0].path, parts=parts,
+                   keep=tuple((int(s), int(n)) for s, n in keep) if keep is not None else None)
+
+
+@dataclass
+class Descriptors:
+    """Read-only descriptors of a version's files, in order, and the row ranges of them the
+    version holds (see :class:`Version`); the receiver closes them."""
+
+    fds: list[int]
+    keep: Keep | None = None
+
+    def layout(self) -> dict[str, Any]:
+        """What a receiver of the descriptors needs besides them (JSON)."""
+        return {"files": len(self.fds),
+                "keep": [list(r) for r in self.keep] if self.keep is not None else None}
+
+    def close(self) -> None:
+        for fd in self.fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.fds = []
 
 
 class VersionLost(Exception):  # internal signal, never reaches a user
@@ -182,12 +250,17 @@ class VersionStore(abc.ABC):
         """Stream ``batches`` into a new memory-tier version; publish it only if all arrived."""
 
     def extend(self, base: Version, schema: pa.Schema, batches: Iterable[pa.RecordBatch], *,
-               replace_key: str | None = None, progress: ProgressCallback | None = None,
+               replace_key: str | None = None, replaced: pa.Array | None = None,
+               progress: ProgressCallback | None = None,
                make_room: MakeRoom | None = None) -> Version:
         """A new version of ``base``'s dataset: ``base``'s rows, read from this store (never
         from the source again), followed by ``batches``. With ``replace_key``, rows of
         ``base`` whose value of that column appears in ``batches`` are left out (an upsert:
-        the new rows replace them). ``base`` itself is untouched; readers keep it."""
+        the new rows replace them); ``replaced`` may give their positions in ``base``'s table
+        when the caller found them already. ``base`` itself is untouched; readers keep it.
+
+        This implementation copies ``base``'s rows into the new version (the Ray store's way:
+        its objects are written once); the local store shares ``base``'s files instead."""
         import pyarrow.compute as pc
 
         old = self.open_table(base)
@@ -209,6 +282,14 @@ class VersionStore(abc.ABC):
             yield from increment
 
         return self.write(base.dataset, schema, rows(), progress=progress, make_room=make_room)
+
+    def compact(self, version: Version, *, cancel: threading.Event | None = None
+                ) -> Version | None:
+        """The same version (same id, rows and order) in fewer files, written next to it, when
+        it is made of many or holds rows left out; None when there is nothing to gain. The
+        caller publishes it in place of ``version`` and deletes ``version``, whose files stay
+        readable meanwhile. A store whose versions are never several files has nothing to do."""
+        return None
 
     def write_partitions(self, dataset: str, connector: Any, plan: Any, snapshot: Any,
                          schema: pa.Schema, *, masks: Mapping[str, Mask],
@@ -261,9 +342,9 @@ class VersionStore(abc.ABC):
         """The version as a table, without a copy where the store can."""
 
     @abc.abstractmethod
-    def open_readonly(self, version: Version) -> int:
-        """A read-only descriptor of the version as an Arrow IPC file, for a local client to
-        map (the caller closes it)."""
+    def open_readonly(self, version: Version) -> Descriptors:
+        """Read-only descriptors of the version's Arrow IPC files, for a local client to map
+        (the caller closes them)."""
 
     def ticket(self, version: Version) -> dict[str, Any]:
         """A single-use ticket for a client at :attr:`address` to read ``version`` straight

@@ -57,6 +57,7 @@ from ldw.errors import LdwError, PolicyViolation, ServerUnavailable
 from ldw.storage.base import (
     DISK,
     MEMORY,
+    Descriptors,
     MakeRoom,
     MemoryBudget,
     ProgressCallback,
@@ -291,7 +292,8 @@ class RayStore(VersionStore):
         written = self.disk.write(version.dataset, table.schema, table.to_batches(),
                                   version_id=version.version_id)
         self.delete(version)
-        return replace(version, path=written.path, tier=DISK, bytes=version.bytes)
+        return replace(version, path=written.path, tier=DISK, bytes=version.bytes, parts=(),
+                       keep=None)
 
     def adopt(self, version: Version) -> bool:
         if version.tier == DISK:
@@ -341,7 +343,7 @@ class RayStore(VersionStore):
             raise LdwError(f"the Ray cluster did not deliver {version.dataset} within "
                            f"{GET_TIMEOUT:g} s; check it with `ray status` and retry") from None
 
-    def open_readonly(self, version: Version) -> int:
+    def open_readonly(self, version: Version) -> Descriptors:
         """A descriptor of the version as an Arrow IPC file: the disk tier's file, or for the
         memory tier an anonymous in-memory copy (for transports that hand out descriptors)."""
         if version.tier == DISK:
@@ -356,7 +358,7 @@ class RayStore(VersionStore):
         except BaseException:
             os.close(fd)
             raise
-        return fd
+        return Descriptors([fd])
 
     def ticket(self, version: Version) -> dict[str, Any]:
         """A single-use ticket an in-cluster client redeems at the holder (see
