@@ -398,6 +398,7 @@ class Service(AdminOps):
                 "governed": self.engine.governed, **self.engine.status(visible),
                 "slices": self.engine.federation.slice_status(user,
                                                               everything=ADMIN_ROLE in roles),
+                "sql_source_reads": self.engine.federation.observations.spent(),
                 **self.config_status(user)}
 
     def op_audit(self, user: str, args: dict, progress: Callable | None) -> list[AuditRow]:

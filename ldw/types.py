@@ -213,6 +213,7 @@ class ServerStatus(TypedDict, total=False):
     bytes_served: dict[str, int]
     config: dict[str, Any]  # to the owner and admins: {path, fingerprint} of the configuration
     slices: list[dict[str, Any]]  # [server] caching = "auto": what is cached automatically
+    sql_source_reads: dict[str, Any]  # reads, seconds, rows, bytes SQL took from sources
 
 
 class CacheAdvice(TypedDict):

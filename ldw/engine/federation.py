@@ -23,7 +23,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,15 +36,16 @@ from ldw.config import Settings
 from ldw.connectors.convert import target_schema
 from ldw.engine.datasets import Datasets
 from ldw.engine.observe import Observations, Shape, visible_to
+from ldw.engine.rewrite import references, renamed
 from ldw.engine.slices import Slice, Slices
 from ldw.engine.sources import Sources, schema_of
 from ldw.errors import Cancelled, InvalidMapping, UnknownSource
 from ldw.governance.masks import masked_schema
 from ldw.governance.policies import combine_fingerprints
 from ldw.lifecycle import DatasetRecord
-from ldw.logical.analyze import Needs, analyze, internal_name
+from ldw.logical.analyze import Needs, analyze
 from ldw.logical.conjuncts import to_predicate
-from ldw.logical.dynamic import MAX_KEYS, IntegerSet, integer_keys, integer_type
+from ldw.logical.dynamic import MAX_KEYS, IntegerSet, integer_keys, integer_type, key_set
 from ldw.logical.implies import Rows
 from ldw.planner import MappedQuery, Mapping, narrow, ranged_plan, single_plan
 from ldw.pushdown import predicate_to_sql
@@ -84,6 +85,7 @@ class Relation:
     # a read not worth observing for caching: a limit, a dynamic filter)
     kept: Rows = None                          # the same as predicate nodes (None: every row)
     slice: Slice | None = None                 # the automatically cached slice it reads
+    keyed: bool = False                        # narrowed to a join partner's keys
     rows: int | None = None                    # read, after a run
     seconds: float | None = None
 
@@ -149,10 +151,10 @@ class Federation:
 
         tree, _ = source_references(query)  # validated
         tree = self._folded(tree)
-        refs = _references(tree)
+        refs = references(tree)
         relations = [self._resolve(user, ref, cache) for ref in refs]
         index = {ref: i for i, ref in enumerate(refs)}
-        analysed = _renamed(tree, index, relations, internal=True)
+        analysed = renamed(tree, index, [r.view for r in relations], internal=True)
         for relation, needs in zip(relations, analyze(analysed, [r.schema.names
                                                                   for r in relations]),
                                    strict=True):
@@ -161,7 +163,7 @@ class Federation:
                 self._narrow(relation)
                 self._from_slice(relation)
         qualified = any(isinstance(ref, tuple) for ref in refs)
-        duckdb_sql = (_renamed(tree, index, relations, internal=False).sql(DIALECT)
+        duckdb_sql = (renamed(tree, index, [r.view for r in relations], internal=False).sql(DIALECT)
                       if qualified else query)  # bare datasets only: runs exactly as written
         return Plan(query, relations, duckdb_sql)
 
@@ -345,7 +347,7 @@ class Federation:
             return
         query = self._mapped(relation)
         names = {n.lower(): n for n in relation.schema.names}
-        added = []
+        added, tags = [], []
         for column, other, other_column in needs.joins:
             name = names.get(column.lower())
             partner = read.get(other)
@@ -361,15 +363,30 @@ class Federation:
             keys = integer_keys(partner.column(source_column)) if source_column else None
             if keys is None:
                 continue
-            added.append(IntegerSet(query.lookup[name], sorted(keys), sql_type))
+            keys = sorted(keys)
+            added.append(IntegerSet(query.lookup[name], keys, sql_type))
+            tags.append(key_set(name, keys))
             relation.conditions.append(f"{name} IN ({len(keys):,} keys of "
                                        f"{relations[other].ref}.{source_column})")
         if added:
-            relation.shape = None  # its rows depend on another relation's: not a slice
             relation.predicate = sa.and_(*([relation.predicate] if relation.predicate is not None
                                            else []), *added)
             relation.estimated_rows = None  # the source estimates the filtered read again
             relation.sql = []
+            self._keyed(relation, tags)
+
+    def _keyed(self, relation: Relation, tags: list[tuple[str, dict[str, Any]]]) -> None:
+        """A read narrowed to a partner's keys is a shape of its own: each key set is one more
+        condition, known by its digest (a slice serves only a read of the very same keys), so a
+        repeated join is answered from a slice as a repeated plain read is."""
+        if relation.shape is None:
+            return  # (a read not observed: a limit)
+        relation.shape = (*relation.shape, *(text for text, _ in tags))
+        relation.keyed = True
+        nodes = tuple(node for _, node in tags)
+        relation.kept = tuple((*occurrence, *nodes) for occurrence in relation.kept) \
+            if relation.kept is not None else (nodes,)
+        self._from_slice(relation)
 
     def _read(self, relation: Relation, stop: threading.Event, depth: int,
               cancelled: Callable[[], bool] | None) -> pa.Table:
@@ -393,6 +410,9 @@ class Federation:
             table = self._from_source(relation, stop, cancelled)
         relation.rows = table.num_rows
         relation.seconds = round(time.perf_counter() - started, 4)
+        if relation.read == "source":
+            self.observations.spend(seconds=relation.seconds, rows=table.num_rows,
+                                    nbytes=table.nbytes)
         self._observe(relation, table)
         if relation.read == "source" and relation.query is not None and shape is not None \
                 and relation.shape is not None:
@@ -529,7 +549,7 @@ def _shape(relation: Relation, *, observed: bool = True) -> Shape | None:
                  combine_fingerprints(query.policies),
                  frozenset(relation.columns if relation.columns is not None
                            else relation.schema.names),
-                 frozenset(relation.shape or ()))
+                 frozenset(relation.shape or ()), relation.keyed)
 
 
 def _filtered(relation: Relation) -> bool:
@@ -539,54 +559,3 @@ def _filtered(relation: Relation) -> bool:
         mapping = relation.record.mapping  # type: ignore[union-attr]
         return relation.record.derived or mapping.where is not None or mapping.sql is not None
     return relation.predicate is not None
-
-
-def _references(tree: exp.Expression) -> list[str | tuple[str, ...]]:
-    """Datasets (names) and source tables (name parts) a validated query reads, in order of
-    first mention; CTEs and table functions are not relations."""
-    from ldw.sql.validate import visible_ctes
-
-    found: dict[str | tuple[str, ...], None] = {}
-    for node in tree.walk(bfs=False):
-        if not isinstance(node, exp.Table) or not isinstance(node.this, exp.Identifier):
-            continue
-        if node.args.get("db") is not None:
-            found.setdefault(tuple(p.name for p in node.parts), None)
-        elif node.name.lower() not in visible_ctes(node):
-            found.setdefault(node.name, None)
-    return list(found)
-
-
-def _renamed(tree: exp.Expression, index: dict, relations: Sequence[Relation], *,
-             internal: bool) -> exp.Expression:
-    """A copy of ``tree`` with each relation named :func:`internal_name` (for analysis) or by
-    its DuckDB view (to run); source tables keep their table name as alias, so columns
-    qualified with it still resolve."""
-    from ldw.sql.validate import visible_ctes
-
-    def rename(node: exp.Expression) -> exp.Expression:
-        if isinstance(node, exp.Column) and node.args.get("db") is not None:
-            parts = tuple(p.name for p in node.parts[:-1])
-            if parts in index:  # pg.tpch.lineitem.l_orderkey -> lineitem.l_orderkey
-                return exp.column(node.this.copy(), table=exp.to_identifier(parts[-1]))
-            return node
-        if not isinstance(node, exp.Table) or not isinstance(node.this, exp.Identifier):
-            return node
-        qualified = node.args.get("db") is not None
-        key: Any = tuple(p.name for p in node.parts) if qualified else node.name
-        if key not in index or (not qualified and node.name.lower() in visible_ctes(node)):
-            return node
-        i = index[key]
-        if not internal and not qualified:
-            return node  # a dataset runs under its own name
-        name = internal_name(i) if internal else relations[i].view
-        alias = node.args.get("alias")
-        if alias is None:
-            alias = exp.TableAlias(this=exp.to_identifier(node.name, quoted=node.this.quoted))
-        renamed = exp.Table(this=exp.to_identifier(name, quoted=True), alias=alias.copy())
-        for arg in ("sample", "pivots", "joins", "laterals", "hints"):
-            if node.args.get(arg):
-                renamed.set(arg, node.args[arg])
-        return renamed
-
-    return tree.copy().transform(rename)

@@ -41,6 +41,7 @@ class Shape:
     fingerprint: str               # the reader's policies on it
     columns: frozenset[str]
     conditions: frozenset[str]
+    keyed: bool = False            # narrowed to a join partner's keys (a key set's digest)
 
     def serves(self, other: Shape) -> bool:
         """A slice of this shape answers a read of ``other`` (same table and policies, every
@@ -75,6 +76,21 @@ class Observations:
         self._clock = clock
         self._lock = threading.Lock()
         self._shapes: dict[Shape, Reads] = {}
+        self._spent = {"reads": 0, "seconds": 0.0, "rows": 0, "bytes": 0}
+
+    def spend(self, *, seconds: float, rows: int, nbytes: int) -> None:
+        """Count one read of a source table by SQL, whatever its shape."""
+        with self._lock:
+            self._spent["reads"] += 1
+            self._spent["seconds"] += seconds
+            self._spent["rows"] += rows
+            self._spent["bytes"] += nbytes
+
+    def spent(self) -> dict[str, Any]:
+        """What SQL's source reads cost since the server started (reads, seconds, rows,
+        Arrow bytes): the time automatic caching tries to save."""
+        with self._lock:
+            return {**self._spent, "seconds": round(self._spent["seconds"], 4)}
 
     def record(self, shape: Shape, *, seconds: float, rows: int, nbytes: int) -> None:
         now = self._clock()
@@ -115,6 +131,8 @@ class Observations:
         observed = self.shapes(visible)
         candidates = []
         for shape, reads in observed:
+            if shape.keyed:
+                continue  # (no one caches a key set by hand; automatic caching keeps them)
             served = [(s, r) for s, r in observed if shape.serves(s)]
             saved = sum(r.weighted_seconds for _, r in served)
             if reads.bytes <= 0 or saved <= 0:

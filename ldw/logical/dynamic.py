@@ -10,13 +10,17 @@ same in every dialect, and Python formats them itself, so nothing but digits rea
 
 from __future__ import annotations
 
+import hashlib
+import json
+from typing import Any
+
 import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ColumnElement
 
-__all__ = ["MAX_KEYS", "IntegerSet", "integer_keys", "integer_type"]
+__all__ = ["MAX_KEYS", "IntegerSet", "integer_keys", "integer_type", "key_set"]
 
 MAX_KEYS = 100_000  # more keys than this: the filter costs more than it saves
 
@@ -78,3 +82,12 @@ def integer_keys(column: pa.ChunkedArray | pa.Array) -> list[int] | None:
     if len(distinct) > MAX_KEYS:
         return None
     return distinct.to_pylist()
+
+
+def key_set(column: str, keys: list[int]) -> tuple[str, dict[str, Any]]:
+    """``column IN keys`` as a condition text and an opaque predicate node that names the keys by
+    their digest: two reads narrowed to the same keys have the same condition (automatic caching
+    matches it verbatim, :mod:`ldw.logical.implies`); the keys themselves stay out of texts."""
+    digest = hashlib.sha256(json.dumps(keys).encode()).hexdigest()[:24]
+    return (f"{column} IN key set {digest} ({len(keys):,} keys)",
+            {"op": "key_set", "col": column, "digest": digest, "count": len(keys)})
