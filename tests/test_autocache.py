@@ -342,3 +342,62 @@ def test_every_drops_slices_older_than_the_period(tmp_path, sales, pg_schema):
         assert kept["slice"] not in {s["slice"] for s in wh.status()["slices"]}
     finally:
         wh.close()
+
+
+@pytest.fixture
+def lines(pg_engine, pg_schema, sales) -> str:
+    """20,000 lines, 20 per sale id (sales has 1,000 ids): joining filtered sales narrows it."""
+    with pg_engine.begin() as conn:
+        conn.exec_driver_sql(f"create table {pg_schema}.lines (id int, qty int)")
+        conn.exec_driver_sql(f"insert into {pg_schema}.lines select mod(g, 1000) + 1, g "
+                             "from generate_series(1, 20000) g")
+        conn.exec_driver_sql(f"analyze {pg_schema}.lines")
+    return f"pg.{pg_schema}.lines"
+
+
+def test_a_repeated_join_is_answered_from_slices_of_its_key_sets(pair, sales, lines, pg_engine,
+                                                                 pg_schema):
+    """lines is read narrowed to the keys of the filtered sales (a dynamic filter): that read
+    is a slice of those very keys, so the join again sends nothing to the source, and the same
+    join over other keys (the partner's rows changed) reads the source, with the right rows."""
+    auto, manual = pair
+    join = (f"SELECT s.region, sum(l.qty) AS q FROM {lines} l JOIN {sales} s ON l.id = s.id "
+            "WHERE s.amount = 7 GROUP BY 1")
+    for _ in range(2):
+        assert _rows(auto, join) == _rows(manual, join)
+    kept = {s["table"]: s for s in auto.status()["slices"]}
+    assert set(kept) == {sales, lines}
+    assert any("keys of" in c for c in kept[lines]["conditions"])
+    assert kept[lines]["rows"] == 20 * sum(1 for g in range(1, 1001) if g % 7 and g % 50 == 7)
+    sent = _sent(auto)
+    assert _rows(auto, join) == _rows(manual, join)
+    assert _sent(auto) == sent  # zero source queries
+    assert {r["read"] for r in auto.explain(join, analyze=True).relations} == {"slice"}
+
+    other = join.replace("s.amount = 7", "s.amount = 8")  # other keys: the slice does not serve
+    assert _rows(auto, other) == _rows(manual, other)
+    relations = {r["relation"]: r for r in auto.explain(other, analyze=True).relations}
+    assert relations[lines]["read"] == "source"  # its second read: kept only now
+    assert relations[lines]["rows"] == 20 * sum(1 for g in range(1, 1001)
+                                                if g % 7 and g % 50 == 8)
+
+
+def test_reads_of_several_shapes_are_answered_by_one_wider_slice(pair, sales):
+    """Three reads of sales with different conditions: the third reads every row of the
+    columns the reads used and keeps that, so a fourth condition needs no source query; the
+    query's own conditions still apply to what was read."""
+    auto, manual = pair
+    shapes = ["amount > 40", "amount BETWEEN 3 AND 9", "day < DATE '2024-01-20'"]
+    for where in shapes:
+        query = f"SELECT region, sum(amount) AS s FROM {sales} WHERE {where} GROUP BY 1"
+        assert _rows(auto, query) == _rows(manual, query)
+    (kept,) = auto.status()["slices"]
+    assert kept["conditions"] == [] and kept["rows"] == 1000
+    assert kept["columns"] == ["amount", "day", "region"]
+    query = f"SELECT count(*) AS n FROM {sales} WHERE amount IS NULL AND region = 'APAC'"
+    sent = _sent(auto)
+    assert _rows(auto, query) == _rows(manual, query)
+    assert _sent(auto) == sent
+    note = f"SELECT note FROM {sales} WHERE amount > 40"  # a column never read: the source
+    assert _rows(auto, note) == _rows(manual, note)
+    assert _sent(auto) > sent

@@ -86,6 +86,7 @@ class Relation:
     kept: Rows = None                          # the same as predicate nodes (None: every row)
     slice: Slice | None = None                 # the automatically cached slice it reads
     keyed: bool = False                        # narrowed to a join partner's keys
+    widened: float | None = None               # read whole to keep: the slice's worth
     rows: int | None = None                    # read, after a run
     seconds: float | None = None
 
@@ -271,6 +272,30 @@ class Federation:
         if found is not None:
             relation.read, relation.slice = "slice", found
             relation.estimated_rows = found.rows
+        elif relation.shape is not None and not relation.keyed and relation.needs is not None \
+                and not relation.needs.joins:  # (its rows may narrow a join partner's read)
+            self._widen(relation, shape)
+
+    def _widen(self, relation: Relation, shape: Shape) -> None:
+        """Read every row (and the columns other reads of the table used) instead, to keep
+        as a slice, when :meth:`Slices.widen` finds that worth it; DuckDB applies the
+        query's conditions to what is read."""
+        names = list(relation.schema.names)
+
+        def whole_rows() -> int | None:
+            connector = self.sources.connector(relation.source or "")
+            narrowed = narrow(self._mapped(relation), columns=names)
+            return connector.estimate_rows(single_plan(connector, narrowed).queries[0])
+
+        wide = self.slices.widen(shape, relation.schema, whole_rows)
+        if wide is None:
+            return
+        read, relation.widened = wide
+        relation.columns = [c for c in names if c in read.columns]
+        relation.notes += [f"{c}: applied after reading every row, kept as a slice"
+                           for c in relation.conditions]
+        relation.conditions, relation.shape, relation.kept = [], (), None
+        relation.predicate, relation.estimated_rows = None, None
 
     def _mapped(self, relation: Relation) -> MappedQuery:
         if relation.query is not None:
@@ -343,7 +368,8 @@ class Federation:
                          read: dict[int, pa.Table]) -> None:
         """Add ``key IN (keys of a partner already read)`` to a relation's source query."""
         needs = relation.needs
-        if relation.read != "source" or needs is None or relation.limit is not None:
+        if relation.read != "source" or needs is None or relation.limit is not None \
+                or relation.widened is not None:
             return
         query = self._mapped(relation)
         names = {n.lower(): n for n in relation.schema.names}
@@ -418,7 +444,7 @@ class Federation:
                 and relation.shape is not None:
             self.slices.admit(shape, relation.kept, relation.conditions, table, relation.query,
                               relation.source or "", relation.predicate, counters,
-                              relation.seconds)
+                              relation.seconds, relation.widened)
         return table
 
     def advice(self, user: str, *, everything: bool = False) -> list[dict[str, Any]]:
@@ -442,8 +468,12 @@ class Federation:
         """Record a plain read of a source table (see :mod:`ldw.engine.observe`)."""
         shape = _shape(relation)
         if shape is not None and relation.seconds is not None:
+            rows = max(table.num_rows, 1)
             self.observations.record(shape, seconds=relation.seconds, rows=table.num_rows,
-                                     nbytes=table.nbytes)
+                                     nbytes=table.nbytes,
+                                     widths={name: column.nbytes / rows for name, column
+                                             in zip(table.column_names, table.columns,
+                                                    strict=True)} if table.num_rows else None)
 
     def _derived(self, relation: Relation, depth: int) -> pa.Table:
         record = relation.record

@@ -61,6 +61,7 @@ class Reads:
     weight: float = 0.0            # reads, aged to ``at``
     weighted_seconds: float = 0.0  # source seconds, aged to ``at``
     at: float = field(default_factory=time.time)
+    widths: dict[str, float] = field(default_factory=dict)  # Arrow bytes per row, per column
 
     def age(self, now: float) -> None:
         factor = math.pow(0.5, max(0.0, now - self.at) / HALF_LIFE)
@@ -92,10 +93,12 @@ class Observations:
         with self._lock:
             return {**self._spent, "seconds": round(self._spent["seconds"], 4)}
 
-    def record(self, shape: Shape, *, seconds: float, rows: int, nbytes: int) -> None:
+    def record(self, shape: Shape, *, seconds: float, rows: int, nbytes: int,
+               widths: dict[str, float] | None = None) -> None:
         now = self._clock()
         with self._lock:
             reads = self._shapes.pop(shape, None) or Reads(at=now)  # re-inserted: most recent
+            reads.widths = {**reads.widths, **(widths or {})}
             reads.age(now)
             reads.count += 1
             reads.seconds += seconds
@@ -114,7 +117,7 @@ class Observations:
             if reads is None:
                 return None
             reads.age(now)
-            return Reads(**vars(reads))
+            return Reads(**{**vars(reads), "widths": dict(reads.widths)})
 
     def shapes(self, visible: Callable[[Shape], bool] = lambda _s: True
                ) -> list[tuple[Shape, Reads]]:
@@ -122,7 +125,8 @@ class Observations:
         with self._lock:
             for reads in self._shapes.values():
                 reads.age(now)
-            return [(s, Reads(**vars(r))) for s, r in self._shapes.items() if visible(s)]
+            return [(s, Reads(**{**vars(r), "widths": dict(r.widths)}))
+                    for s, r in self._shapes.items() if visible(s)]
 
     def advice(self, budget: int, visible: Callable[[Shape], bool] = lambda _s: True
                ) -> list[dict[str, Any]]:

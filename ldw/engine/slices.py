@@ -1,13 +1,15 @@
 """Automatic caching (``[server] caching = "auto"``): slices of source tables that SQL read,
 kept in the memory tier by benefit and used to answer later reads without the source.
 
-- Admission: a plain source read of a SQL query (no ``LIMIT``, no dynamic filter) is kept, as
+- Admission: a source read of a SQL query without ``LIMIT`` is kept, as
   the Arrow table already read (no second source read), once its shape (table, policy
   fingerprint, columns, pushed conditions; :mod:`ldw.engine.observe`) has been read
   :data:`ADMIT_AFTER` times, if it takes at most ``memory_limit / MAX_SHARE`` and fits in free
   memory or in the room of slices with less benefit. A slice never spills or drops a dataset.
   Reads under a ``max_rows`` policy are cut short by it (their rows depend on the read): never
-  kept.
+  kept. A read narrowed to a join partner's keys (a dynamic filter) has that key set as one
+  more condition, named by its digest (:func:`ldw.logical.dynamic.key_set`): its slice serves
+  only reads of the same keys.
 - Benefit: the source seconds its shape's reads took plus those its hits saved, aged (an hour
   counts half), per byte. When a dataset needs room, slices are dropped first, least benefit
   first (never spilled); a slice stored for a memory-only table stays in memory or is not kept.
@@ -28,6 +30,7 @@ import math
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,11 +46,12 @@ from ldw.logical.implies import Rows, implies
 from ldw.planner import MappedQuery, narrow
 from ldw.storage import Version, VersionLost, VersionStore
 
-__all__ = ["ADMIT_AFTER", "MAX_SHARE", "SLICE_KEY", "Slice", "Slices"]
+__all__ = ["ADMIT_AFTER", "MAX_SHARE", "SLICE_KEY", "WIDEN_AFTER", "Slice", "Slices"]
 
 log = logging.getLogger("ldw.slices")
 
 ADMIT_AFTER = 2      # reads of one shape before it is kept (a one-off read is not)
+WIDEN_AFTER = 3      # reads a whole-rows slice would have served before one is read
 MAX_SHARE = 4        # a slice takes at most memory_limit / MAX_SHARE
 SLICE_KEY = "~slices/auto"  # where slices are stored ("~" is in no user name)
 
@@ -196,14 +200,62 @@ class Slices:
             return None
         return reads.weighted_seconds
 
+    def widen(self, shape: Shape, schema: pa.Schema, whole_rows: Callable[[], int | None]
+              ) -> tuple[Shape, float] | None:
+        """A wider read worth making instead of ``shape``: every row of the table (no
+        condition), with the columns of the reads of it seen so far (``columns``: all of them, in
+        the table's ``schema``), when such a slice would have served at least :data:`WIDEN_AFTER`
+        reads of two or more shapes and its estimated size (``whole_rows`` x the widths
+        observed) fits as :meth:`admit` needs; with the aged source seconds it would have
+        saved. None: read ``shape`` as it is."""
+        if not self.auto or shape.keyed:
+            return None
+        mine = [(s, r) for s, r in self.observations.shapes()
+                if (s.table, s.fingerprint) == (shape.table, shape.fingerprint)]
+        wanted = set().union(shape.columns, *(s.columns for s, _ in mine))
+        wide = Shape(shape.table, shape.fingerprint,
+                     frozenset(c for c in schema.names if c in wanted), frozenset())
+        if wide.columns == shape.columns and not shape.conditions:
+            return None  # (no wider than the read itself)
+        served = [(s, r) for s, r in mine if wide.serves(s)]
+        if len({s for s, _ in served} | {shape}) < 2 \
+                or sum(r.count for _, r in served) + 1 < WIDEN_AFTER:
+            return None
+        widths = {f.name: _fixed_width(f.type) for f in schema}
+        widths = {name: width for name, width in widths.items() if width is not None}
+        for _, reads in mine:
+            for column, width in reads.widths.items():
+                widths[column] = max(width, widths.get(column, 0.0))
+        if not wide.columns <= widths.keys():
+            return None  # (a column never read yet: its size is unknown)
+        rows = whole_rows()
+        if rows is None:
+            return None
+        nbytes = int(rows * sum(widths[c] for c in wide.columns) * 1.1) + 1
+        worth = sum(r.weighted_seconds for _, r in served)
+        if nbytes > self.store.memory_limit // MAX_SHARE or not self._room(nbytes, worth):
+            return None
+        return wide, worth
+
+    def _room(self, nbytes: int, worth: float) -> bool:
+        """Whether ``nbytes`` worth ``worth`` fit in free memory or in the room of slices
+        worth less per byte."""
+        density = worth / max(nbytes, 1)
+        with self._lock:
+            lower = sum(s.version.bytes for s in self._slices.values()
+                        if s.density(time.time()) < density)
+        return nbytes <= self.store.memory_limit - self.store.used_bytes() + lower
+
     def admit(self, shape: Shape | None, kept: Rows, conditions: list[str], table: pa.Table,
               query: MappedQuery, source: str, predicate: sa.ColumnElement | None,
-              counters: dict[str, Any] | None, seconds: float) -> Slice | None:
-        """Keep a plain read as a slice if it is worth it and fits (see the module docstring)."""
+              counters: dict[str, Any] | None, seconds: float, worth: float | None = None
+              ) -> Slice | None:
+        """Keep a read as a slice if it is worth it and fits (see the module docstring);
+        ``worth``: what a read widened by :meth:`widen` was judged worth."""
         if not self.auto or shape is None \
                 or any(p.max_rows is not None for p in query.policies):
             return None  # (under max_rows a read is cut short: its rows depend on the read)
-        worth = self._worth(shape)
+        worth = self._worth(shape) if worth is None else worth
         nbytes = max(table.nbytes, 1)
         if worth is None or nbytes > self.store.memory_limit // MAX_SHARE:
             return None
@@ -276,3 +328,11 @@ class Slices:
             current = list(self._slices.values())
         rows = [s.row() for s in current if visible is None or visible(s.table, s.fingerprint)]
         return sorted(rows, key=lambda r: (-r["hits"], r["table"], r["slice"]))
+
+
+def _fixed_width(arrow_type: pa.DataType) -> float | None:
+    """Bytes per row of a fixed-width type (validity bit included); None if it varies."""
+    try:
+        return arrow_type.bit_width / 8 + 1 / 8
+    except ValueError:
+        return None
