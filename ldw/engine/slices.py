@@ -4,8 +4,10 @@ kept in the memory tier by benefit and used to answer later reads without the so
 - Admission: a source read of a SQL query without ``LIMIT`` is kept, as
   the Arrow table already read (no second source read), once its shape (table, policy
   fingerprint, columns, pushed conditions; :mod:`ldw.engine.observe`) has been read
-  :data:`ADMIT_AFTER` times, if it takes at most ``memory_limit / MAX_SHARE`` and fits in free
-  memory or in the room of slices with less benefit. A slice never spills or drops a dataset.
+  :data:`ADMIT_AFTER` times (once, if that read took :data:`ADMIT_SECONDS` or more at the
+  source: reading it again would cost as much), if it takes at most
+  ``memory_limit / MAX_SHARE`` and fits in free memory or in the room of slices with less
+  benefit. A slice never spills or drops a dataset.
   Reads under a ``max_rows`` policy are cut short by it (their rows depend on the read): never
   kept. A read narrowed to a join partner's keys (a dynamic filter) has that key set as one
   more condition, named by its digest (:func:`ldw.logical.dynamic.key_set`): its slice serves
@@ -46,12 +48,14 @@ from ldw.logical.implies import Rows, implies
 from ldw.planner import MappedQuery, narrow
 from ldw.storage import Version, VersionLost, VersionStore
 
-__all__ = ["ADMIT_AFTER", "MAX_SHARE", "SLICE_KEY", "WIDEN_AFTER", "Slice", "Slices"]
+__all__ = ["ADMIT_AFTER", "ADMIT_SECONDS", "MAX_SHARE", "SLICE_KEY", "WIDEN_AFTER", "Slice",
+           "Slices"]
 
 log = logging.getLogger("ldw.slices")
 
 ADMIT_AFTER = 2      # reads of one shape before it is kept (a one-off read is not)
 WIDEN_AFTER = 3      # reads a whole-rows slice would have served before one is read
+ADMIT_SECONDS = 0.25  # a read that cost this much at the source is kept the first time
 MAX_SHARE = 4        # a slice takes at most memory_limit / MAX_SHARE
 SLICE_KEY = "~slices/auto"  # where slices are stored ("~" is in no user name)
 
@@ -182,7 +186,7 @@ class Slices:
                  ) -> dict[str, Any] | None:
         """The change counters to take before a read that may be kept (under ``on_access``
         only, without row filters, whose hidden rows the counters count); never raises."""
-        if not self.auto or shape is None or self._worth(shape, before_read=True) is None \
+        if not self.auto or shape is None or not self._may_keep(shape) \
                 or self.settings.refresh_for(shape.table) != "on_access" \
                 or any(p.row_filters or p.max_rows is not None for p in query.policies):
             return None
@@ -191,19 +195,26 @@ class Slices:
         except Exception:  # (the probe still checks the slice's rows)
             return None
 
-    def _worth(self, shape: Shape, *, before_read: bool = False) -> float | None:
-        """The aged source seconds a slice of ``shape`` would have saved, if it is read often
-        enough to keep; else None."""
+    def _may_keep(self, shape: Shape) -> bool:
+        """Whether the next read of ``shape`` may be kept (see :meth:`_worth`)."""
         reads = self.observations.get(shape)
-        count = (reads.count if reads is not None else 0) + (1 if before_read else 0)
-        if reads is None or count < ADMIT_AFTER:
+        return reads is None or reads.count + 1 >= ADMIT_AFTER \
+            or reads.seconds / max(reads.count, 1) >= ADMIT_SECONDS
+
+    def _worth(self, shape: Shape) -> float | None:
+        """The aged source seconds a slice of ``shape`` would have saved, if it is worth
+        keeping: read :data:`ADMIT_AFTER` times, or once at a cost of :data:`ADMIT_SECONDS`
+        or more (reading it again would cost that again); else None."""
+        reads = self.observations.get(shape)
+        if reads is None or (reads.count < ADMIT_AFTER
+                             and reads.weighted_seconds < ADMIT_SECONDS):
             return None
         return reads.weighted_seconds
 
     def widen(self, shape: Shape, schema: pa.Schema, whole_rows: Callable[[], int | None]
               ) -> tuple[Shape, float] | None:
         """A wider read worth making instead of ``shape``: every row of the table (no
-        condition), with the columns of the reads of it seen so far (``columns``: all of them, in
+        condition), with the columns of the reads of it seen so far (all of them, in
         the table's ``schema``), when such a slice would have served at least :data:`WIDEN_AFTER`
         reads of two or more shapes and its estimated size (``whole_rows`` x the widths
         observed) fits as :meth:`admit` needs; with the aged source seconds it would have
