@@ -121,6 +121,7 @@ def main() -> int:
         "args": vars(args), "summaries": summaries, "differences": wrong,
         "templates": [q.template for q in queries],
         "seconds": {m: r.seconds for m, r in runs.items()},
+        "source_seconds": {m: r.source for m, r in runs.items()},
         "slices": getattr(runs.get("auto"), "slices", None)}, indent=1, default=str))
     print(f"written {out}")
     return 1 if wrong else 0

@@ -401,3 +401,18 @@ def test_reads_of_several_shapes_are_answered_by_one_wider_slice(pair, sales):
     note = f"SELECT note FROM {sales} WHERE amount > 40"  # a column never read: the source
     assert _rows(auto, note) == _rows(manual, note)
     assert _sent(auto) > sent
+
+
+def test_a_partner_served_by_a_wider_slice_narrows_the_join_by_its_own_rows(pair, sales, lines):
+    """sales is answered from a slice of amount > 5 (more rows than amount = 7 keeps); the keys
+    sent to lines are those of the rows amount = 7 keeps, as if sales had been read itself."""
+    auto, manual = pair
+    for _ in range(2):
+        auto.sql(f"SELECT id, amount FROM {sales} WHERE amount > 5")
+    join = (f"SELECT sum(l.qty) AS q FROM {lines} l JOIN {sales} s ON l.id = s.id "
+            "WHERE s.amount = 7")
+    assert _rows(auto, join) == _rows(manual, join)
+    relations = {r["relation"]: r for r in auto.explain(join, analyze=True).relations}
+    assert relations[sales]["read"] == "slice"
+    assert relations[lines]["rows"] == 20 * sum(1 for g in range(1, 1001)
+                                                if g % 7 and g % 50 == 7)

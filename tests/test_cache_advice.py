@@ -26,6 +26,25 @@ def test_a_slice_serves_reads_with_fewer_columns_and_more_conditions():
     assert not wide.serves(_shape("a", "a > 1", table="pg.s.u"))
 
 
+def test_a_dear_read_may_be_kept_the_first_time_a_cheap_one_the_second():
+    """Admission (automatic caching): a read that cost ADMIT_SECONDS or more is worth keeping
+    at once (reading it again would cost as much again); a cheap one once it repeats."""
+    from ldw.engine.slices import ADMIT_AFTER, ADMIT_SECONDS, Slices
+
+    observed = Observations()
+    slices = Slices(None, None, None, observed)  # type: ignore[arg-type]  (admission rules only)
+    cheap, dear = _shape("a"), _shape("b")
+    assert slices._may_keep(cheap)  # never read: it may be dear, so its counters are taken
+    observed.record(cheap, seconds=0.01, rows=10, nbytes=100)
+    observed.record(dear, seconds=ADMIT_SECONDS * 2, rows=10, nbytes=100)
+    assert slices._worth(cheap) is None and slices._worth(dear) == pytest.approx(
+        ADMIT_SECONDS * 2)
+    assert slices._may_keep(cheap) is (ADMIT_AFTER <= 2)
+    for _ in range(ADMIT_AFTER - 1):
+        observed.record(cheap, seconds=0.01, rows=10, nbytes=100)
+    assert slices._worth(cheap) == pytest.approx(0.01 * ADMIT_AFTER)
+
+
 def test_advice_ranks_by_seconds_saved_per_byte_within_the_budget():
     now = [1000.0]
     seen = Observations(clock=lambda: now[0])

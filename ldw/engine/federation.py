@@ -35,7 +35,7 @@ from sqlglot import exp
 from ldw.config import Settings
 from ldw.connectors.convert import target_schema
 from ldw.engine.datasets import Datasets
-from ldw.engine.observe import Observations, Shape, visible_to
+from ldw.engine.observe import Observations, Shape, shape_conditions, visible_to
 from ldw.engine.rewrite import references, renamed
 from ldw.engine.slices import Slice, Slices
 from ldw.engine.sources import Sources, schema_of
@@ -258,7 +258,7 @@ class Federation:
             relation.kept = tuple(k for _, _, k in parts)
         elif needs.limit is not None:
             relation.limit = needs.limit
-        relation.shape = _conjuncts(parts) if relation.limit is None else None
+        relation.shape = shape_conditions(parts) if relation.limit is None else None
 
     def _from_slice(self, relation: Relation) -> None:
         """Read a source table from an automatically cached slice that holds what it needs."""
@@ -376,7 +376,7 @@ class Federation:
         added, tags = [], []
         for column, other, other_column in needs.joins:
             name = names.get(column.lower())
-            partner = read.get(other)
+            partner = self._kept_rows(relations[other], read.get(other))
             if name is None or partner is None or name not in query.lookup \
                     or not pa.types.is_integer(relation.schema.field(name).type) \
                     or not _filtered(relations[other]):
@@ -400,6 +400,23 @@ class Federation:
             relation.estimated_rows = None  # the source estimates the filtered read again
             relation.sql = []
             self._keyed(relation, tags)
+
+    def _kept_rows(self, partner: Relation, table: pa.Table | None) -> pa.Table | None:
+        """A partner read from a slice holds the slice's rows, maybe more than its own
+        conditions keep: those applied (in DuckDB), its keys narrow a read as a source read's
+        would. If that fails, the slice's rows (more keys: still the right answer)."""
+        needs = partner.needs
+        if table is None or partner.read != "slice" or needs is None or not needs.filtered:
+            return table
+        kept = exp.or_(*(exp.and_(*(c.copy() for c in occurrence))
+                         for occurrence in needs.occurrences))
+        query = exp.select("*").from_(exp.to_identifier("partner", quoted=True)).where(kept)
+        try:
+            return self.sql_engine().run(query.sql(DIALECT), {"partner": table},
+                                         time_limit=self.settings.sql_timeout,
+                                         time_setting="[server] sql_timeout")
+        except Exception:  # (a wider key set is still right)
+            return table
 
     def _keyed(self, relation: Relation, tags: list[tuple[str, dict[str, Any]]]) -> None:
         """A read narrowed to a partner's keys is a shape of its own: each key set is one more
@@ -554,17 +571,6 @@ class Federation:
             elif relation.read == "source" and not relation.sql:
                 _, read, _, _ = self._ranged(relation)
                 relation.sql = [q.sql for q in read.queries]
-
-
-def _conjuncts(parts: list | None) -> tuple[str, ...]:
-    """A read's pushed conditions as a :class:`Shape` holds them: the conjuncts of one
-    occurrence (a slice with a subset of them holds more rows), or, for an OR over several
-    occurrences, that OR as one condition (a subset of the branches would hold fewer rows)."""
-    if not parts:
-        return ()
-    if len(parts) == 1:
-        return tuple(parts[0][1])
-    return (" OR ".join(f"({' AND '.join(texts)})" for _, texts, _ in parts),)
 
 
 def _shape(relation: Relation, *, observed: bool = True) -> Shape | None:

@@ -25,7 +25,7 @@ from typing import Any
 from ldw.errors import LdwError
 from ldw.governance.policies import Governance, combine_fingerprints
 
-__all__ = ["HALF_LIFE", "MAX_SHAPES", "Observations", "Shape", "visible_to"]
+__all__ = ["HALF_LIFE", "MAX_SHAPES", "Observations", "Shape", "shape_conditions", "visible_to"]
 
 HALF_LIFE = 3600.0  # seconds after which a read counts half
 MAX_SHAPES = 4096   # shapes kept; the least recently read go first
@@ -180,3 +180,14 @@ def visible_to(governance: Governance, user: str) -> Callable[[str, str], bool]:
         return mine[table] == fingerprint
 
     return visible
+
+
+def shape_conditions(parts: list | None) -> tuple[str, ...]:
+    """A read's pushed conditions as a :class:`Shape` holds them: the conjuncts of one
+    occurrence (a slice with a subset of them holds more rows), or, for an OR over several
+    occurrences, that OR as one condition (a subset of the branches would hold fewer rows)."""
+    if not parts:
+        return ()
+    if len(parts) == 1:
+        return tuple(parts[0][1])
+    return (" OR ".join(f"({' AND '.join(texts)})" for _, texts, _ in parts),)

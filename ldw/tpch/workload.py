@@ -147,6 +147,7 @@ class Replay:
     mode: str
     results: list[list[tuple]] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)  # per query, wall clock
+    source: list[float] = field(default_factory=list)   # per query, SQL's source seconds
     source_seconds: float = 0.0    # SQL's source reads, plus cache() for "lru"
     source_reads: int = 0          # SQL's source reads, plus each cache() for "lru"
     cache_seconds: float = 0.0     # "lru": cache() time (in source_seconds)
@@ -183,6 +184,8 @@ def replay(wh: Any, queries: Sequence[Query], mode: str, schema: str, *,
         done.results.append(wh.sql(text).rows())
         done.seconds.append(time.perf_counter() - started)
         status = wh.status()
+        spent = status["sql_source_reads"]["seconds"]
+        done.source.append(spent - (before["seconds"] + sum(done.source)))
         done.max_used_bytes = max(done.max_used_bytes, status["used_bytes"])
         if on_query is not None:
             on_query(i, item, done.seconds[-1])
