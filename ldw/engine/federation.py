@@ -271,7 +271,9 @@ class Federation:
         found = self.slices.find(shape.table, shape.fingerprint, shape.columns, relation.kept)
         if found is not None:
             relation.read, relation.slice = "slice", found
-            relation.estimated_rows = found.rows
+            seen = self.observations.get(shape) if found.kept != relation.kept else None
+            relation.estimated_rows = seen.rows if seen is not None else found.rows  # (what its
+            # own conditions keep, for the joins that wait for it: a slice may hold more)
         elif relation.shape is not None and not relation.keyed and relation.needs is not None \
                 and not relation.needs.joins:  # (its rows may narrow a join partner's read)
             self._widen(relation, shape)
