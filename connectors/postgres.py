@@ -116,16 +116,19 @@ def _decimal_type(typmod: int) -> pa.DataType | None:
 class _Counted:
     """An ADBC connection whose close also frees its slot of the source's connection limit."""
 
-    def __init__(self, connection: Any, release: Callable[[], None]) -> None:
+    def __init__(self, connection: Any, release: Callable[[], None],
+                 handles: threading.Lock) -> None:
         self._connection = connection
         self._release = release
+        self._handles = handles
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._connection, name)
 
     def close(self) -> None:
         try:
-            self._connection.close()
+            with self._handles:  # (see _TypeCatalog.handles)
+                self._connection.close()
         finally:
             self._release()
 
@@ -141,6 +144,10 @@ class _TypeCatalog:
         self.database = adbc_driver_postgresql.connect(uri)
         self._holders = 1  # the connector
         self._lock = threading.Lock()
+        # the driver counts a database's open connections in a plain integer, so connections
+        # opened and closed at once from several threads corrupt it ("Open connection count
+        # underflowed"): opening and closing them is serialized (each a libpq connect or close)
+        self.handles = threading.Lock()
 
     def hold(self) -> None:
         with self._lock:
@@ -157,12 +164,14 @@ class _TypeCatalog:
         """A DB-API connection from the shared database (uses up one :meth:`hold`)."""
         handle = None
         try:
-            handle = adbc_driver_manager.AdbcConnection(self.database)
+            with self.handles:
+                handle = adbc_driver_manager.AdbcConnection(self.database)
             return adbc_driver_manager.dbapi.Connection(_Held(self), handle,
                                                         autocommit=autocommit)
         except BaseException:
             if handle is not None:
-                handle.close()
+                with self.handles:
+                    handle.close()
             self.release()
             raise
 
@@ -318,7 +327,8 @@ class PostgresConnector(Connector):
         try:
             with self.guard("connecting", connecting=True):
                 catalog = self._types(fresh=fresh_types)
-                return _Counted(catalog.connect(autocommit=autocommit), release)
+                return _Counted(catalog.connect(autocommit=autocommit), release,
+                                catalog.handles)
         except BaseException:
             release()
             raise
