@@ -38,6 +38,8 @@ __all__ = ["MODES", "TEMPLATES", "Query", "Replay", "replay", "tables_of", "work
 MODES = ("none", "lru", "auto")
 
 YEARS = tuple(range(1992, 1999))
+QUARTERS = tuple((f"{y}-{m:02d}-01", f"{y + (m == 10)}-{(m + 2) % 12 + 1:02d}-01")
+                 for y in YEARS[:-1] for m in (1, 4, 7, 10))  # (first day, next quarter's)
 
 # name -> (text with {value} and {next}, parameter values as (value, next) pairs)
 EXPLORATORY: dict[str, tuple[str, Sequence[tuple[object, object]]]] = {
@@ -59,8 +61,7 @@ EXPLORATORY: dict[str, tuple[str, Sequence[tuple[object, object]]]] = {
         "SELECT o_orderpriority, count(*) AS n, sum(o_totalprice) AS total FROM orders "
         "WHERE o_orderdate >= DATE '{value}' AND o_orderdate < DATE '{next}' "
         "GROUP BY 1 ORDER BY 1",
-        [(f"{y}-{m:02d}-01", f"{y + (m == 10)}-{(m + 2) % 12 + 1:02d}-01")
-         for y in YEARS[:-1] for m in (1, 4, 7, 10)]),
+        QUARTERS),
     "segments_by_year": (
         "SELECT c_mktsegment, count(*) AS n, sum(o_totalprice) AS total FROM customer "
         "JOIN orders ON c_custkey = o_custkey WHERE o_orderdate >= DATE '{value}-01-01' "
@@ -86,8 +87,7 @@ EXPLORATORY: dict[str, tuple[str, Sequence[tuple[object, object]]]] = {
         "ON l_orderkey = o_orderkey WHERE l_receiptdate > l_commitdate "
         "AND o_orderdate >= DATE '{value}' AND o_orderdate < DATE '{next}' "
         "GROUP BY 1 ORDER BY 1",
-        [(f"{y}-{m:02d}-01", f"{y + (m == 10)}-{(m + 2) % 12 + 1:02d}-01")
-         for y in YEARS[:-1] for m in (1, 4, 7, 10)]),
+        QUARTERS),
     "big_orders": (
         "SELECT o_orderstatus, count(*) AS n, max(o_totalprice) AS top FROM orders "
         "WHERE o_totalprice > {value} GROUP BY 1 ORDER BY 1",
