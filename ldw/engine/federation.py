@@ -378,7 +378,7 @@ class Federation:
         added, tags = [], []
         for column, other, other_column in needs.joins:
             name = names.get(column.lower())
-            partner = self._kept_rows(relations[other], read.get(other))
+            partner = read.get(other)
             if name is None or partner is None or name not in query.lookup \
                     or not pa.types.is_integer(relation.schema.field(name).type) \
                     or not _filtered(relations[other]):
@@ -388,7 +388,8 @@ class Federation:
                 continue
             partner_names = {n.lower(): n for n in partner.column_names}
             source_column = partner_names.get(other_column.lower())
-            keys = integer_keys(partner.column(source_column)) if source_column else None
+            keys = integer_keys(self._kept_column(relations[other], partner, source_column)) \
+                if source_column else None
             if keys is None:
                 continue
             keys = sorted(keys)
@@ -403,22 +404,22 @@ class Federation:
             relation.sql = []
             self._keyed(relation, tags)
 
-    def _kept_rows(self, partner: Relation, table: pa.Table | None) -> pa.Table | None:
-        """A partner read from a slice holds the slice's rows, maybe more than its own
-        conditions keep: those applied (in DuckDB), its keys narrow a read as a source read's
-        would. If that fails, the slice's rows (more keys: still the right answer)."""
+    def _kept_column(self, partner: Relation, table: pa.Table, column: str) -> Any:
+        """A partner's join ``column``; from a slice (maybe more rows than its conditions
+        keep) after those conditions, in DuckDB (on failure all of it: still right)."""
         needs = partner.needs
-        if table is None or partner.read != "slice" or needs is None or not needs.filtered:
-            return table
+        if partner.read != "slice" or needs is None or not needs.filtered:
+            return table.column(column)
         kept = exp.or_(*(exp.and_(*(c.copy() for c in occurrence))
                          for occurrence in needs.occurrences))
-        query = exp.select("*").from_(exp.to_identifier("partner", quoted=True)).where(kept)
+        query = exp.select(exp.column(column, quoted=True)).from_(
+            exp.to_identifier("partner", quoted=True)).where(kept)
         try:
             return self.sql_engine().run(query.sql(DIALECT), {"partner": table},
                                          time_limit=self.settings.sql_timeout,
-                                         time_setting="[server] sql_timeout")
+                                         time_setting="[server] sql_timeout").column(0)
         except Exception:  # (a wider key set is still right)
-            return table
+            return table.column(column)
 
     def _keyed(self, relation: Relation, tags: list[tuple[str, dict[str, Any]]]) -> None:
         """A read narrowed to a partner's keys is a shape of its own: each key set is one more

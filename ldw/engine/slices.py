@@ -244,17 +244,18 @@ class Slices:
             return None
         nbytes = int(rows * sum(widths[c] for c in wide.columns) * 1.1) + 1
         worth = sum(r.weighted_seconds for _, r in served)
-        if nbytes > self.store.memory_limit // MAX_SHARE or not self._room(nbytes, worth):
+        if nbytes > self.store.memory_limit // MAX_SHARE:
             return None
+        with self._lock:
+            if not self._fits(nbytes, worth / nbytes):
+                return None
         return wide, worth
 
-    def _room(self, nbytes: int, worth: float) -> bool:
-        """Whether ``nbytes`` worth ``worth`` fit in free memory or in the room of slices
-        worth less per byte."""
-        density = worth / max(nbytes, 1)
-        with self._lock:
-            lower = sum(s.version.bytes for s in self._slices.values()
-                        if s.density(time.time()) < density)
+    def _fits(self, nbytes: int, density: float) -> bool:
+        """Whether ``nbytes`` fit in free memory or in the room of slices worth less than
+        ``density`` per byte (the caller holds the lock)."""
+        lower = sum(s.version.bytes for s in self._slices.values()
+                    if s.density(time.time()) < density)
         return nbytes <= self.store.memory_limit - self.store.used_bytes() + lower
 
     def admit(self, shape: Shape | None, kept: Rows, conditions: list[str], table: pa.Table,
@@ -276,9 +277,7 @@ class Slices:
                     for s in self._slices.values()):
                 return None
             density = worth / nbytes
-            lower = sum(s.version.bytes for s in self._slices.values()
-                        if s.density(time.time()) < density)
-            if nbytes > self.store.memory_limit - self.store.used_bytes() + lower:
+            if not self._fits(nbytes, density):
                 return None
             self._admitting.add(shape)
         try:
